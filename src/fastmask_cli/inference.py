@@ -1,0 +1,198 @@
+"""One-shot inference (paper §5.3): score every window, keep the top-k, decode and paste their masks.
+
+    proposer = Proposer(model, top_k=100)
+    proposals = proposer.propose(rgb_image)      # numpy (H, W, 3) uint8
+    proposals.masks(), proposals.boxes, proposals.scores
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import FastMaskError
+from .masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_boxes, mask_iou, paste_masks
+from .model import IMAGENET_MEAN, FastMask
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NMS_KINDS = ("none", "box", "mask")
+PASTE_CHUNK = 64  # masks pasted at once: bounds memory at 64 x H x W floats
+
+
+@dataclass
+class Proposals:
+    """Segment proposals of one image, best first. Boxes are (x, y, w, h) tight boxes of the masks."""
+
+    rles: list[dict]
+    boxes: np.ndarray  # (K, 4) float
+    scores: np.ndarray  # (K,) probabilities
+    strides: np.ndarray  # (K,) stride of the pyramid level each proposal came from
+    height: int
+    width: int
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def masks(self) -> np.ndarray:
+        """(K, H, W) bool masks."""
+        if not self.rles:
+            return np.zeros((0, self.height, self.width), dtype=bool)
+        return decode_masks(self.rles)
+
+    def to_coco(self, image_id: int) -> list[dict]:
+        """COCO results entries, loadable by `pycocotools.coco.COCO.loadRes`."""
+        return [
+            {
+                "image_id": image_id,
+                "category_id": 1,
+                "segmentation": rle,
+                "bbox": [round(float(v), 2) for v in box],
+                "score": round(float(score), 6),
+            }
+            for rle, box, score in zip(self.rles, self.boxes, self.scores)
+        ]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FastMaskError("--device cuda asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise FastMaskError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+
+
+def resize_longer_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Resize so the longer side is `size` pixels; returns the image and the scale factor."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation), scale
+
+
+class Proposer:
+    """Turns RGB images into segment proposals with a FastMask model."""
+
+    def __init__(
+        self,
+        model: FastMask,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        top_k: int = 100,
+        scales: int | None = None,
+        size: int | None = None,
+        mask_threshold: float | None = None,
+        nms: str = "none",
+        nms_iou: float = 0.8,
+    ) -> None:
+        cfg = model.config
+        self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise FastMaskError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise FastMaskError("fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+        if nms not in NMS_KINDS:
+            raise FastMaskError(f"unknown --nms {nms!r}; use {', '.join(NMS_KINDS)}")
+        for name, value, low in (("top-k", top_k, 1), ("scales", scales, 1), ("size", size, 32)):
+            if value is not None and value < low:
+                raise FastMaskError(f"--{name} must be at least {low}, not {value}")
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.top_k = top_k
+        self.scales = scales or cfg.scales
+        self.size = size or cfg.size
+        self.mask_threshold = cfg.mask_threshold if mask_threshold is None else mask_threshold
+        self.nms = nms
+        self.nms_iou = nms_iou
+
+    def settings(self) -> dict:
+        """What determines the output, besides the weights (recorded so a resumed run can check it)."""
+        keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou")
+        return {k: getattr(self, k) for k in keys}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def _batch(self, images: list[np.ndarray]) -> tuple[Tensor, list[float], list[tuple[int, int]]]:
+        """Resize each image and pad the batch to a common size with the mean colour (0 after normalising)."""
+        resized, scales = zip(*(resize_longer_side(im, self.size) for im in images))
+        sizes = [im.shape[:2] for im in resized]
+        batch = torch.empty((len(images), max(h for h, _ in sizes), max(w for _, w in sizes), 3), dtype=torch.uint8)
+        batch[:] = torch.tensor([round(c) for c in IMAGENET_MEAN], dtype=torch.uint8)
+        for i, im in enumerate(resized):
+            batch[i, : im.shape[0], : im.shape[1]] = torch.from_numpy(im)
+        return batch.to(self.device).permute(0, 3, 1, 2).float(), list(scales), sizes
+
+    @torch.inference_mode()
+    def propose(self, image: np.ndarray) -> Proposals:
+        """Proposals for one RGB image, (H, W, 3) uint8."""
+        return self.propose_batch([image])[0]
+
+    @torch.inference_mode()
+    def propose_batch(self, images: list[np.ndarray]) -> list[Proposals]:
+        """Proposals for a list of RGB images, (H, W, 3) uint8, run through the network together."""
+        batch, scales, sizes = self._batch(images)
+        with self._autocast():
+            pyramid = self.model(batch, self.scales)
+            flat_scores = pyramid.flat_scores().float()
+            windows = pyramid.grid.boxes(torch.arange(pyramid.grid.num_windows, device=self.device))
+            picks = []
+            for i, (h, w) in enumerate(sizes):
+                # windows lying wholly in the batch padding see no image: never propose them
+                outside = (windows[:, 0] >= w) | (windows[:, 1] >= h)
+                scores = flat_scores[i].masked_fill(outside, float("-inf"))
+                top = torch.topk(scores, min(self.top_k, int((~outside).sum()))).indices
+                picks.append(top)
+            image_index = torch.cat([torch.full_like(p, i) for i, p in enumerate(picks)])
+            flat = torch.cat(picks)
+            mask_logits, _ = self.model.decode(pyramid, image_index, flat)
+        probs = torch.sigmoid(mask_logits.float())
+        strides = torch.tensor([lv.stride for lv in pyramid.grid.levels], device=self.device)
+        level = pyramid.grid.locate(flat)[0]
+        results = []
+        for i, image in enumerate(images):
+            sel = image_index == i
+            results.append(
+                self._finish(
+                    probs[sel], windows[flat[sel]] / scales[i], torch.sigmoid(flat_scores[i, flat[sel]]),
+                    strides[level[sel]], image.shape[0], image.shape[1],
+                )
+            )
+        return results
+
+    def _finish(self, probs: Tensor, boxes: Tensor, scores: Tensor, strides: Tensor, height: int, width: int) -> Proposals:
+        """Paste masks into the original image, threshold, box, encode, and optionally suppress."""
+        rles, tight, keep = [], [], []
+        for start in range(0, probs.shape[0], PASTE_CHUNK):
+            binary = paste_masks(probs[start : start + PASTE_CHUNK], boxes[start : start + PASTE_CHUNK], height, width)
+            binary = binary >= self.mask_threshold
+            chunk_boxes, nonempty = mask_boxes(binary)
+            rles += encode_masks(binary[nonempty])
+            tight.append(chunk_boxes[nonempty])
+            keep.append(nonempty)
+        keep_t = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=self.device)
+        proposals = Proposals(
+            rles,
+            (torch.cat(tight) if tight else torch.zeros((0, 4))).cpu().numpy(),
+            scores[keep_t].cpu().numpy(),
+            strides[keep_t].cpu().numpy(),
+            height,
+            width,
+        )
+        return self._suppress(proposals) if self.nms != "none" and len(proposals) > 1 else proposals
+
+    def _suppress(self, p: Proposals) -> Proposals:
+        iou = box_iou(p.boxes, p.boxes) if self.nms == "box" else mask_iou(p.rles)
+        keep = greedy_nms(iou, self.nms_iou)
+        return Proposals([p.rles[i] for i in keep], p.boxes[keep], p.scores[keep], p.strides[keep], p.height, p.width)

@@ -1,0 +1,107 @@
+"""Masks in image coordinates: paste-back into window boxes, tight boxes, COCO RLE, suppression.
+
+Paste-back is vectorised: resizing a mask to its box and placing it in the image is a bilinear
+interpolation that separates into rows and columns, so all K masks are pasted with two batched
+matrix products on the model's device, `Ry @ mask @ Rx^T`, with no Python loop per mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import Tensor
+
+
+def _resize_weights(lo: Tensor, hi: Tensor, size: int, mask_size: int) -> Tensor:
+    """(K, size, mask_size) bilinear weights mapping a mask spanning [lo, hi) onto pixels 0..size-1.
+
+    A pixel takes its value at its centre; pixels whose centre falls outside [lo, hi) get zero, which
+    is how a window hanging over the image border is clipped.
+    """
+    centres = torch.arange(size, device=lo.device, dtype=torch.float32) + 0.5
+    lo, hi = lo[:, None].float(), hi[:, None].float()
+    # align_corners=False convention: mask pixel m covers [m, m+1) in mask coordinates
+    u = (centres - lo) / (hi - lo) * mask_size - 0.5
+    inside = (centres >= lo) & (centres < hi)
+    u = u.clamp(0, mask_size - 1)
+    i0 = u.floor().long()
+    frac = u - i0
+    i1 = (i0 + 1).clamp(max=mask_size - 1)
+    weights = torch.zeros(lo.shape[0], size, mask_size, device=lo.device)
+    weights.scatter_add_(2, i0[..., None], (1 - frac)[..., None])
+    weights.scatter_add_(2, i1[..., None], frac[..., None])
+    return weights * inside[..., None]
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+    """Resize each (M, M) mask to its box (x0, y0, x1, y1, image pixels) inside a height x width image.
+
+    masks: (K, M, M) probabilities; returns (K, height, width), zero outside each box.
+    """
+    mask_size = masks.shape[-1]
+    rows = _resize_weights(boxes[:, 1], boxes[:, 3], height, mask_size)  # (K, H, M)
+    cols = _resize_weights(boxes[:, 0], boxes[:, 2], width, mask_size)  # (K, W, M)
+    return rows @ masks.float() @ cols.transpose(1, 2)
+
+
+def mask_boxes(binary: Tensor) -> tuple[Tensor, Tensor]:
+    """Tight (x, y, w, h) boxes of (K, H, W) binary masks, and which masks are non-empty."""
+    cols = binary.any(dim=1)  # (K, W)
+    rows = binary.any(dim=2)  # (K, H)
+    nonempty = cols.any(dim=1)
+    x0 = cols.float().argmax(dim=1)
+    y0 = rows.float().argmax(dim=1)
+    x1 = cols.shape[1] - cols.flip(1).float().argmax(dim=1)
+    y1 = rows.shape[1] - rows.flip(1).float().argmax(dim=1)
+    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1).float()
+    return boxes * nonempty[:, None], nonempty
+
+
+def encode_masks(binary: Tensor) -> list[dict]:
+    """(K, H, W) binary masks -> COCO RLEs with `counts` as str (JSON-ready)."""
+    if binary.shape[0] == 0:
+        return []
+    # pycocotools wants (H, W, K) in Fortran order, which is (K, W, H) in C order.
+    fortran = binary.transpose(1, 2).contiguous().to("cpu", torch.uint8).numpy().transpose(2, 1, 0)
+    rles = mask_utils.encode(fortran)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def decode_masks(rles: list[dict]) -> np.ndarray:
+    """COCO RLEs (counts as str or bytes) -> (K, H, W) bool array."""
+    if not rles:
+        return np.zeros((0, 0, 0), dtype=bool)
+    as_bytes = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]} for r in rles]
+    return mask_utils.decode(as_bytes).transpose(2, 0, 1).astype(bool)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of (x, y, w, h) boxes."""
+    ax1, ay1 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx1, by1 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax1[:, None], bx1[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(ay1[:, None], by1[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def greedy_nms(iou: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy suppression; items must be sorted by descending score."""
+    suppressed = np.zeros(len(iou), dtype=bool)
+    keep = []
+    for i in range(len(iou)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou[i] > threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def mask_iou(rles: list[dict]) -> np.ndarray:
+    """IoU matrix of COCO RLE masks (counts as str)."""
+    as_bytes = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    return np.asarray(mask_utils.iou(as_bytes, as_bytes, [0] * len(rles)), dtype=np.float64).reshape(len(rles), len(rles))

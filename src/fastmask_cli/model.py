@@ -1,0 +1,114 @@
+"""FastMask (paper Fig. 2): body -> shared neck, applied recursively -> 1x1 reduce -> window norm -> head.
+
+`FastMask.forward` runs the network once (one shot) and returns a `Pyramid`: every level's normalised,
+padded feature map and the confidence logit of every window. `FastMask.decode` then cuts out the
+features of chosen windows only (the top-k, §5.3) and decodes their masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .body import Body
+from .config import FastMaskConfig
+from .head import build_head
+from .neck import build_neck
+from .windows import BASE_STRIDES, Level, WindowGrid, level_strides, stream_and_depth
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class WindowNorm(nn.Module):
+    """Batch-norm across all windows of all levels (§4.1), so that every level is decoded by the same
+    head on the same footing. Statistics are taken over every cell of every level together (windows
+    are overlapping crops of those cells)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels)
+
+    def forward(self, levels: list[Tensor]) -> list[Tensor]:
+        if not self.training:  # fixed statistics: a per-channel affine map, no need to concatenate
+            bn = self.bn
+            return [F.batch_norm(lv, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps) for lv in levels]
+        flat = torch.cat([lv.flatten(2) for lv in levels], dim=2)
+        normed = self.bn(flat).split([lv.shape[2] * lv.shape[3] for lv in levels], dim=2)
+        return [n.view_as(lv) for n, lv in zip(normed, levels)]
+
+
+@dataclass
+class Pyramid:
+    """One forward pass: padded level features (N, C, Hp, Wp), window logits (N, gh, gw) per level."""
+
+    features: list[Tensor]
+    scores: list[Tensor]
+    grid: WindowGrid
+
+    def flat_scores(self) -> Tensor:
+        """Window confidence logits of all levels, (N, total windows), in `grid` order."""
+        return torch.cat([s.flatten(1) for s in self.scores], dim=1)
+
+
+class FastMask(nn.Module):
+    def __init__(self, config: FastMaskConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.body = Body(config.body, config.body_width, config.streams)
+        channels = self.body.out_channels
+        self.neck = build_neck(config.neck, channels, config.neck_width)
+        self.reduce = nn.Conv2d(channels, config.reduce_channels, 1)
+        self.norm = WindowNorm(config.reduce_channels)
+        self.head = build_head(
+            config.head, config.reduce_channels, config.window, config.score_hidden, config.mask_hidden, config.mask_size
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def strides(self, scales: int | None = None) -> list[int]:
+        return level_strides(self.config.streams, scales or self.config.scales)
+
+    def forward(self, images: Tensor, scales: int | None = None) -> Pyramid:
+        """images: (N, 3, H, W) RGB in [0, 255]. scales: number of pyramid levels (default: config)."""
+        cfg = self.config
+        strides = self.strides(scales)
+        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        streams = self.body(x, streams=1 + any(stream_and_depth(s)[0] == 1 for s in strides))
+        by_stride = {}
+        for stream, feature in enumerate(streams):
+            depths = [stream_and_depth(s)[1] for s in strides if stream_and_depth(s)[0] == stream]
+            for depth in range(max(depths) + 1):
+                by_stride[BASE_STRIDES[stream] * 2**depth] = feature
+                if depth < max(depths):
+                    feature = self.neck(feature)  # the same neck weights at every level
+        levels = self.norm([self.reduce(by_stride[s]) for s in strides])
+        grid = WindowGrid([Level(s, lv.shape[2], lv.shape[3], cfg.window_pad, cfg.window) for s, lv in zip(strides, levels)])
+        features = [
+            F.pad(lv, (cfg.window_pad, g.padded_w - g.feat_w - cfg.window_pad, cfg.window_pad, g.padded_h - g.feat_h - cfg.window_pad))
+            for lv, g in zip(levels, grid.levels)
+        ]
+        return Pyramid(features, [self.head.score(f) for f in features], grid)
+
+    def window_features(self, pyramid: Pyramid, image_index: Tensor, flat: Tensor) -> Tensor:
+        """Cut out the (K, C, w, w) features of windows `flat` (grid order) of images `image_index`."""
+        w = self.config.window
+        level, ys, xs = pyramid.grid.locate(flat)
+        offsets = torch.arange(w, device=flat.device)
+        out = pyramid.features[0].new_empty((flat.numel(), pyramid.features[0].shape[1], w, w))
+        for index, feature in enumerate(pyramid.features):  # a loop over levels, not over windows
+            sel = (level == index).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            rows = (ys[sel, None] + offsets)[:, :, None]
+            cols = (xs[sel, None] + offsets)[:, None, :]
+            # advanced indices around a slice: result is (K, w, w, C)
+            out[sel] = feature[image_index[sel, None, None], :, rows, cols].permute(0, 3, 1, 2)
+        return out
+
+    def decode(self, pyramid: Pyramid, image_index: Tensor, flat: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Mask logits (K, M, M) and attention logits (K, w, w) or None, for the given windows."""
+        return self.head.decode(self.window_features(pyramid, image_index, flat))

@@ -1,0 +1,143 @@
+"""Checkpoints and shipped weights: saving, safe loading, and finding a model by name or path.
+
+A checkpoint is a dict of plain tensors and settings, loaded with `torch.load(weights_only=True)`:
+a file that carries pickled code is refused. It holds the model config, so the network is rebuilt
+exactly. Shipped weights live in `weights/` with `manifest.json` listing name, file and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .body import LoadReport, load_imagenet
+from .config import PRESETS, FastMaskConfig, preset
+from .errors import FastMaskError
+from .files import atomic_path
+from .model import FastMask
+
+CHECKPOINT_FORMAT = "fastmask"
+MANIFEST = "manifest.json"
+
+
+def weights_dir() -> Path:
+    """Where shipped weights are: $FASTMASK_WEIGHTS_DIR, else inside the installed package, else the repo."""
+    if os.environ.get("FASTMASK_WEIGHTS_DIR"):
+        return Path(os.environ["FASTMASK_WEIGHTS_DIR"])
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "weights", here.parents[1] / "weights"):
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    return here.parents[1] / "weights"
+
+
+def read_manifest(directory: Path | None = None) -> list[dict[str, Any]]:
+    """The shipped models, as listed in `manifest.json` (an empty list when nothing is shipped)."""
+    path = (directory or weights_dir()) / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["models"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FastMaskError(f"weights manifest {path} is malformed: {exc}") from None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, model: FastMask, meta: dict[str, Any] | None = None) -> None:
+    """Write weights + config atomically (temporary file, then rename)."""
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "version": 1, "config": model.config.to_dict(),
+               "model": model.state_dict(), "meta": meta or {}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a FastMask checkpoint safely; every failure is a one-line FastMaskError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastMaskError(f"weights file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # a class or function, i.e. code, not data
+            raise FastMaskError(
+                f"refusing to load {path}: it carries pickled Python objects, which could run code "
+                "(only tensors and plain settings are accepted)"
+            ) from None
+        raise FastMaskError(f"{path} is not a readable checkpoint (corrupt or not a PyTorch file)") from None
+    except Exception:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise FastMaskError(f"{path} is not a readable checkpoint (corrupt or not a PyTorch file)") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise FastMaskError(f"{path} is not a fastmask checkpoint (no fastmask config inside)")
+    return FastMaskConfig.from_dict(payload["config"]), payload["model"], dict(payload.get("meta", {}))
+
+
+@dataclass
+class ModelInfo:
+    """Where a loaded model came from, and whether it was trained."""
+
+    name: str
+    trained: bool
+    path: str | None = None
+    sha256: str | None = None
+    body_init: LoadReport | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.path:
+            state = "" if self.trained else "UNTRAINED (random) weights "
+            return f"{state}{self.name} ({self.path}, sha256 {self.sha256[:12]})"
+        body = f"ImageNet body from {self.body_init.path}" if self.body_init else "random body"
+        return f"UNTRAINED {self.name} configuration: {body}, random neck and head"
+
+
+def load_model(weights: str | None = None, init: str | Path | None = None) -> tuple[FastMask, ModelInfo]:
+    """Load a model by shipped name, checkpoint path, or preset name (untrained: "fast", "accurate").
+
+    With no `weights`, the shipped default is used; while none is shipped, the untrained "fast"
+    preset, whose body takes `init` (a torchvision ImageNet checkpoint) when given.
+    """
+    shipped = read_manifest()
+    if weights is None:
+        defaults = [m for m in shipped if m.get("default")] or shipped
+        weights = defaults[0]["name"] if defaults else "fast"
+    if weights in PRESETS:
+        model = FastMask(preset(weights))
+        report = load_imagenet(model.body, init) if init else None
+        return model.eval(), ModelInfo(weights, trained=False, body_init=report)
+    entry = next((m for m in shipped if m["name"] == weights), None)
+    if entry is not None:
+        path = weights_dir() / entry["file"]
+        digest = sha256_of(path) if path.is_file() else None
+        if digest is not None and digest != entry["sha256"]:
+            raise FastMaskError(f"shipped weights {path} do not match their sha256 in {MANIFEST}: damaged file")
+    else:
+        path = Path(weights)
+        if not path.exists():
+            names = ", ".join([m["name"] for m in shipped] + list(PRESETS))
+            raise FastMaskError(f"--weights {weights!r} is neither a file nor a known name ({names})")
+        digest = None
+    config, state, meta = load_checkpoint(path)
+    model = FastMask(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise FastMaskError(f"{path} does not fit its own config: {first}") from None
+    trained = not meta.get("untrained", False)  # tests and smoke runs save random models too
+    return model.eval(), ModelInfo(weights, trained, path=str(path), sha256=digest or sha256_of(path), meta=meta)

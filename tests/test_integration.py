@@ -1,0 +1,48 @@
+"""End to end on shipped examples and, where present, the real COCO data in ../shared/data."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from fastmask_cli.cli import app
+
+from conftest import SHARED_DATA
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+def test_readme_command_on_the_shipped_examples(tmp_path):
+    """What README's first command does: default weights, the example images, their ground truth."""
+    out = tmp_path / "results.json"
+    result = runner.invoke(app, ["propose", str(EXAMPLES / "images"), "--out", str(out),
+                                 "--ann", str(EXAMPLES / "annotations.json")])
+    assert result.exit_code == 0, result.output
+    gt = COCO(str(EXAMPLES / "annotations.json"))
+    results = gt.loadRes(str(out))
+    assert {a["image_id"] for a in results.anns.values()} == set(gt.getImgIds())
+    assert len(results.anns) == 100 * len(gt.getImgIds())
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real COCO subset) is not present on this machine")
+def test_real_coco_images_with_ground_truth_ids(tmp_path):
+    ann = SHARED_DATA / "annotations" / "instances_val.json"
+    gt = json.loads(ann.read_text())
+    folder = tmp_path / "val"
+    folder.mkdir()
+    picked = gt["images"][:3]
+    for im in picked:
+        shutil.copy(SHARED_DATA / "val" / im["file_name"], folder / im["file_name"])
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["propose", str(folder), "--out", str(out), "--ann", str(ann), "--top-k", "50"])
+    assert result.exit_code == 0, result.output
+    results = COCO(str(ann)).loadRes(str(out))
+    assert {a["image_id"] for a in results.anns.values()} == {im["id"] for im in picked}
+    for image_id in {im["id"] for im in picked}:
+        info = results.imgs[image_id]
+        for a in results.loadAnns(results.getAnnIds(imgIds=image_id)):
+            assert a["segmentation"]["size"] == [info["height"], info["width"]]

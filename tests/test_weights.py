@@ -1,0 +1,53 @@
+"""Finding weights: presets, shipped names with their sha256, checkpoint paths."""
+
+import json
+
+import pytest
+import torch
+
+from fastmask_cli import FastMaskError, load_model, save_checkpoint
+from fastmask_cli.weights import sha256_of
+
+from conftest import TINY, tiny_model
+
+
+def ship(directory, model, name="tiny-v1", default=True):
+    save_checkpoint(directory / f"{name}.pt", model)
+    entry = {"name": name, "file": f"{name}.pt", "sha256": sha256_of(directory / f"{name}.pt"), "default": default}
+    (directory / "manifest.json").write_text(json.dumps({"models": [entry]}))
+    return directory / f"{name}.pt"
+
+
+def test_shipped_default_loads_and_matches_its_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path))
+    source = tiny_model(seed=3)
+    path = ship(tmp_path, source)
+    model, info = load_model()
+    assert info.trained and info.name == "tiny-v1" and info.sha256 == sha256_of(path)
+    assert model.config == TINY
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # damage the shipped file
+    with pytest.raises(FastMaskError, match="sha256"):
+        load_model("tiny-v1")
+
+
+def test_presets_are_untrained_and_say_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path))  # nothing shipped here
+    model, info = load_model()
+    assert not info.trained and info.name == "fast" and "UNTRAINED" in info.describe()
+    assert model.config.body == "resnet18"
+    _, info = load_model("accurate")
+    assert not info.trained and "random body" in info.describe()
+
+
+def test_checkpoint_paths_and_config_mismatch(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, tiny_model(), meta={"epochs": 3})
+    model, info = load_model(str(path))
+    assert info.trained and info.meta == {"epochs": 3}
+    state = torch.load(path, weights_only=True)
+    state["config"]["reduce_channels"] = 4  # config no longer fits the tensors
+    torch.save(state, path)
+    with pytest.raises(FastMaskError, match="does not fit its own config"):
+        load_model(str(path))
