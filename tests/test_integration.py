@@ -46,3 +46,18 @@ def test_real_coco_images_with_ground_truth_ids(tmp_path):
         info = results.imgs[image_id]
         for a in results.loadAnns(results.getAnnIds(imgIds=image_id)):
             assert a["segmentation"]["size"] == [info["height"], info["width"]]
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real COCO subset) is not present on this machine")
+def test_eval_proposes_and_measures_on_real_images(tmp_path):
+    ann = SHARED_DATA / "annotations" / "instances_val.json"
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for im in json.loads(ann.read_text())["images"][:2]:
+        shutil.copy(SHARED_DATA / "val" / im["file_name"], folder / im["file_name"])
+    result = runner.invoke(app, ["eval", str(ann), str(tmp_path / "r.json"), "--images", str(folder), "--top-k", "100",
+                                 "--allow-missing", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["segm"]["images"] == 2 and metrics["bbox"]["proposals"] == 200
+    assert (tmp_path / "p.png").stat().st_size > 0

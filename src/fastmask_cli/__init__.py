@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .config import PRESETS, FastMaskConfig, preset
 from .errors import FastMaskError
+from .evaluate import Evaluation, evaluate
 from .images import read_image
 from .inference import Proposals, Proposer
 from .model import FastMask
@@ -16,6 +17,6 @@ from .propose import ProposeSummary, propose_folder
 from .weights import load_model, save_checkpoint
 
 __all__ = [
-    "PRESETS", "FastMask", "FastMaskConfig", "FastMaskError", "Proposals", "Proposer", "ProposeSummary",
-    "load_model", "preset", "propose_folder", "read_image", "save_checkpoint", "__version__",
+    "PRESETS", "Evaluation", "FastMask", "FastMaskConfig", "FastMaskError", "Proposals", "Proposer", "ProposeSummary",
+    "evaluate", "load_model", "preset", "propose_folder", "read_image", "save_checkpoint", "__version__",
 ]

@@ -21,7 +21,9 @@ from .errors import FastMaskError
 from .files import write_json_atomic
 from .images import MAX_PIXELS
 from .inference import Proposer
-from .propose import partial_path, propose_folder
+from .evaluate import IOU_TYPES, PAPER, evaluate
+from .plot import plot_recall
+from .propose import ProposeSummary, partial_path, propose_folder
 from .weights import ModelInfo, load_model, read_manifest
 
 app = typer.Typer(
@@ -87,51 +89,33 @@ def warn_if_untrained(info: ModelInfo) -> None:
         console.print(f"body: {info.body_init.summary()}", highlight=False)
 
 
-@app.command()
-@friendly_errors
-def propose(
-    images_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="COCO results file to write (JSON list)."),
-    weights: Optional[str] = typer.Option(None, help="Shipped weights name, checkpoint path, or 'fast'/'accurate' for an untrained preset. Default: the best shipped."),
-    ann: Optional[Path] = typer.Option(None, help="COCO ground truth whose file_name -> id mapping gives the image ids."),
-    top_k: int = typer.Option(100, "--top-k", help="Proposals per image (1000 for AR@1k)."),
-    scales: Optional[int] = typer.Option(None, help="Pyramid levels (necks are weight-shared). Default: the model's."),
-    size: Optional[int] = typer.Option(None, help="Longer image side the network sees, in pixels. Default: the model's."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
-    vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial."),
-    nms: str = typer.Option("none", help="Suppress near-duplicates: none, box or mask."),
-    nms_iou: float = typer.Option(0.8, "--nms-iou", help="IoU above which a lower-scored proposal is suppressed."),
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's (0.2)."),
-    init: Optional[Path] = typer.Option(None, help="torchvision ImageNet checkpoint for the body of an untrained preset."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
-) -> None:
-    """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores)."""
-    model, info = load_model(weights, init)
-    proposer = Proposer(model, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
-                        mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou)
-    if not resume and partial_path(out).exists():
+# Options shared by `propose` and `eval --images`: declared once.
+WEIGHTS = typer.Option(None, help="Shipped weights name, checkpoint path, or 'fast'/'accurate' for an untrained preset. Default: the best shipped.")
+SCALES = typer.Option(None, help="Pyramid levels (necks are weight-shared). Default: the model's.")
+SIZE = typer.Option(None, help="Longer image side the network sees, in pixels. Default: the model's.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+PRECISION = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16.")
+BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass.")
+INIT = typer.Option(None, help="torchvision ImageNet checkpoint for the body of an untrained preset.")
+
+
+def run_propose(proposer: Proposer, info: ModelInfo, images_dir: Path, out: Path, **options: Any) -> ProposeSummary:
+    """propose_folder with a progress bar and the summary table."""
+    if not options.get("resume") and partial_path(out).exists():
         console.print(f"[yellow]Found an interrupted run ({partial_path(out)}); starting over. Use --resume to continue it.[/]")
-
-    def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
-        warn_if_untrained(info)
-        progress.add_task("proposing", total=total)
-
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        summary = propose_folder(
-            proposer, images_dir, out, weights_id=info.sha256 or f"untrained:{info.name}", ann=ann, resume=resume,
-            vis_dir=vis, batch_size=batch_size, max_pixels=max_pixels,
-            on_start=start,
-            on_image=lambda rel: progress.advance(progress.task_ids[0]),
-        )
+
+        def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
+            warn_if_untrained(info)
+            progress.add_task("proposing", total=total)
+
+        summary = propose_folder(proposer, images_dir, out, weights_id=info.sha256 or f"untrained:{info.name}",
+                                 on_start=start, on_image=lambda rel: progress.advance(progress.task_ids[0]), **options)
     table = Table(title="fastmask propose", show_header=False)
     table.add_row("images", f"{summary.images}" + (f" ({summary.resumed} from the interrupted run)" if summary.resumed else ""))
-    table.add_row("proposals", f"{summary.proposals} (top-{top_k}, {proposer.scales} scales, size {proposer.size}, {proposer.device})")
+    table.add_row("proposals", f"{summary.proposals} (top-{proposer.top_k}, {proposer.scales} scales, size {proposer.size}, {proposer.device})")
     table.add_row("seconds per image", f"{summary.seconds_per_image:.3f}")
     table.add_row("skipped", str(len(summary.skipped)))
     if summary.ignored:
@@ -139,17 +123,107 @@ def propose(
     table.add_row("results", summary.out)
     if summary.file_list:
         table.add_row("image ids", summary.file_list)
-    if vis:
-        table.add_row("overlays", str(vis))
+    if options.get("vis_dir"):
+        table.add_row("overlays", str(options["vis_dir"]))
     console.print(table)
     for rel, reason in summary.skipped[:20]:
         console.print(f"  skipped {rel}: {reason}", highlight=False)
     if len(summary.skipped) > 20:
         console.print(f"  ... and {len(summary.skipped) - 20} more (see --json)")
+    return summary
+
+
+@app.command()
+@friendly_errors
+def propose(
+    images_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="COCO results file to write (JSON list)."),
+    weights: Optional[str] = WEIGHTS,
+    ann: Optional[Path] = typer.Option(None, help="COCO ground truth whose file_name -> id mapping gives the image ids."),
+    top_k: int = typer.Option(100, "--top-k", help="Proposals per image (1000 for AR@1k)."),
+    scales: Optional[int] = SCALES,
+    size: Optional[int] = SIZE,
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    batch_size: int = BATCH_SIZE,
+    vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial."),
+    nms: str = typer.Option("none", help="Suppress near-duplicates: none, box or mask."),
+    nms_iou: float = typer.Option(0.8, "--nms-iou", help="IoU above which a lower-scored proposal is suppressed."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's (0.2)."),
+    init: Optional[Path] = INIT,
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
+) -> None:
+    """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores)."""
+    model, info = load_model(weights, init)
+    proposer = Proposer(model, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
+                        mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou)
+    summary = run_propose(proposer, info, images_dir, out, ann=ann, resume=resume, vis_dir=vis,
+                          batch_size=batch_size, max_pixels=max_pixels)
     if json_out:
         write_json_atomic(json_out, {**summary.to_dict(), "weights": info.describe(), "settings": proposer.settings()})
     if not info.trained:
         console.print("[bold red]Reminder: these proposals come from an UNTRAINED model.[/]")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    gt: Path = typer.Argument(..., help="COCO ground truth (instances JSON)."),
+    results: Path = typer.Argument(..., help="COCO results file to evaluate (written first when --images is given)."),
+    iou_type: str = typer.Option("both", "--iou-type", help="segm, bbox or both."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Evaluate on the images the results cover, ignoring results on unknown ids."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of recall against IoU threshold (paper Fig. 8)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics and recall curves as JSON."),
+    images: Optional[Path] = typer.Option(None, help="Propose on this folder first (ids from GT), then evaluate."),
+    weights: Optional[str] = WEIGHTS,
+    top_k: int = typer.Option(1000, "--top-k", help="With --images: proposals per image (1000 for AR@1k)."),
+    scales: Optional[int] = SCALES,
+    size: Optional[int] = SIZE,
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    batch_size: int = BATCH_SIZE,
+    init: Optional[Path] = INIT,
+) -> None:
+    """Class-agnostic average recall (AR@10/100/1000, masks and boxes, small/medium/large) of RESULTS against GT."""
+    iou_types = {"both": IOU_TYPES, "segm": ("segm",), "bbox": ("bbox",)}.get(iou_type)
+    if iou_types is None:
+        raise FastMaskError(f"--iou-type must be segm, bbox or both, not {iou_type!r}")
+    if images is not None:
+        model, info = load_model(weights, init)
+        proposer = Proposer(model, device=device, precision=precision, top_k=top_k, scales=scales, size=size)
+        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size)
+    with Progress(TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        evaluation = evaluate(gt, results, iou_types, allow_missing,
+                              on_start=lambda total: progress.add_task(str(results), total=total),
+                              on_image=lambda: progress.advance(progress.task_ids[0]))
+    table = Table(title=f"average recall (%) of {results.name}, class-agnostic, IoU 0.50:0.95")
+    table.add_column("metric")
+    for t in evaluation.results:
+        table.add_column(f"{t} (ours)", justify="right")
+        table.add_column(f"{t} (paper)", justify="right", style="dim")
+    for metric in next(iter(evaluation.results.values())).metrics if evaluation.results else []:
+        row = [metric]
+        for t, r in evaluation.results.items():
+            paper = PAPER[t].get(metric)
+            value = r.metrics[metric]
+            row += ["n/a" if value is None else f"{value * 100:.1f}", "" if paper is None else f"{paper:.1f}"]
+        table.add_row(*row)
+    console.print(table)
+    first = next(iter(evaluation.results.values()), None)
+    if first:
+        console.print(f"{first.images} images, {first.proposals} proposals. Paper: FastMask two-stream ResNet-39, "
+                      "80k COCO training images, first 5k COCO val images (Table 3).", highlight=False)
+    for note in evaluation.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if json_out:
+        write_json_atomic(json_out, evaluation.to_dict())
+        console.print(f"metrics: {json_out}", highlight=False)
+    if plot:
+        plot_recall(evaluation, plot)
+        console.print(f"recall plot: {plot}", highlight=False)
 
 
 @app.command("weights")

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import FastMaskError
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -28,3 +30,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, separators=(",", ":"))
             f.flush()
             os.fsync(f.fileno())
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line FastMaskError naming `what` it is."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FastMaskError(f"{what} not found: {path}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise FastMaskError(f"{what} {path} is not JSON") from None
+    except OSError as exc:
+        raise FastMaskError(f"cannot read {what} {path}: {exc.strerror}") from None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FastMaskError
-from .files import write_json_atomic
+from .files import read_json, write_json_atomic
 from .images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, list_images, read_image
 from .inference import Proposer
 from .vis import save_overlay
@@ -58,12 +58,10 @@ def file_list_path(out: Path) -> Path:
 
 def image_ids_from_gt(ann: Path, files: list[str]) -> dict[str, int]:
     """Map image files to the GT's image ids, matching `file_name` by relative path, then by base name."""
+    data = read_json(ann, "--ann file")
     try:
-        images = json.loads(Path(ann).read_text())["images"]
-        by_name = {im["file_name"]: int(im["id"]) for im in images}
-    except FileNotFoundError:
-        raise FastMaskError(f"--ann file not found: {ann}") from None
-    except (ValueError, KeyError, TypeError):
+        by_name = {im["file_name"]: int(im["id"]) for im in data["images"]}
+    except (KeyError, TypeError, ValueError):
         raise FastMaskError(f"--ann {ann} is not COCO ground truth (needs an 'images' list with file_name and id)") from None
     by_base = {Path(name).name: i for name, i in by_name.items()}
     ids = {}
