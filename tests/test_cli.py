@@ -2,9 +2,11 @@
 
 import json
 import re
-import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from fastmask_cli.cli import app
 from fastmask_cli.inference import Proposer
 
 from badinput import make_bad_files, make_odd_but_valid_files
+from conftest import draw_scene, write_image
 
 runner = CliRunner()
 
@@ -159,3 +162,31 @@ def test_weights_command_and_version():
     result = run("weights")
     assert result.exit_code == 0 and ("fast" in result.flat)
     assert run("--version").output.startswith("fastmask ")
+
+
+def test_real_ctrl_c_keeps_old_results_and_resumes_identically(tmp_path):
+    """SIGINT to a live `fastmask propose` process: exit 130, nothing half-written, resume completes it."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(30):
+        write_image(folder / f"im_{i:02d}.png", draw_scene(240, 320, seed=i))
+    command = [sys.executable, "-m", "fastmask_cli", "propose", str(folder), "--top-k", "10", "--size", "400", "--out"]
+    reference, out = tmp_path / "reference.json", tmp_path / "r.json"
+    assert subprocess.run(command + [str(reference)], capture_output=True).returncode == 0
+    out.write_text('["earlier results"]')
+    process = subprocess.Popen(command + [str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    partial = tmp_path / "r.json.partial"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(partial.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "--resume" in output
+    assert out.read_text() == '["earlier results"]'
+    done = len(partial.read_text().splitlines()) - 1
+    assert 2 <= done < 30
+    resumed = subprocess.run(command + [str(out), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done} from the interrupted run" in " ".join(resumed.stderr.split())
+    assert json.loads(out.read_text()) == json.loads(reference.read_text())

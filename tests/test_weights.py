@@ -41,6 +41,18 @@ def test_presets_are_untrained_and_say_so(tmp_path, monkeypatch):
     assert not info.trained and "random body" in info.describe()
 
 
+def test_untrained_presets_are_reproducible_and_leave_the_global_rng_alone(tmp_path):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first, info = load_model("fast")
+    assert torch.equal(torch.rand(3), expected_next)
+    second, _ = load_model("fast")
+    for key, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], value), key
+    assert info.identity == "untrained:fast:seed0:random"
+
+
 def test_checkpoint_paths_and_config_mismatch(tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, tiny_model(), meta={"epochs": 3})

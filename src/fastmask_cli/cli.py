@@ -111,7 +111,7 @@ def run_propose(proposer: Proposer, info: ModelInfo, images_dir: Path, out: Path
             warn_if_untrained(info)
             progress.add_task("proposing", total=total)
 
-        summary = propose_folder(proposer, images_dir, out, weights_id=info.sha256 or f"untrained:{info.name}",
+        summary = propose_folder(proposer, images_dir, out, weights_id=info.identity,
                                  on_start=start, on_image=lambda rel: progress.advance(progress.task_ids[0]), **options)
     table = Table(title="fastmask propose", show_header=False)
     table.add_row("images", f"{summary.images}" + (f" ({summary.resumed} from the interrupted run)" if summary.resumed else ""))

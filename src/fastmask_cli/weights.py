@@ -24,6 +24,7 @@ from .files import atomic_path
 from .model import FastMask
 
 CHECKPOINT_FORMAT = "fastmask"
+UNTRAINED_SEED = 0
 MANIFEST = "manifest.json"
 
 
@@ -97,6 +98,10 @@ class ModelInfo:
     sha256: str | None = None
     body_init: LoadReport | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    identity: str = ""  # what determines the weights: sha256 of a file, or preset + seed + body init
+
+    def __post_init__(self) -> None:
+        self.identity = self.identity or self.sha256 or ""
 
     def describe(self) -> str:
         if self.path:
@@ -117,9 +122,13 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
         defaults = [m for m in shipped if m.get("default")] or shipped
         weights = defaults[0]["name"] if defaults else "fast"
     if weights in PRESETS:
-        model = FastMask(preset(weights))
+        with torch.random.fork_rng():  # same random weights every run, so runs compare and resume
+            torch.manual_seed(UNTRAINED_SEED)
+            model = FastMask(preset(weights))
         report = load_imagenet(model.body, init) if init else None
-        return model.eval(), ModelInfo(weights, trained=False, body_init=report)
+        body = f"imagenet-{sha256_of(Path(init))[:16]}" if init else "random"
+        identity = f"untrained:{weights}:seed{UNTRAINED_SEED}:{body}"
+        return model.eval(), ModelInfo(weights, trained=False, body_init=report, identity=identity)
     entry = next((m for m in shipped if m["name"] == weights), None)
     if entry is not None:
         path = weights_dir() / entry["file"]
