@@ -78,7 +78,7 @@ def warn_if_untrained(info: ModelInfo) -> None:
         console.print(
             Panel(
                 f"{info.describe()}.\nNo trained weights are in use: scores and masks are RANDOM, not object proposals.\n"
-                "Train with `fastmask train`, or pass --weights with a trained checkpoint.",
+                "Pass --weights with a trained fastmask checkpoint to get real proposals.",
                 title="untrained model",
                 border_style="bold red",
             )
