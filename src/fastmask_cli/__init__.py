@@ -7,16 +7,24 @@
 
 __version__ = "0.1.0"
 
-from .config import PRESETS, FastMaskConfig, preset
-from .errors import FastMaskError
-from .evaluate import Evaluation, evaluate
-from .images import read_image
-from .inference import Proposals, Proposer
-from .model import FastMask
-from .propose import ProposeSummary, propose_folder
-from .weights import load_model, save_checkpoint
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "PRESETS", "Evaluation", "FastMask", "FastMaskConfig", "FastMaskError", "Proposals", "Proposer", "ProposeSummary",
-    "evaluate", "load_model", "preset", "propose_folder", "read_image", "save_checkpoint", "__version__",
-]
+# Attributes load on first use, so that `fastmask eval` and `--help` do not pay for importing torch.
+_EXPORTS = {
+    "PRESETS": "config", "FastMaskConfig": "config", "preset": "config",
+    "FastMaskError": "errors",
+    "Evaluation": "evaluate", "evaluate": "evaluate",
+    "read_image": "images",
+    "Proposals": "inference", "Proposer": "inference",
+    "FastMask": "model",
+    "ProposeSummary": "propose", "propose_folder": "propose",
+    "load_model": "weights", "save_checkpoint": "weights",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fastmask_cli' has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -20,11 +20,21 @@ from .config import PRESETS
 from .errors import FastMaskError
 from .files import write_json_atomic
 from .images import MAX_PIXELS
-from .inference import Proposer
 from .evaluate import IOU_TYPES, PAPER, evaluate
 from .plot import plot_recall
-from .propose import ProposeSummary, partial_path, propose_folder
-from .weights import ModelInfo, load_model, read_manifest
+
+if TYPE_CHECKING:  # torch-backed modules are imported by the commands that run a model
+    from .inference import Proposer
+    from .propose import ProposeSummary
+    from .weights import ModelInfo
+
+
+def load_proposer(weights: str | None, init: Path | None, **options: Any) -> tuple["Proposer", "ModelInfo"]:
+    from .inference import Proposer
+    from .weights import load_model
+
+    model, info = load_model(weights, init)
+    return Proposer(model, **options), info
 
 app = typer.Typer(
     help="FastMask: class-agnostic segment proposals for every object in an image, in one shot.",
@@ -99,8 +109,10 @@ BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass.")
 INIT = typer.Option(None, help="torchvision ImageNet checkpoint for the body of an untrained preset.")
 
 
-def run_propose(proposer: Proposer, info: ModelInfo, images_dir: Path, out: Path, **options: Any) -> ProposeSummary:
+def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: Path, **options: Any) -> "ProposeSummary":
     """propose_folder with a progress bar and the summary table."""
+    from .propose import partial_path, propose_folder
+
     if not options.get("resume") and partial_path(out).exists():
         console.print(f"[yellow]Found an interrupted run ({partial_path(out)}); starting over. Use --resume to continue it.[/]")
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -156,9 +168,8 @@ def propose(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
 ) -> None:
     """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores)."""
-    model, info = load_model(weights, init)
-    proposer = Proposer(model, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
-                        mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou)
+    proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
+                                   size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou)
     summary = run_propose(proposer, info, images_dir, out, ann=ann, resume=resume, vis_dir=vis,
                           batch_size=batch_size, max_pixels=max_pixels)
     if json_out:
@@ -191,8 +202,7 @@ def eval_command(
     if iou_types is None:
         raise FastMaskError(f"--iou-type must be segm, bbox or both, not {iou_type!r}")
     if images is not None:
-        model, info = load_model(weights, init)
-        proposer = Proposer(model, device=device, precision=precision, top_k=top_k, scales=scales, size=size)
+        proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size)
         run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size)
     with Progress(TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -232,6 +242,8 @@ def list_weights(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """What weights are shipped, how they were trained, and what they measured."""
+    from .weights import read_manifest
+
     shipped = read_manifest()
     if json_out:
         typer.echo(json.dumps(shipped, indent=2))

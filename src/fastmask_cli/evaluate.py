@@ -108,9 +108,13 @@ def _check_results(results: list[dict], gt: COCO, allow_missing: bool, notes: li
             )
         results = [r for r in results if r["image_id"] in known]
         notes.append(f"ignored {count} results on {len(missing)} image ids not in the ground truth")
-    # class-agnostic: one category; masks as compressed RLE whatever form another tool wrote them in
-    return [{**r, "category_id": 1, **({"segmentation": _as_rle(r["segmentation"], gt.imgs[r["image_id"]])}
-                                        if "segmentation" in r else {})} for r in results]
+    # class-agnostic: one category; masks as compressed RLE whatever form another tool wrote them in.
+    # Entries are updated in place, as COCO.loadRes does: a copy of millions of results would double memory.
+    for r in results:
+        r["category_id"] = 1
+        if "segmentation" in r:
+            r["segmentation"] = _as_rle(r["segmentation"], gt.imgs[r["image_id"]])
+    return results
 
 
 def _recall(gt: COCO, results: list[dict], iou_type: str, image_ids: list[int],
@@ -154,7 +158,10 @@ def evaluate(
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> Evaluation:
-    """AR@10/100/1000 and AR S/M/L @100 for masks and/or boxes. on_start(total steps), on_image()."""
+    """AR@10/100/1000 and AR S/M/L @100 for masks and/or boxes. on_start(total steps), on_image().
+
+    A results list passed in is normalised in place (category, RLE, tight boxes), as COCO.loadRes does.
+    """
     gt = load_ground_truth(gt_path)
     evaluation = Evaluation()
     raw = load_results(results) if isinstance(results, (str, Path)) else results
@@ -176,18 +183,17 @@ def evaluate(
     if on_start:
         on_start(len(image_ids) * len(iou_types))
     for iou_type in iou_types:
-        entries = raw
-        if iou_type == "bbox":  # a mask is scored as a box through its tight box
-            entries = [{"image_id": r["image_id"], "category_id": 1, "score": r["score"],
-                        "bbox": [float(v) for v in mask_utils.toBbox(r["segmentation"])] if "segmentation" in r else r["bbox"]}
-                       for r in raw]
-        recall = _recall(gt, entries, iou_type, image_ids, on_image)
+        if iou_type == "bbox":  # a mask is scored as a box through its tight box (set in place, no copy)
+            for r in raw:
+                if "segmentation" in r:
+                    r["bbox"] = [float(v) for v in mask_utils.toBbox(r["segmentation"])]
+        recall = _recall(gt, raw, iou_type, image_ids, on_image)
         metrics = {f"AR@{n}": _mean_recall(recall[:, 0, 0, m]) for m, n in enumerate(MAX_DETS)}
         for a, area in enumerate(AREAS[1:], start=1):
             metrics[f"AR_{area[0].upper()}@100"] = _mean_recall(recall[:, 0, a, MAX_DETS.index(100)])
         thresholds = [round(float(t), 2) for t in np.linspace(0.5, 0.95, recall.shape[0])]
         curves = {n: [max(float(v), 0.0) for v in recall[:, 0, 0, m]] for m, n in enumerate(MAX_DETS)}
-        evaluation.results[iou_type] = Recall(iou_type, metrics, thresholds, curves, len(image_ids), len(entries))
+        evaluation.results[iou_type] = Recall(iou_type, metrics, thresholds, curves, len(image_ids), len(raw))
     if not raw:
         evaluation.notes.append("the results list is empty: every AR is 0")
     return evaluation
