@@ -214,7 +214,8 @@ def eval_command(
     for t in evaluation.results:
         table.add_column(f"{t} (ours)", justify="right")
         table.add_column(f"{t} (paper)", justify="right", style="dim")
-    for metric in next(iter(evaluation.results.values())).metrics if evaluation.results else []:
+    first = next(iter(evaluation.results.values()), None)
+    for metric in first.metrics if first else []:
         row = [metric]
         for t, r in evaluation.results.items():
             paper = PAPER[t].get(metric)
@@ -222,7 +223,6 @@ def eval_command(
             row += ["n/a" if value is None else f"{value * 100:.1f}", "" if paper is None else f"{paper:.1f}"]
         table.add_row(*row)
     console.print(table)
-    first = next(iter(evaluation.results.values()), None)
     if first:
         console.print(f"{first.images} images, {first.proposals} proposals. Paper: FastMask two-stream ResNet-39, "
                       "80k COCO training images, first 5k COCO val images (Table 3).", highlight=False)

@@ -71,11 +71,10 @@ def encode_masks(binary: Tensor) -> list[dict]:
 
 
 def decode_masks(rles: list[dict]) -> np.ndarray:
-    """COCO RLEs (counts as str or bytes) -> (K, H, W) bool array."""
+    """COCO RLEs (counts as str or bytes; pycocotools takes both) -> (K, H, W) bool array."""
     if not rles:
         return np.zeros((0, 0, 0), dtype=bool)
-    as_bytes = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]} for r in rles]
-    return mask_utils.decode(as_bytes).transpose(2, 0, 1).astype(bool)
+    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -102,6 +101,5 @@ def greedy_nms(iou: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def mask_iou(rles: list[dict]) -> np.ndarray:
-    """IoU matrix of COCO RLE masks (counts as str)."""
-    as_bytes = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
-    return np.asarray(mask_utils.iou(as_bytes, as_bytes, [0] * len(rles)), dtype=np.float64).reshape(len(rles), len(rles))
+    """IoU matrix of COCO RLE masks."""
+    return np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)), dtype=np.float64).reshape(len(rles), len(rles))

@@ -98,10 +98,14 @@ class ModelInfo:
     sha256: str | None = None
     body_init: LoadReport | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    identity: str = ""  # what determines the weights: sha256 of a file, or preset + seed + body init
 
-    def __post_init__(self) -> None:
-        self.identity = self.identity or self.sha256 or ""
+    @property
+    def identity(self) -> str:
+        """What determines the weights: a file's sha256, or the preset, its seed and the body's init."""
+        if self.sha256:
+            return self.sha256
+        body = f"imagenet-{sha256_of(Path(self.body_init.path))[:16]}" if self.body_init else "random"
+        return f"untrained:{self.name}:seed{UNTRAINED_SEED}:{body}"
 
     def describe(self) -> str:
         if self.path:
@@ -126,9 +130,7 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
             torch.manual_seed(UNTRAINED_SEED)
             model = FastMask(preset(weights))
         report = load_imagenet(model.body, init) if init else None
-        body = f"imagenet-{sha256_of(Path(init))[:16]}" if init else "random"
-        identity = f"untrained:{weights}:seed{UNTRAINED_SEED}:{body}"
-        return model.eval(), ModelInfo(weights, trained=False, body_init=report, identity=identity)
+        return model.eval(), ModelInfo(weights, trained=False, body_init=report)
     entry = next((m for m in shipped if m["name"] == weights), None)
     if entry is not None:
         path = weights_dir() / entry["file"]
