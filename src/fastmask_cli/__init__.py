@@ -20,6 +20,7 @@ _EXPORTS = {
     "FastMask": "model",
     "ProposeSummary": "propose", "propose_folder": "propose",
     "load_model": "weights", "save_checkpoint": "weights",
+    "TrainSettings": "train", "train": "train",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

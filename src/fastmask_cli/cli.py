@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -261,3 +262,95 @@ def list_weights(
                       str(m.get("config", {}).get("streams", "?")), str(metrics.get("segm", {}).get("AR@100", "?")),
                       str(metrics.get("bbox", {}).get("AR@100", "?")), m["sha256"][:12])
     console.print(table)
+
+
+def _pair(text: str, option: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise FastMaskError(f"{option} must be two numbers LOW,HIGH such as 0.5,1.25, not {text!r}") from None
+    return low, high
+
+
+@app.command("train")
+@friendly_errors
+def train_command(
+    gt: Path = typer.Argument(..., help="COCO ground truth of the training images (instances JSON)."),
+    images_dir: Path = typer.Argument(..., help="Folder holding the training images (file_name is relative to it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, model.pt, best.pt, log.jsonl."),
+    config: str = typer.Option("fast", help="Architecture preset to start from: " + ", ".join(PRESETS) + "."),
+    body: Optional[str] = typer.Option(None, help="Override the body: resnet18, resnet34 or resnet50."),
+    streams: Optional[int] = typer.Option(None, help="Override the body streams: 1 or 2."),
+    neck: Optional[str] = typer.Option(None, help="Override the neck: residual, avgpool, maxpool, feedforward."),
+    head: Optional[str] = typer.Option(None, help="Override the head: attentional or standard."),
+    init: Optional[Path] = typer.Option(None, help="torchvision ImageNet checkpoint for the body (else from scratch)."),
+    epochs: int = typer.Option(30, help="Epochs in all (with --resume: may be raised to train longer)."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Images per step (per process under torchrun)."),
+    lr: float = typer.Option(0.01, help="Base SGD learning rate (momentum 0.9, weight decay 5e-5, as the paper)."),
+    warmup: int = typer.Option(200, help="Warm-up iterations."),
+    size: int = typer.Option(800, help="Training scale: the image's longer side before jitter."),
+    jitter: str = typer.Option("0.5,1.25", help="Scale jitter LOW,HIGH multiplying --size."),
+    copy_paste: float = typer.Option(0.5, "--copy-paste", help="Probability of pasting another image's objects on top."),
+    windows_per_image: int = typer.Option(64, "--windows-per-image", help="Windows sampled per image, about half positive."),
+    val_ann: Optional[Path] = typer.Option(None, "--val-ann", help="COCO ground truth for validation (keeps best.pt by mask AR@100)."),
+    val_images: Optional[Path] = typer.Option(None, "--val-images", help="Folder of the validation images."),
+    val_every: int = typer.Option(1, "--val-every", help="Epochs between validations."),
+    workers: int = typer.Option(2, help="Data-loading processes."),
+    device: str = DEVICE,
+    precision: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16."),
+    seed: int = typer.Option(0, help="Seed for initialisation, data order, augmentation and sampling."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last finished epoch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
+) -> None:
+    """Train FastMask on COCO-format data (paper §5.2). Under torchrun, trains on every GPU with DDP."""
+    from .config import preset
+    from .train import TrainEvents, TrainSettings, train
+
+    if (val_ann is None) != (val_images is None):
+        raise FastMaskError("give both --val-ann and --val-images, or neither")
+    model_config = preset(config).with_overrides(body=body, streams=streams, neck=neck, head=head)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, warmup_iters=warmup, size=size,
+                             jitter=_pair(jitter, "--jitter"), copy_paste=copy_paste, windows_per_image=windows_per_image,
+                             seed=seed, workers=workers, precision=precision, val_every=val_every)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not main_process) as progress:
+
+        class Events(TrainEvents):
+            def note(self, message: str) -> None:
+                if main_process:
+                    progress.console.print(f"[yellow]note:[/] {message}", highlight=False)
+
+            def epoch_start(self, epoch: int, epochs: int, iterations: int) -> None:
+                self.task = progress.add_task(f"epoch {epoch}/{epochs}", total=iterations, losses="")
+
+            def step(self, m: dict[str, float]) -> None:
+                progress.update(self.task, advance=1, losses=f"loss {m['loss']:.3f} (conf {m['conf']:.3f} "
+                                f"seg {m['seg']:.3f} att {m['att']:.3f}) lr {m['lr']:.4f}")
+
+            def epoch_end(self, record: dict[str, Any]) -> None:
+                if main_process and "val" in record:
+                    v = record["val"]
+                    progress.console.print(
+                        f"epoch {record['epoch']}: val AR@100 mask {v['mask AR@100'] * 100:.1f}, box {v['box AR@100'] * 100:.1f}"
+                        + (" (best so far)" if record.get("best") else ""), highlight=False)
+
+        summary = train(gt, images_dir, out, config=model_config, settings=settings, init=init,
+                        val=(val_ann, val_images) if val_ann else None, resume=resume, device=device, events=Events())
+    if not main_process:
+        return
+    table = Table(title="fastmask train", show_header=False)
+    table.add_row("run", summary.out)
+    table.add_row("epochs / iterations", f"{summary.epochs} / {summary.iterations}")
+    if summary.first_loss is not None:
+        table.add_row("loss", f"{summary.first_loss:.3f} (first step) -> {summary.last_loss:.3f} (last epoch mean)")
+    table.add_row("seconds per iteration", f"{summary.seconds_per_iteration:.3f} (median, batch {settings.batch_size})")
+    if summary.best:
+        v = summary.best["val"]
+        table.add_row("best (best.pt)", f"epoch {summary.best['epoch']}: AR@100 mask {v['mask AR@100'] * 100:.1f}, box {v['box AR@100'] * 100:.1f}")
+    table.add_row("weights", f"{out / 'model.pt'}" + (f", {out / 'best.pt'}" if summary.best else "") + "  (use with --weights)")
+    table.add_row("skipped images", str(len(summary.skipped)))
+    console.print(table)
+    if json_out:
+        write_json_atomic(json_out, dataclasses.asdict(summary))

@@ -76,7 +76,8 @@ class FastMask(nn.Module):
         """images: (N, 3, H, W) RGB in [0, 255]. scales: number of pyramid levels (default: config)."""
         cfg = self.config
         strides = self.strides(scales)
-        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        # contiguous: a channels-last input (an HWC batch permuted) corrupts memory in CPU backward (torch 2.13)
+        x = ((images.to(self.mean.dtype) - self.mean) / self.std).contiguous()
         streams = self.body(x, streams=1 + any(stream_and_depth(s)[0] == 1 for s in strides))
         by_stride = {}
         for stream, feature in enumerate(streams):

@@ -116,7 +116,7 @@ class ModelInfo:
 
 
 def load_model(weights: str | None = None, init: str | Path | None = None) -> tuple[FastMask, ModelInfo]:
-    """Load a model by shipped name, checkpoint path, or preset name (untrained: "fast", "accurate").
+    """Load a model by shipped name, checkpoint path, training run folder, or preset name (untrained: "fast", "accurate").
 
     With no `weights`, the shipped default is used; while none is shipped, the untrained "fast"
     preset, whose body takes `init` (a torchvision ImageNet checkpoint) when given.
@@ -139,6 +139,8 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
             raise FastMaskError(f"shipped weights {path} do not match their sha256 in {MANIFEST}: damaged file")
     else:
         path = Path(weights)
+        if path.is_dir():  # a `fastmask train` run folder: its best model, else its latest
+            path = next((path / f for f in ("best.pt", "model.pt") if (path / f).is_file()), path / "model.pt")
         if not path.exists():
             names = ", ".join([m["name"] for m in shipped] + list(PRESETS))
             raise FastMaskError(f"--weights {weights!r} is neither a file nor a known name ({names})")

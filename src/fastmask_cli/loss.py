@@ -1,0 +1,95 @@
+"""Training objective (paper §5.2, Eq. 1-5): window confidence, and mask and attention for positives.
+
+    L = 1/N Σ_k [ BCE(c_k, ĉ_k) + 1(c_k) · (mean_ij BCE(s_k, ŝ_k) + mean_ij BCE(a_k, â_k)) ]
+
+over the N windows sampled in the batch (positives and negatives about 1:1). Mask and attention
+losses are averaged over each window's pixels and taken on positive windows only.
+`FastMaskLoss` wraps the model so that one forward call is one training step's loss, which is what
+DistributedDataParallel needs to see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .assign import NEGATIVE, AssignRule, assign_windows, window_targets
+from .model import FastMask
+
+
+@dataclass
+class Target:
+    """Ground truth of one training image, on the model's device."""
+
+    masks: Tensor  # (O, H, W) uint8, in input pixels
+    boxes: Tensor  # (O, 4) float x0, y0, x1, y1
+    ignore: Tensor  # (O,) bool
+
+
+def sample_windows(labels: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Up to count/2 positives (labels >= 0) and count/2 negatives, drawn uniformly; IGNORE never.
+
+    With few positives the batch is mostly negatives, as in the original code's sampling.
+    """
+    positives = (labels >= 0).nonzero().squeeze(1)
+    negatives = (labels == NEGATIVE).nonzero().squeeze(1)
+    positives = positives[torch.randperm(positives.numel(), device=labels.device)[: count // 2]]
+    negatives = negatives[torch.randperm(negatives.numel(), device=labels.device)[: count - count // 2]]
+    return positives, negatives
+
+
+class FastMaskLoss(nn.Module):
+    """The model plus its objective: forward(images, targets) -> loss and its components."""
+
+    def __init__(self, model: FastMask, windows_per_image: int = 64, rule: AssignRule = AssignRule()) -> None:
+        super().__init__()
+        self.model = model
+        self.windows_per_image = windows_per_image
+        self.rule = rule
+
+    def forward(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
+        model = self.model
+        cfg = model.config
+        pyramid = model(images, cfg.train_scales)
+        grid = pyramid.grid
+        scores = pyramid.flat_scores().float()
+        windows = grid.boxes(torch.arange(grid.num_windows, device=images.device))
+
+        conf_logits, conf_labels, pos_image, pos_flat, seg_targets, att_targets = [], [], [], [], [], []
+        for i, target in enumerate(targets):
+            labels = assign_windows(grid, target.boxes, target.ignore, self.rule)
+            positives, negatives = sample_windows(labels, self.windows_per_image)
+            sampled = torch.cat([positives, negatives])
+            conf_logits.append(scores[i, sampled])
+            conf_labels.append((labels[sampled] >= 0).float())
+            if positives.numel():
+                seg, att = window_targets(target.masks, target.boxes, labels[positives], windows[positives], cfg.mask_size, cfg.window)
+                pos_image.append(torch.full_like(positives, i))
+                pos_flat.append(positives)
+                seg_targets.append(seg)
+                att_targets.append(att)
+        logits = torch.cat(conf_logits)
+        count = max(logits.numel(), 1)
+        conf = F.binary_cross_entropy_with_logits(logits, torch.cat(conf_labels), reduction="sum")
+
+        if pos_flat:
+            mask_logits, att_logits = model.decode(pyramid, torch.cat(pos_image), torch.cat(pos_flat))
+            seg = F.binary_cross_entropy_with_logits(mask_logits.float(), torch.cat(seg_targets), reduction="none").mean((1, 2)).sum()
+            att = (F.binary_cross_entropy_with_logits(att_logits.float(), torch.cat(att_targets), reduction="none").mean((1, 2)).sum()
+                   if att_logits is not None else scores.new_zeros(()))
+        else:  # no positive anywhere: decode one window at zero weight, so every parameter still gets a gradient
+            zero = torch.zeros(1, dtype=torch.long, device=images.device)
+            mask_logits, att_logits = model.decode(pyramid, zero, zero)
+            seg = mask_logits.float().sum() * 0.0
+            att = att_logits.float().sum() * 0.0 if att_logits is not None else scores.new_zeros(())
+        return {
+            "loss": (conf + seg + att) / count,
+            "conf": conf.detach() / count,
+            "seg": seg.detach() / count,
+            "att": att.detach() / count,
+            "positives": torch.tensor(float(sum(p.numel() for p in pos_flat)), device=images.device),
+            "windows": torch.tensor(float(count), device=images.device),
+        }

@@ -1,0 +1,127 @@
+"""The training loop: it learns (overfits a small synthetic set), resumes exactly, and runs from the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fastmask_cli import load_model
+from fastmask_cli.cli import app
+from fastmask_cli.errors import FastMaskError
+from fastmask_cli.train import TrainSettings, train
+
+from conftest import SHARED_DATA, TINY
+from synthetic import write_shapes_dataset
+
+CONFIG = TINY.with_overrides(size=192)
+
+
+def settings(**overrides) -> TrainSettings:
+    base = dict(epochs=2, batch_size=4, lr=0.2, warmup_iters=20, size=192, jitter=(0.8, 1.2), workers=0, copy_paste=0.0)
+    return TrainSettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> tuple[Path, Path]:
+    return write_shapes_dataset(tmp_path_factory.mktemp("train") / "shapes", images=8)
+
+
+def test_tiny_model_overfits_synthetic_shapes(shapes, tmp_path: Path) -> None:
+    """300 steps on 8 images: the whole loop (assignment, losses, SGD) must learn the shapes."""
+    gt, images = shapes
+    summary = train(gt, images, tmp_path / "run", config=CONFIG, settings=settings(epochs=150, val_every=150),
+                    val=(gt, images), device="cpu")
+    assert summary.iterations == 300
+    assert summary.last_loss < 0.3 * summary.first_loss
+    ar = summary.best["val"]
+    assert ar["mask AR@100"] > 0.35 and ar["box AR@100"] > 0.35  # an untrained model scores about 0.04
+
+    model, info = load_model(str(tmp_path / "run" / "best.pt"))
+    assert info.trained and info.meta["epochs"] == 150 and "optimizer" not in torch.load(tmp_path / "run" / "best.pt")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["type"] == "epoch"] == list(range(1, 151))
+    assert log[-1]["val"]["mask AR@100"] == ar["mask AR@100"]
+
+
+def test_resumed_run_matches_an_unbroken_one(shapes, tmp_path: Path) -> None:
+    gt, images = shapes
+    train(gt, images, tmp_path / "whole", config=CONFIG, settings=settings(epochs=3, copy_paste=0.5), device="cpu")
+    train(gt, images, tmp_path / "split", config=CONFIG, settings=settings(epochs=2, copy_paste=0.5), device="cpu")
+    with pytest.raises(FastMaskError, match="--resume"):
+        train(gt, images, tmp_path / "split", config=CONFIG, settings=settings(epochs=3), device="cpu")
+    train(gt, images, tmp_path / "split", config=CONFIG, settings=settings(epochs=3), device="cpu", resume=True)
+    whole = torch.load(tmp_path / "whole" / "model.pt")["model"]
+    split = torch.load(tmp_path / "split" / "model.pt")["model"]
+    assert all(torch.allclose(whole[k].float(), split[k].float(), atol=1e-6) for k in whole)
+
+
+def test_an_unreadable_image_is_skipped_not_fatal(shapes, tmp_path: Path) -> None:
+    gt, images = shapes
+    broken = tmp_path / "images"
+    broken.mkdir()
+    for f in images.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "shapes_003.png").write_bytes(b"\x89PNG broken")
+    summary = train(gt, broken, tmp_path / "run", config=CONFIG, settings=settings(epochs=1), device="cpu")
+    assert summary.iterations == 2 and list(summary.skipped) == ["shapes_003.png"]
+
+
+def test_cli_train_writes_a_run_that_propose_loads(shapes, tmp_path: Path, monkeypatch) -> None:
+    gt, images = shapes
+    runner = CliRunner()
+    out = tmp_path / "run"
+    # the CLI trains a preset; a tiny one keeps this test fast
+    monkeypatch.setitem(__import__("fastmask_cli.config", fromlist=["PRESETS"]).PRESETS, "fast", CONFIG)
+    result = runner.invoke(app, ["train", str(gt), str(images), "--out", str(out), "--epochs", "1", "--size", "192",
+                                 "--workers", "0", "--batch-size", "4", "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    assert "seconds per iteration" in result.output
+    assert json.loads((tmp_path / "s.json").read_text())["iterations"] == 2
+    result = runner.invoke(app, ["propose", str(images), "--out", str(tmp_path / "r.json"), "--weights", str(out)])
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(app, ["train", str(gt), str(images), "--out", str(out), "--epochs", "1"])
+    assert again.exit_code == 1 and "--resume" in again.output
+
+
+@pytest.mark.parametrize("content, message", [("{oops", "is not JSON"), ('{"images": 3}', "is not COCO")])
+def test_cli_train_rejects_bad_ground_truth(tmp_path: Path, shapes, content: str, message: str) -> None:
+    gt = tmp_path / "gt.json"
+    gt.write_text(content)
+    result = CliRunner().invoke(app, ["train", str(gt), str(shapes[1]), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_torchrun_two_processes_train_together(shapes, tmp_path: Path) -> None:
+    """DDP on the CPU (gloo): both processes step together; rank 0 alone writes the run."""
+    gt, images = shapes
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys; sys.path.insert(0, %r)\n"
+        "from conftest import TINY\n"
+        "from fastmask_cli.train import TrainSettings, train\n"
+        "s = train(%r, %r, %r, config=TINY.with_overrides(size=192), device='cpu',\n"
+        "          settings=TrainSettings(epochs=1, batch_size=2, size=192, workers=0, lr=0.05))\n"
+        "print('iterations', s.iterations)\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", str(script)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("iterations 2") == 2  # 8 images / 2 processes / batch 2
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "log.jsonl", "model.pt"]
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real COCO images) is not present")
+def test_trains_on_real_coco_data(tmp_path: Path) -> None:
+    data = SHARED_DATA
+    summary = train(data / "annotations" / "instances_train.json", data / "train", tmp_path / "run", config=TINY,
+                    settings=TrainSettings(epochs=1, batch_size=4, size=192, workers=0, lr=0.02), device="cpu")
+    assert summary.iterations == 40 and np.isfinite(summary.last_loss) and not summary.skipped
