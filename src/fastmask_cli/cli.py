@@ -354,3 +354,71 @@ def train_command(
     console.print(table)
     if json_out:
         write_json_atomic(json_out, dataclasses.asdict(summary))
+
+
+def _bench_images(folder: Path | None) -> list:
+    """The images to time on: --images, else the examples shipped with the repository."""
+    from .images import ImageError, list_images, read_image
+
+    if folder is None:
+        folder = Path(__file__).resolve().parents[2] / "examples" / "images"
+        if not folder.is_dir():
+            raise FastMaskError("no example images found beside the package; pass --images DIR")
+    files, _ = list_images(folder)
+    images = []
+    for rel in files[:16]:
+        try:
+            images.append(read_image(folder / rel))
+        except ImageError:
+            continue
+    if not images:
+        raise FastMaskError(f"no readable images in {folder}")
+    return images
+
+
+@app.command("bench")
+@friendly_errors
+def bench_command(
+    scales: str = typer.Option("4", help="Scale count, or a list such as 2,4,6,8."),
+    size: str = typer.Option("800x600", help="Input size WIDTHxHEIGHT every image is resized to."),
+    pyramid: bool = typer.Option(False, "--pyramid", help="Also time the image-pyramid baseline and the one-shot speed-up."),
+    weights: Optional[str] = WEIGHTS,
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    runs: int = typer.Option(10, help="Timed runs per configuration."),
+    warmup: int = typer.Option(2, help="Untimed warm-up runs per configuration."),
+    top_k: int = typer.Option(100, "--top-k", help="Proposals decoded, pasted and encoded per image."),
+    images: Optional[Path] = typer.Option(None, help="Folder of images to time on. Default: the shipped examples."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the tables and the machine as JSON."),
+) -> None:
+    """Speed against the number of pyramid scales; with --pyramid, one shot against an image pyramid (§6.2)."""
+    from .bench import STAGES, bench, parse_scales, parse_size
+
+    scale_counts, frame = parse_scales(scales), parse_size(size)
+    proposer, info = load_proposer(weights, None, device=device, precision=precision, top_k=top_k)
+    frames = _bench_images(images)
+    total = len(scale_counts) * runs * (2 if pyramid else 1)
+    with Progress(TextColumn("timing {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("", total=total)
+        report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid,
+                       on_run=lambda what: progress.update(task, advance=1, description=what))
+    m = report.machine
+    table = Table(title=f"fastmask bench: {info.name}, {size}, top-{top_k}, {precision}, {m['device']}")
+    for column in ("scales", "mode", "windows", "img/s", "median s", "p90 s", *[f"{s} s" for s in STAGES], "peak MB", "GFLOPs", "net / floor"):
+        table.add_column(column, justify="right")
+    for r in report.rows:
+        table.add_row(str(r.scales), r.mode, str(r.windows), f"{r.images_per_second:.2f}", f"{r.median_s:.3f}", f"{r.p90_s:.3f}",
+                      *[f"{r.stages_s[s]:.3f}" for s in STAGES], f"{r.peak_memory_mb:.0f}", f"{r.network_gflops:.1f}",
+                      f"{r.stages_s['network'] / r.flop_floor_s:.2f}x")
+    console.print(table)
+    console.print(f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if "gpu" in m else "")
+                  + f"; measured matmul rate {m['matmul_gflops']} GFLOP/s (net / floor = network time / (FLOPs / that rate))",
+                  highlight=False)
+    for scales_count, ratio in report.speedup().items():
+        console.print(f"{scales_count} scales: one shot is {ratio:.2f}x faster than the image pyramid (paper, 8 scales: 1.7x)", highlight=False)
+    if not info.trained:
+        console.print("[yellow]note:[/] untrained weights: every mask fills its window, so paste-back and RLE are at their slowest.")
+    if json_out:
+        write_json_atomic(json_out, report.to_dict())
+        console.print(f"results: {json_out}", highlight=False)

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -22,6 +24,30 @@ from .model import IMAGENET_MEAN, FastMask
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NMS_KINDS = ("none", "box", "mask")
 PASTE_CHUNK = 64  # masks pasted at once: bounds memory at 64 x H x W floats
+
+
+class StageTimer:
+    """Wall time per stage of `Proposer.propose_batch`, synchronising the device before each reading."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def reset(self) -> dict[str, float]:
+        seconds, self.seconds = self.seconds, {}
+        return seconds
 
 
 @dataclass
@@ -93,6 +119,7 @@ class Proposer:
         mask_threshold: float | None = None,
         nms: str = "none",
         nms_iou: float = 0.8,
+        multi_shot: bool = False,
     ) -> None:
         cfg = model.config
         self.device = resolve_device(device)
@@ -113,11 +140,16 @@ class Proposer:
         self.mask_threshold = cfg.mask_threshold if mask_threshold is None else mask_threshold
         self.nms = nms
         self.nms_iou = nms_iou
+        self.multi_shot = multi_shot  # the image-pyramid baseline (`fastmask bench --pyramid`), not one shot
+        self.timer: StageTimer | None = None  # set by `fastmask bench` to split the time by stage
 
     def settings(self) -> dict:
         """What determines the output, besides the weights (recorded so a resumed run can check it)."""
         keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou")
         return {k: getattr(self, k) for k in keys}
+
+    def _stage(self, name: str) -> contextlib.AbstractContextManager:
+        return self.timer.stage(name) if self.timer is not None else contextlib.nullcontext()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -143,8 +175,9 @@ class Proposer:
     def propose_batch(self, images: list[np.ndarray]) -> list[Proposals]:
         """Proposals for a list of RGB images, (H, W, 3) uint8, run through the network together."""
         batch, scales, sizes = self._batch(images)
-        with self._autocast():
-            pyramid = self.model(batch, self.scales)
+        with self._autocast(), self._stage("network"):
+            pyramid = (self.model.image_pyramid if self.multi_shot else self.model)(batch, self.scales)
+        with self._autocast(), self._stage("decode"):
             flat_scores = pyramid.flat_scores().float()
             windows = pyramid.grid.boxes(torch.arange(pyramid.grid.num_windows, device=self.device))
             picks = []
@@ -157,7 +190,7 @@ class Proposer:
             image_index = torch.cat([torch.full_like(p, i) for i, p in enumerate(picks)])
             flat = torch.cat(picks)
             mask_logits, _ = self.model.decode(pyramid, image_index, flat)
-        probs = torch.sigmoid(mask_logits.float())
+            probs = torch.sigmoid(mask_logits.float())
         strides = torch.tensor([lv.stride for lv in pyramid.grid.levels], device=self.device)
         level = pyramid.grid.locate(flat)[0]
         results = []
@@ -175,10 +208,12 @@ class Proposer:
         """Paste masks into the original image, threshold, box, encode, and optionally suppress."""
         rles, tight, keep = [], [], []
         for start in range(0, probs.shape[0], PASTE_CHUNK):
-            binary = paste_masks(probs[start : start + PASTE_CHUNK], boxes[start : start + PASTE_CHUNK], height, width)
-            binary = binary >= self.mask_threshold
-            chunk_boxes, nonempty = mask_boxes(binary)
-            rles += encode_masks(binary[nonempty])
+            with self._stage("paste"):
+                binary = paste_masks(probs[start : start + PASTE_CHUNK], boxes[start : start + PASTE_CHUNK], height, width)
+                binary = binary >= self.mask_threshold
+                chunk_boxes, nonempty = mask_boxes(binary)
+            with self._stage("rle"):
+                rles += encode_masks(binary[nonempty])
             tight.append(chunk_boxes[nonempty])
             keep.append(nonempty)
         keep_t = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=self.device)

@@ -72,13 +72,15 @@ class FastMask(nn.Module):
     def strides(self, scales: int | None = None) -> list[int]:
         return level_strides(self.config.streams, scales or self.config.scales)
 
-    def forward(self, images: Tensor, scales: int | None = None) -> Pyramid:
-        """images: (N, 3, H, W) RGB in [0, 255]. scales: number of pyramid levels (default: config)."""
-        cfg = self.config
-        strides = self.strides(scales)
+    def normalize(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) RGB in [0, 255] -> ImageNet-normalised input."""
         # contiguous: a channels-last input (an HWC batch permuted) corrupts memory in CPU backward (torch 2.13)
-        x = ((images.to(self.mean.dtype) - self.mean) / self.std).contiguous()
-        streams = self.body(x, streams=1 + any(stream_and_depth(s)[0] == 1 for s in strides))
+        return ((images.to(self.mean.dtype) - self.mean) / self.std).contiguous()
+
+    def forward(self, images: Tensor, scales: int | None = None) -> Pyramid:
+        """One shot. images: (N, 3, H, W) RGB in [0, 255]; scales: number of pyramid levels (default: config)."""
+        strides = self.strides(scales)
+        streams = self.body(self.normalize(images), streams=1 + any(stream_and_depth(s)[0] == 1 for s in strides))
         by_stride = {}
         for stream, feature in enumerate(streams):
             depths = [stream_and_depth(s)[1] for s in strides if stream_and_depth(s)[0] == stream]
@@ -86,7 +88,24 @@ class FastMask(nn.Module):
                 by_stride[BASE_STRIDES[stream] * 2**depth] = feature
                 if depth < max(depths):
                     feature = self.neck(feature)  # the same neck weights at every level
-        levels = self.norm([self.reduce(by_stride[s]) for s in strides])
+        return self.pyramid([self.reduce(by_stride[s]) for s in strides], strides)
+
+    def image_pyramid(self, images: Tensor, scales: int | None = None) -> Pyramid:
+        """The multi-shot baseline of §6.2 (DeepMask-style): no neck; the body's stride-16 stream runs once
+        per level on the image resized by 16 / stride, so each level sees windows of the same image size
+        as the one-shot level of that stride. Same reduce, norm and head; same output."""
+        levels, strides = [], self.strides(scales)
+        height, width = images.shape[-2:]
+        for stride in strides:
+            size = (max(1, round(height * BASE_STRIDES[0] / stride)), max(1, round(width * BASE_STRIDES[0] / stride)))
+            scaled = images if stride == BASE_STRIDES[0] else F.interpolate(images, size=size, mode="bilinear", antialias=True)
+            levels.append(self.reduce(self.body(self.normalize(scaled), streams=1)[0]))
+        return self.pyramid(levels, strides)
+
+    def pyramid(self, levels: list[Tensor], strides: list[int]) -> Pyramid:
+        """Reduced level features -> window norm, padding, and the confidence of every window."""
+        cfg = self.config
+        levels = self.norm(levels)
         grid = WindowGrid([Level(s, lv.shape[2], lv.shape[3], cfg.window_pad, cfg.window) for s, lv in zip(strides, levels)])
         features = [
             F.pad(lv, (cfg.window_pad, g.padded_w - g.feat_w - cfg.window_pad, cfg.window_pad, g.padded_h - g.feat_h - cfg.window_pad))
