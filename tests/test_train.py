@@ -125,3 +125,26 @@ def test_trains_on_real_coco_data(tmp_path: Path) -> None:
     summary = train(data / "annotations" / "instances_train.json", data / "train", tmp_path / "run", config=TINY,
                     settings=TrainSettings(epochs=1, batch_size=4, size=192, workers=0, lr=0.02), device="cpu")
     assert summary.iterations == 40 and np.isfinite(summary.last_loss) and not summary.skipped
+
+
+def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monkeypatch) -> None:
+    gt, images = shapes
+    train(gt, images, tmp_path / "run", config=CONFIG, settings=settings(epochs=1), device="cpu")
+    shipped = tmp_path / "weights"
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(tmp_path / "run"), "--name", "tiny", "--weights-dir", str(shipped), "--default",
+                                 "--ann", str(gt), "--images", str(images), "--top-k", "50", "--train-command", "fastmask train ..."])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((shipped / "manifest.json").read_text())["models"][0]
+    assert entry["name"] == "tiny" and entry["default"] and entry["training"]["epochs"] == 1
+    assert set(entry["metrics"]) == {"segm", "bbox"} and entry["measured_on"]["top_k"] == 50
+    assert "optimizer" not in torch.load(shipped / "tiny.pt")
+
+    monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(shipped))
+    model, info = load_model()
+    assert info.name == "tiny" and info.trained and info.sha256 == entry["sha256"]
+    listed = runner.invoke(app, ["weights"])
+    assert listed.exit_code == 0 and "tiny" in listed.output
+    (shipped / "tiny.pt").write_bytes((shipped / "tiny.pt").read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(FastMaskError, match="sha256"):
+        load_model()

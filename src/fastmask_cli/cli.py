@@ -237,6 +237,10 @@ def eval_command(
         console.print(f"recall plot: {plot}", highlight=False)
 
 
+def _percent(value: float | None) -> str:
+    return "?" if value is None else f"{value * 100:.1f}"
+
+
 @app.command("weights")
 @friendly_errors
 def list_weights(
@@ -259,8 +263,8 @@ def list_weights(
     for m in shipped:
         metrics = m.get("metrics", {})
         table.add_row(m["name"], "yes" if m.get("default") else "", m.get("config", {}).get("body", "?"),
-                      str(m.get("config", {}).get("streams", "?")), str(metrics.get("segm", {}).get("AR@100", "?")),
-                      str(metrics.get("bbox", {}).get("AR@100", "?")), m["sha256"][:12])
+                      str(m.get("config", {}).get("streams", "?")), _percent(metrics.get("segm", {}).get("AR@100")),
+                      _percent(metrics.get("bbox", {}).get("AR@100")), m["sha256"][:12])
     console.print(table)
 
 
@@ -422,3 +426,44 @@ def bench_command(
     if json_out:
         write_json_atomic(json_out, report.to_dict())
         console.print(f"results: {json_out}", highlight=False)
+
+
+@app.command("export")
+@friendly_errors
+def export_command(
+    source: str = typer.Argument(..., help="A training run folder (its best.pt, else model.pt) or a checkpoint file."),
+    name: str = typer.Option(..., help="Name to ship the weights under (NAME.pt in --weights-dir)."),
+    weights_dir: Path = typer.Option(Path("weights"), "--weights-dir", help="Folder of shipped weights and manifest.json."),
+    default: bool = typer.Option(False, "--default", help="Make these the weights `propose` uses when none are named."),
+    ann: Optional[Path] = typer.Option(None, help="COCO ground truth to measure AR on before shipping (recorded in the manifest)."),
+    images: Optional[Path] = typer.Option(None, help="Folder of the --ann images."),
+    top_k: int = typer.Option(1000, "--top-k", help="Proposals per image for the measurement (1000 gives AR@10/100/1000)."),
+    train_command: Optional[str] = typer.Option(None, "--train-command", help="The command that trained them, recorded for reproduction."),
+    device: str = DEVICE,
+) -> None:
+    """Ship trained weights: weights and config only (no optimizer), their sha256, and their measured AR in the manifest."""
+    from .train import validate
+    from .weights import load_model, ship_weights
+
+    if (ann is None) != (images is None):
+        raise FastMaskError("give both --ann and --images, or neither")
+    model, info = load_model(source)
+    if not info.trained:
+        raise FastMaskError(f"{source} holds untrained weights: nothing to ship")
+    meta = {k: v for k, v in info.meta.items() if k != "val"}
+    entry: dict[str, Any] = {"training": meta}
+    if train_command:
+        entry["commands"] = {"train": train_command}
+    if ann is not None:
+        console.print(f"measuring AR on {ann} (top-{top_k}) ...")
+        evaluation = validate(model, ann, images, top_k=top_k, device=device)
+        entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
+        entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
+                                "top_k": top_k, "size": model.config.size, "scales": model.config.scales}
+        entry.setdefault("commands", {})["eval"] = (f"fastmask eval {ann} results.json --images {images} --weights {name} "
+                                                    f"--top-k {top_k}")
+    record = ship_weights(model, meta, name, weights_dir, default=default, entry=entry)
+    console.print(f"shipped {weights_dir / record['file']} (sha256 {record['sha256'][:12]})"
+                  + (" as the default" if default else ""), highlight=False)
+    for t, metrics in entry.get("metrics", {}).items():
+        console.print(f"  {t}: " + ", ".join(f"{k} {v * 100:.1f}" for k, v in metrics.items() if v is not None), highlight=False)

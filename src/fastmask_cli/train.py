@@ -32,7 +32,7 @@ from .body import load_imagenet
 from .config import FastMaskConfig
 from .dataset import Augment, CocoInstances, Sample
 from .errors import FastMaskError
-from .evaluate import evaluate
+from .evaluate import Evaluation, evaluate
 from .files import atomic_path, read_json
 from .images import read_image
 from .inference import Proposer, resolve_device
@@ -162,8 +162,8 @@ def _collate(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100, device: str = "cpu") -> dict[str, float | None]:
-    """Mask and box AR (AR@10/100/1000, S/M/L) of `model` on a COCO set, through `fastmask eval`'s code."""
+def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100, device: str = "cpu") -> Evaluation:
+    """Mask and box AR of `model` on the COCO set `gt_path` (images under `images_dir`), through `evaluate`."""
     gt = read_json(gt_path, "validation ground truth")
     proposer = Proposer(model, device=device, top_k=top_k)
     results = []
@@ -171,7 +171,10 @@ def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100,
         path = Path(images_dir) / image["file_name"]
         if path.is_file():
             results += proposer.propose(read_image(path)).to_coco(image["id"])
-    evaluation = evaluate(Path(gt_path), results, allow_missing=True)
+    return evaluate(Path(gt_path), results, allow_missing=True)
+
+
+def _flat(evaluation: Evaluation) -> dict[str, float | None]:
     return {f"{'mask' if t == 'segm' else 'box'} {k}": v for t, r in evaluation.results.items() for k, v in r.metrics.items()}
 
 
@@ -333,10 +336,10 @@ def train(
                                       **{k: v / max(steps, 1) for k, v in totals.items()}}
             summary.last_loss = record.get("loss", summary.last_loss)
             if main:
-                meta = {"trained_on": str(gt_path), "epochs": epoch + 1, "iterations": iteration,
+                meta = {"trained_on": str(gt_path), "images": str(images_dir), "epochs": epoch + 1, "iterations": iteration,
                         "init": str(init) if init else "scratch", "settings": settings.to_dict()}
                 if val is not None and ((epoch + 1) % settings.val_every == 0 or epoch + 1 == settings.epochs):
-                    metrics = validate(model, val[0], val[1], settings.val_top_k, device=str(dev))
+                    metrics = _flat(validate(model, val[0], val[1], settings.val_top_k, device=str(dev)))
                     model.train()
                     record["val"] = metrics
                     if best is None or (metrics["mask AR@100"] or 0.0) > (best["val"]["mask AR@100"] or 0.0):

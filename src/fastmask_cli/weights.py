@@ -88,6 +88,29 @@ def load_checkpoint(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor]
     return FastMaskConfig.from_dict(payload["config"]), payload["model"], dict(payload.get("meta", {}))
 
 
+def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Path, *,
+                 default: bool = False, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `model` to `directory/NAME.pt` (weights and config only) and list it in the manifest.
+
+    `entry` adds what the manifest should say besides name, file, sha256 and config: metrics,
+    training data, the commands that reproduce it. A default model displaces the previous default.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.pt"
+    save_checkpoint(path, model, meta)
+    record = {"name": name, "file": path.name, "sha256": sha256_of(path), "default": default,
+              "config": model.config.to_dict(), **(entry or {})}
+    models = [m for m in read_manifest(directory) if m["name"] != name]
+    if default:
+        for m in models:
+            m["default"] = False
+    models.append(record)
+    with atomic_path(directory / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"models": models}, indent=2) + "\n")
+    return record
+
+
 @dataclass
 class ModelInfo:
     """Where a loaded model came from, and whether it was trained."""
