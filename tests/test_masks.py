@@ -5,7 +5,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from fastmask_cli.masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_boxes, paste_masks
+from fastmask_cli.masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_boxes, paste_binary, paste_masks
 
 
 def random_binary(k, m, seed=0):
@@ -76,3 +76,17 @@ def test_box_iou_and_greedy_suppression():
     assert iou[0, 2] == 0 and iou[0, 3] == pytest.approx(0.5)
     assert greedy_nms(iou, 0.8).tolist() == [0, 2, 3]
     assert greedy_nms(iou, 0.4).tolist() == [0, 2]
+
+
+def test_paste_binary_equals_thresholded_paste_and_finds_tight_boxes() -> None:
+    torch.manual_seed(0)
+    probs = torch.rand(40, 16, 16) ** 3  # sparse-ish masks, some empty after thresholding
+    probs[5] = 0.0
+    corner = torch.rand(40, 2) * torch.tensor([260.0, 200.0]) - 60
+    side = torch.rand(40, 1) * 150 + 20
+    boxes = torch.cat([corner, corner + side], dim=1)
+    reference = paste_masks(probs, boxes, 150, 200) >= 0.5
+    binary, tight = paste_binary(probs, boxes, 150, 200, 0.5, chunk=7)
+    assert torch.equal(binary, reference)
+    expected, nonempty = mask_boxes(reference)
+    assert torch.equal(tight, expected) and not nonempty[5]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import FastMaskError
-from .masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_boxes, mask_iou, paste_masks
+from .masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_iou, paste_binary
 from .model import IMAGENET_MEAN, FastMask
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -209,9 +209,9 @@ class Proposer:
         rles, tight, keep = [], [], []
         for start in range(0, probs.shape[0], PASTE_CHUNK):
             with self._stage("paste"):
-                binary = paste_masks(probs[start : start + PASTE_CHUNK], boxes[start : start + PASTE_CHUNK], height, width)
-                binary = binary >= self.mask_threshold
-                chunk_boxes, nonempty = mask_boxes(binary)
+                binary, chunk_boxes = paste_binary(probs[start : start + PASTE_CHUNK], boxes[start : start + PASTE_CHUNK],
+                                                   height, width, self.mask_threshold)
+                nonempty = chunk_boxes[:, 2] > 0
             with self._stage("rle"):
                 rles += encode_masks(binary[nonempty])
             tight.append(chunk_boxes[nonempty])

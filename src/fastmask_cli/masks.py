@@ -13,22 +13,22 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 
 
-def _resize_weights(lo: Tensor, hi: Tensor, size: int, mask_size: int) -> Tensor:
-    """(K, size, mask_size) bilinear weights mapping a mask spanning [lo, hi) onto pixels 0..size-1.
+def _resize_weights(lo: Tensor, hi: Tensor, pixels: Tensor, size: int, mask_size: int) -> Tensor:
+    """(K, n, mask_size) bilinear weights mapping a mask spanning [lo, hi) onto pixels `pixels` (K, n).
 
-    A pixel takes its value at its centre; pixels whose centre falls outside [lo, hi) get zero, which
-    is how a window hanging over the image border is clipped.
+    A pixel takes its value at its centre; pixels whose centre falls outside [lo, hi), or outside the
+    image (0..size-1), get zero, which is how a window hanging over the image border is clipped.
     """
-    centres = torch.arange(size, device=lo.device, dtype=torch.float32) + 0.5
+    centres = pixels.float() + 0.5
     lo, hi = lo[:, None].float(), hi[:, None].float()
     # align_corners=False convention: mask pixel m covers [m, m+1) in mask coordinates
     u = (centres - lo) / (hi - lo) * mask_size - 0.5
-    inside = (centres >= lo) & (centres < hi)
+    inside = (centres >= lo) & (centres < hi) & (pixels < size)
     u = u.clamp(0, mask_size - 1)
     i0 = u.floor().long()
     frac = u - i0
     i1 = (i0 + 1).clamp(max=mask_size - 1)
-    weights = torch.zeros(lo.shape[0], size, mask_size, device=lo.device)
+    weights = torch.zeros(*pixels.shape, mask_size, device=lo.device)
     weights.scatter_add_(2, i0[..., None], (1 - frac)[..., None])
     weights.scatter_add_(2, i1[..., None], frac[..., None])
     return weights * inside[..., None]
@@ -39,10 +39,43 @@ def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor
 
     masks: (K, M, M) probabilities; returns (K, height, width), zero outside each box.
     """
-    mask_size = masks.shape[-1]
-    rows = _resize_weights(boxes[:, 1], boxes[:, 3], height, mask_size)  # (K, H, M)
-    cols = _resize_weights(boxes[:, 0], boxes[:, 2], width, mask_size)  # (K, W, M)
-    return rows @ masks.float() @ cols.transpose(1, 2)
+    mask_size, k = masks.shape[-1], masks.shape[0]
+    rows = _resize_weights(boxes[:, 1], boxes[:, 3], torch.arange(height, device=masks.device).expand(k, -1), height, mask_size)
+    cols = _resize_weights(boxes[:, 0], boxes[:, 2], torch.arange(width, device=masks.device).expand(k, -1), width, mask_size)
+    return rows @ masks.float() @ cols.transpose(1, 2)  # (K, H, M) @ (K, M, M) @ (K, M, W)
+
+
+def paste_binary(masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float, chunk: int = 16) -> tuple[Tensor, Tensor]:
+    """`paste_masks(...) >= threshold` as (K, H, W) bool, computing only inside each box; and the
+    masks' tight (x, y, w, h) boxes (zero for an empty mask), found from the crops.
+
+    Masks are sorted by box size and pasted in chunks of similar size, each over the largest crop of
+    its chunk rather than the whole image: most proposals cover a small part of it.
+    """
+    k, mask_size = masks.shape[0], masks.shape[-1]
+    out = torch.zeros((k, height, width), dtype=torch.bool, device=masks.device)
+    tight = torch.zeros((k, 4), device=masks.device)
+    limits = torch.tensor([width, height, width, height], device=boxes.device, dtype=torch.float32)
+    crop = torch.stack([boxes[:, :2].floor(), boxes[:, 2:].ceil()], dim=1).flatten(1).clamp(min=0).minimum(limits).long()
+    extent = (crop[:, 2:] - crop[:, :2]).clamp(min=0)  # (K, 2) crop width, height
+    order = torch.argsort(extent[:, 0] * extent[:, 1])
+    for start in range(0, k, chunk):
+        idx = order[start : start + chunk]
+        crop_w, crop_h = int(extent[idx, 0].max()), int(extent[idx, 1].max())
+        if crop_w == 0 or crop_h == 0:
+            continue
+        ys = crop[idx, 1, None] + torch.arange(crop_h, device=masks.device)  # (k, h) image rows of each crop
+        xs = crop[idx, 0, None] + torch.arange(crop_w, device=masks.device)
+        rows = _resize_weights(boxes[idx, 1], boxes[idx, 3], ys, height, mask_size)
+        cols = _resize_weights(boxes[idx, 0], boxes[idx, 2], xs, width, mask_size)
+        binary = (rows @ masks[idx].float() @ cols.transpose(1, 2)) >= threshold  # (k, h, w)
+        found, nonempty = mask_boxes(binary)  # in crop coordinates; outside its own box a crop is zero
+        found[:, :2] += crop[idx, :2].float() * nonempty[:, None]
+        tight[idx] = found
+        for j, i in enumerate(idx.tolist()):  # place each crop: K small copies, no per-pixel work
+            x0, y0, w, h = int(crop[i, 0]), int(crop[i, 1]), int(extent[i, 0]), int(extent[i, 1])
+            out[i, y0 : y0 + h, x0 : x0 + w] = binary[j, :h, :w]
+    return out, tight
 
 
 def mask_boxes(binary: Tensor) -> tuple[Tensor, Tensor]:
