@@ -1,0 +1,39 @@
+"""The weights we ship: listed, intact, and finding the objects of a simple drawn image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from fastmask_cli import Proposer, load_model
+from fastmask_cli.weights import read_manifest, sha256_of, weights_dir
+
+SHIPPED = read_manifest()
+pytestmark = pytest.mark.skipif(not SHIPPED, reason="no weights are shipped in weights/manifest.json")
+
+
+def test_manifest_lists_one_default_with_its_provenance_and_measurements() -> None:
+    defaults = [m for m in SHIPPED if m.get("default")]
+    assert len(defaults) == 1
+    for entry in SHIPPED:
+        path = weights_dir() / entry["file"]
+        assert path.is_file() and path.stat().st_size < 50 * 2**20
+        assert sha256_of(path) == entry["sha256"]
+        assert {"segm", "bbox"} <= set(entry["metrics"]) and entry["metrics"]["segm"]["AR@100"] is not None
+        assert entry["training"]["epochs"] >= 1 and "train" in entry["commands"] and "eval" in entry["commands"]
+
+
+def test_default_weights_load_and_find_two_shapes_on_a_plain_background() -> None:
+    model, info = load_model()
+    assert info.trained and info.sha256 == next(m for m in SHIPPED if m.get("default"))["sha256"]
+    image = np.full((480, 640, 3), 235, np.uint8)
+    circle, square = np.zeros((480, 640), np.uint8), np.zeros((480, 640), np.uint8)
+    for canvas, colour in ((image, (200, 40, 40)), (circle, 1)):
+        cv2.circle(canvas, (170, 240), 90, colour, -1)
+    for canvas, colour in ((image, (40, 60, 200)), (square, 1)):
+        cv2.rectangle(canvas, (400, 150), (560, 330), colour, -1)
+    masks = Proposer(model, device="cpu", top_k=10).propose(image).masks()
+    for shape in (circle.astype(bool), square.astype(bool)):
+        iou = (masks & shape).sum(axis=(1, 2)) / (masks | shape).sum(axis=(1, 2))
+        assert iou.max() >= 0.5
