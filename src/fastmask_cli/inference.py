@@ -213,7 +213,8 @@ class Proposer:
                                                    height, width, self.mask_threshold)
                 nonempty = chunk_boxes[:, 2] > 0
             with self._stage("rle"):
-                rles += encode_masks(binary[nonempty])
+                # select on the column-major storage, so the masks stay in the layout the encoder reads
+                rles += encode_masks(binary.transpose(1, 2)[nonempty].transpose(1, 2))
             tight.append(chunk_boxes[nonempty])
             keep.append(nonempty)
         keep_t = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=self.device)

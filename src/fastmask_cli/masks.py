@@ -53,7 +53,8 @@ def paste_binary(masks: Tensor, boxes: Tensor, height: int, width: int, threshol
     its chunk rather than the whole image: most proposals cover a small part of it.
     """
     k, mask_size = masks.shape[0], masks.shape[-1]
-    out = torch.zeros((k, height, width), dtype=torch.bool, device=masks.device)
+    # stored column-major per mask, (K, W, H), which is the layout COCO's RLE encoder reads: no copy later
+    out = torch.zeros((k, width, height), dtype=torch.bool, device=masks.device)
     tight = torch.zeros((k, 4), device=masks.device)
     limits = torch.tensor([width, height, width, height], device=boxes.device, dtype=torch.float32)
     crop = torch.stack([boxes[:, :2].floor(), boxes[:, 2:].ceil()], dim=1).flatten(1).clamp(min=0).minimum(limits).long()
@@ -68,14 +69,16 @@ def paste_binary(masks: Tensor, boxes: Tensor, height: int, width: int, threshol
         xs = crop[idx, 0, None] + torch.arange(crop_w, device=masks.device)
         rows = _resize_weights(boxes[idx, 1], boxes[idx, 3], ys, height, mask_size)
         cols = _resize_weights(boxes[idx, 0], boxes[idx, 2], xs, width, mask_size)
-        binary = (rows @ masks[idx].float() @ cols.transpose(1, 2)) >= threshold  # (k, h, w)
-        found, nonempty = mask_boxes(binary)  # in crop coordinates; outside its own box a crop is zero
+        # transposed, (k, w, h): the crops come out in the output's column-major layout
+        binary = (cols @ masks[idx].float().transpose(1, 2) @ rows.transpose(1, 2)) >= threshold
+        found, nonempty = mask_boxes(binary)  # (y, x, h, w) in crop coordinates; a crop is zero outside its box
+        found = found[:, [1, 0, 3, 2]]
         found[:, :2] += crop[idx, :2].float() * nonempty[:, None]
         tight[idx] = found
         for j, i in enumerate(idx.tolist()):  # place each crop: K small copies, no per-pixel work
             x0, y0, w, h = int(crop[i, 0]), int(crop[i, 1]), int(extent[i, 0]), int(extent[i, 1])
-            out[i, y0 : y0 + h, x0 : x0 + w] = binary[j, :h, :w]
-    return out, tight
+            out[i, x0 : x0 + w, y0 : y0 + h] = binary[j, :w, :h]
+    return out.transpose(1, 2), tight
 
 
 def mask_boxes(binary: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,8 +98,10 @@ def encode_masks(binary: Tensor) -> list[dict]:
     """(K, H, W) binary masks -> COCO RLEs with `counts` as str (JSON-ready)."""
     if binary.shape[0] == 0:
         return []
-    # pycocotools wants (H, W, K) in Fortran order, which is (K, W, H) in C order.
-    fortran = binary.transpose(1, 2).contiguous().to("cpu", torch.uint8).numpy().transpose(2, 1, 0)
+    # pycocotools wants (H, W, K) in Fortran order, which is (K, W, H) in C order (what paste_binary stores)
+    column_major = binary.transpose(1, 2).contiguous().cpu()
+    column_major = column_major.view(torch.uint8) if column_major.dtype == torch.bool else column_major.to(torch.uint8)
+    fortran = column_major.numpy().transpose(2, 1, 0)
     rles = mask_utils.encode(fortran)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
