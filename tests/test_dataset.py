@@ -116,3 +116,17 @@ def test_copy_paste_adds_objects_and_hides_what_they_cover() -> None:
     assert len(merged.masks) >= 2
     assert merged.masks[0, 20:30, 20:30].sum() == 0 and merged.masks[0, 10:20, 10:20].all()
     assert (merged.image[20:40, 20:40] == 200).all() and (merged.image[:20, :20] == 0).all()
+
+
+def test_polygons_beyond_the_image_are_clipped_or_dropped(shapes) -> None:
+    gt, images = shapes
+
+    def add(data: dict) -> None:
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 1]
+        data["annotations"].append({"id": 90, "image_id": 1, "iscrowd": 0, "segmentation": [[-40, -40, 60, -40, 60, 50, -40, 50]]})
+        data["annotations"].append({"id": 91, "image_id": 1, "iscrowd": 0, "segmentation": [[900, 900, 990, 900, 990, 990]]})
+
+    sample = CocoInstances(edit_gt(gt, add), images, NO_AUG)[0]
+    assert len(sample.masks) == 1  # the polygon wholly outside the image leaves nothing to learn
+    # clipped to the image, and a positive like any object COCO annotates at the border (only crops make "ignore")
+    assert sample.masks[0].sum() == 60 * 50 and not sample.ignore[0]

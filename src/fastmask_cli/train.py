@@ -228,7 +228,11 @@ def train(
         state = _load_training_state(out / CHECKPOINT)
         stored = TrainSettings.from_dict(state["settings"])
         config = FastMaskConfig.from_dict(state["config"])
-        settings = replace(stored, epochs=settings.epochs, workers=settings.workers)
+        given, settings = settings, replace(stored, epochs=settings.epochs, workers=settings.workers)
+        differ = [f"{k} {v!r} (given {getattr(given, k)!r})" for k, v in asdict(settings).items()
+                  if v != getattr(given, k) and k not in ("epochs", "workers")]
+        if differ and given != TrainSettings(epochs=given.epochs, workers=given.workers):
+            events.note("the run's own settings are kept: " + ", ".join(differ))
         init = Path(state["init"]) if state.get("init") else None
         events.note(f"resuming {out} after epoch {state['epoch']} (iteration {state['iteration']})")
     elif resume:
