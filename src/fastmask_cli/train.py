@@ -50,17 +50,17 @@ class TrainSettings:
 
     epochs: int = 30
     batch_size: int = 2  # images per step and per process
-    lr: float = 0.01
+    lr: float = 0.05
     momentum: float = 0.9  # paper §5.2
     weight_decay: float = 5e-5  # paper §5.2
-    warmup_iters: int = 200  # linear warm-up from lr/10, then cosine decay to lr/20
+    warmup_iters: int = 300  # linear warm-up from lr/10, then cosine decay to lr/20
     clip_grad: float = 10.0  # gradient-norm clip: training from scratch with SGD needs it early on
     size: int = 800  # training scale: longer side before jitter (the paper's 800)
     jitter: tuple[float, float] = (0.5, 1.25)
     crop: int | None = None  # largest side after scaling (default: size)
     flip: bool = True
     copy_paste: float = 0.5
-    windows_per_image: int = 64  # sampled for the confidence loss, about half positives (the original: 64)
+    windows_per_image: int = 128  # sampled per image: up to half positives (the original sampled 64)
     size_range: tuple[float, float] = (0.4, 0.8)
     centre_fraction: float = 0.2
     seed: int = 0
@@ -330,7 +330,8 @@ def train(
                     totals[k] = totals.get(k, 0.0) + v
                 if summary.first_loss is None:
                     summary.first_loss = values["loss"]
-                metrics = {"epoch": epoch + 1, "iteration": iteration, "lr": optimizer.param_groups[0]["lr"], **values}
+                metrics = {"epoch": epoch + 1, "iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
+                           "seconds": step_seconds[-1], **values}
                 events.step(metrics)
                 if log is not None and iteration % settings.log_every == 0:
                     log.write(json.dumps({"type": "step", **metrics}) + "\n")
