@@ -148,3 +148,17 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     (shipped / "tiny.pt").write_bytes((shipped / "tiny.pt").read_bytes()[:-10] + b"0123456789")
     with pytest.raises(FastMaskError, match="sha256"):
         load_model()
+
+
+def test_init_loads_an_imagenet_body_before_training(shapes, tmp_path: Path) -> None:
+    from fastmask_cli.body import Body
+
+    torch.manual_seed(5)
+    imagenet = Body("resnet18", width=8).state_dict()
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    gt, images = shapes
+    train(gt, images, tmp_path / "run", config=CONFIG, init=tmp_path / "resnet18.pth", device="cpu",
+          settings=settings(epochs=1, lr=1e-9))
+    model, info = load_model(str(tmp_path / "run"))
+    assert info.meta["init"] == str(tmp_path / "resnet18.pth") and info.meta["trained_on"] == str(gt)
+    assert torch.allclose(model.body.layer3[0].conv1.weight, imagenet["layer3.0.conv1.weight"], atol=1e-6)

@@ -1,21 +1,17 @@
 """Finding weights: presets, shipped names with their sha256, checkpoint paths."""
 
-import json
 
 import pytest
 import torch
 
 from fastmask_cli import FastMaskError, load_model, save_checkpoint
-from fastmask_cli.weights import sha256_of
+from fastmask_cli.weights import sha256_of, ship_weights
 
 from conftest import TINY, tiny_model
 
 
 def ship(directory, model, name="tiny-v1", default=True):
-    save_checkpoint(directory / f"{name}.pt", model)
-    entry = {"name": name, "file": f"{name}.pt", "sha256": sha256_of(directory / f"{name}.pt"), "default": default}
-    (directory / "manifest.json").write_text(json.dumps({"models": [entry]}))
-    return directory / f"{name}.pt"
+    return directory / ship_weights(model, {}, name, directory, default=default)["file"]
 
 
 def test_shipped_default_loads_and_matches_its_checksum(tmp_path, monkeypatch):
