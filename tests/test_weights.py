@@ -1,6 +1,5 @@
 """Finding weights: presets, shipped names with their sha256, checkpoint paths."""
 
-
 import pytest
 import torch
 
