@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,13 @@ def test_parsers() -> None:
     assert parse_size("800x600") == (800, 600) and parse_scales("2,4, 6") == [2, 4, 6]
     with pytest.raises(FastMaskError):
         parse_size("10x10")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_proposer_gives_the_eager_proposals() -> None:
+    model = tiny_model()
+    image = draw_scene(96, 128)
+    eager = Proposer(model, device="cpu", top_k=10).propose(image)
+    compiled = Proposer(model, device="cpu", top_k=10, compile=True).propose(image)
+    assert np.allclose(eager.scores, compiled.scores, atol=1e-4)
+    assert np.array_equal(eager.boxes, compiled.boxes)

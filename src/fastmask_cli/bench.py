@@ -147,7 +147,8 @@ def bench(
                          torch.float16 if proposer.precision == "fp16" else torch.float32)
     report = BenchReport(machine={**machine_info(device), "matmul_gflops": round(rate, 1)},
                          settings={"size": f"{width}x{height}", "runs": runs, "warmup": warmup, "top_k": proposer.top_k,
-                                   "precision": proposer.precision, "config": proposer.model.config.to_dict()})
+                                   "precision": proposer.precision, "compiled": proposer.compiled,
+                                   "config": proposer.model.config.to_dict()})
     timer = StageTimer(device)
     modes = [False, True] if pyramid else [False]
     for scales in scale_counts:

@@ -393,13 +393,14 @@ def bench_command(
     warmup: int = typer.Option(2, help="Untimed warm-up runs per configuration."),
     top_k: int = typer.Option(100, "--top-k", help="Proposals decoded, pasted and encoded per image."),
     images: Optional[Path] = typer.Option(None, help="Folder of images to time on. Default: the shipped examples."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network first (compilation is not timed)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the tables and the machine as JSON."),
 ) -> None:
     """Speed against the number of pyramid scales; with --pyramid, one shot against an image pyramid (§6.2)."""
     from .bench import STAGES, bench, parse_scales, parse_size
 
     scale_counts, frame = parse_scales(scales), parse_size(size)
-    proposer, info = load_proposer(weights, None, device=device, precision=precision, top_k=top_k)
+    proposer, info = load_proposer(weights, None, device=device, precision=precision, top_k=top_k, compile=compile)
     frames = _bench_images(images)
     total = len(scale_counts) * runs * (2 if pyramid else 1)
     with Progress(TextColumn("timing {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -408,7 +409,8 @@ def bench_command(
         report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid,
                        on_run=lambda what: progress.update(task, advance=1, description=what))
     m = report.machine
-    table = Table(title=f"fastmask bench: {info.name}, {size}, top-{top_k}, {precision}, {m['device']}")
+    table = Table(title=f"fastmask bench: {info.name}, {size}, top-{top_k}, {precision}, {m['device']}"
+                  + (", compiled" if compile else ""))
     for column in ("scales", "mode", "windows", "img/s", "median s", "p90 s", *[f"{s} s" for s in STAGES], "peak MB", "GFLOPs", "net / floor"):
         table.add_column(column, justify="right")
     for r in report.rows:

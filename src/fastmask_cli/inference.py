@@ -120,6 +120,7 @@ class Proposer:
         nms: str = "none",
         nms_iou: float = 0.8,
         multi_shot: bool = False,
+        compile: bool = False,
     ) -> None:
         cfg = model.config
         self.device = resolve_device(device)
@@ -141,6 +142,10 @@ class Proposer:
         self.nms = nms
         self.nms_iou = nms_iou
         self.multi_shot = multi_shot  # the image-pyramid baseline (`fastmask bench --pyramid`), not one shot
+        # torch.compile: ~30% off the network on the CPU, after a compilation per input size (tens of seconds)
+        self.compiled = compile
+        self._one_shot = torch.compile(self.model) if compile else self.model
+        self._multi_shot = torch.compile(self.model.image_pyramid) if compile else self.model.image_pyramid
         self.timer: StageTimer | None = None  # set by `fastmask bench` to split the time by stage
 
     def settings(self) -> dict:
@@ -176,7 +181,7 @@ class Proposer:
         """Proposals for a list of RGB images, (H, W, 3) uint8, run through the network together."""
         batch, scales, sizes = self._batch(images)
         with self._autocast(), self._stage("network"):
-            pyramid = (self.model.image_pyramid if self.multi_shot else self.model)(batch, self.scales)
+            pyramid = (self._multi_shot if self.multi_shot else self._one_shot)(batch, self.scales)
         with self._autocast(), self._stage("decode"):
             flat_scores = pyramid.flat_scores().float()
             windows = pyramid.grid.boxes(torch.arange(pyramid.grid.num_windows, device=self.device))
