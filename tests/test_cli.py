@@ -190,3 +190,15 @@ def test_real_ctrl_c_keeps_old_results_and_resumes_identically(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"{done} from the interrupted run" in " ".join(resumed.stderr.split())
     assert json.loads(out.read_text()) == json.loads(reference.read_text())
+
+
+def test_api_functions_are_not_shadowed_by_their_modules() -> None:
+    """`evaluate` and `train` stay functions even after the modules of the same package are imported."""
+    code = ("import sys, fastmask_cli.engine, fastmask_cli.evaluate, fastmask_cli.cli\n"
+            "from fastmask_cli import evaluate, train\n"
+            "assert callable(evaluate) and callable(train), (evaluate, train)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lazy = subprocess.run([sys.executable, "-c", "import sys, fastmask_cli; assert 'torch' not in sys.modules"],
+                          capture_output=True, text=True)
+    assert lazy.returncode == 0, lazy.stderr

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fastmask_cli import load_model
 from fastmask_cli.cli import app
 from fastmask_cli.errors import FastMaskError
-from fastmask_cli.train import TrainSettings, train
+from fastmask_cli.engine import TrainSettings, train
 
 from conftest import SHARED_DATA, TINY
 from synthetic import write_shapes_dataset
@@ -106,7 +106,7 @@ def test_torchrun_two_processes_train_together(shapes, tmp_path: Path) -> None:
     script.write_text(
         "import sys; sys.path.insert(0, %r)\n"
         "from conftest import TINY\n"
-        "from fastmask_cli.train import TrainSettings, train\n"
+        "from fastmask_cli.engine import TrainSettings, train\n"
         "s = train(%r, %r, %r, config=TINY.with_overrides(size=192), device='cpu',\n"
         "          settings=TrainSettings(epochs=1, batch_size=2, size=192, workers=0, lr=0.05))\n"
         "print('iterations', s.iterations)\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))

@@ -10,19 +10,23 @@ __version__ = "0.1.0"
 from importlib import import_module
 from typing import Any
 
+# Imported now, not lazily: it shares its name with its module, which would shadow it once loaded.
+# (It needs no torch.)
+from .evaluate import evaluate
+
 # Attributes load on first use, so that `fastmask eval` and `--help` do not pay for importing torch.
 _EXPORTS = {
     "PRESETS": "config", "FastMaskConfig": "config", "preset": "config",
     "FastMaskError": "errors",
-    "Evaluation": "evaluate", "evaluate": "evaluate",
+    "Evaluation": "evaluate",
     "read_image": "images",
     "Proposals": "inference", "Proposer": "inference",
     "FastMask": "model",
     "ProposeSummary": "propose", "propose_folder": "propose",
     "load_model": "weights", "save_checkpoint": "weights",
-    "TrainSettings": "train", "train": "train",
+    "TrainSettings": "engine", "train": "engine",
 }
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted([*_EXPORTS, "evaluate"]) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -308,7 +308,7 @@ def train_command(
 ) -> None:
     """Train FastMask on COCO-format data (paper §5.2). Under torchrun, trains on every GPU with DDP."""
     from .config import preset
-    from .train import TrainEvents, TrainSettings, train
+    from .engine import TrainEvents, TrainSettings, train
 
     if (val_ann is None) != (val_images is None):
         raise FastMaskError("give both --val-ann and --val-images, or neither")
@@ -444,7 +444,7 @@ def export_command(
     device: str = DEVICE,
 ) -> None:
     """Ship trained weights: weights and config only (no optimizer), their sha256, and their measured AR in the manifest."""
-    from .train import validate
+    from .engine import validate
     from .weights import load_model, ship_weights
 
     if (ann is None) != (images is None):

@@ -1,7 +1,7 @@
 """Training engine (paper §5.2): SGD with warm-up, multi-scale augmented batches, per-epoch checkpoints
 that resume exactly, validation AR through `evaluate`, and DistributedDataParallel under torchrun.
 
-    from fastmask_cli.train import TrainSettings, train
+    from fastmask_cli.engine import TrainSettings, train
     summary = train("instances_train.json", "train/", "runs/x", config=preset("fast"),
                     settings=TrainSettings(epochs=12), val=("instances_val.json", "val/"))
 
