@@ -12,7 +12,7 @@ from typing import Any
 
 # Imported now, not lazily: it shares its name with its module, which would shadow it once loaded.
 # (It needs no torch.)
-from .evaluate import evaluate
+from .evaluate import evaluate  # noqa: F401 - re-exported
 
 # Attributes load on first use, so that `fastmask eval` and `--help` do not pay for importing torch.
 _EXPORTS = {
