@@ -348,7 +348,7 @@ def train_command(
     table.add_row("run", summary.out)
     table.add_row("epochs / iterations", f"{summary.epochs} / {summary.iterations}")
     if summary.first_loss is not None:
-        table.add_row("loss", f"{summary.first_loss:.3f} (first step) -> {summary.last_loss:.3f} (last epoch mean)")
+        table.add_row("loss", f"{summary.first_loss:.3f} (first step of this session) -> {summary.last_loss:.3f} (last epoch mean)")
     table.add_row("seconds per iteration", f"{summary.seconds_per_iteration:.3f} (median, batch {settings.batch_size})")
     if summary.best:
         v = summary.best["val"]
@@ -441,6 +441,7 @@ def export_command(
     images: Optional[Path] = typer.Option(None, help="Folder of the --ann images."),
     top_k: int = typer.Option(1000, "--top-k", help="Proposals per image for the measurement (1000 gives AR@10/100/1000)."),
     train_command: Optional[str] = typer.Option(None, "--train-command", help="The command that trained them, recorded for reproduction."),
+    note: Optional[str] = typer.Option(None, help="Anything else the manifest should say about these weights."),
     device: str = DEVICE,
 ) -> None:
     """Ship trained weights: weights and config only (no optimizer), their sha256, and their measured AR in the manifest."""
@@ -456,6 +457,8 @@ def export_command(
     entry: dict[str, Any] = {"training": meta}
     if train_command:
         entry["commands"] = {"train": train_command}
+    if note:
+        entry["note"] = note
     if ann is not None:
         console.print(f"measuring AR on {ann} (top-{top_k}) ...")
         evaluation = validate(model, ann, images, top_k=top_k, device=device)
