@@ -97,25 +97,22 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: i
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
+    timer = StageTimer(device)
     best = float("inf")
     for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        with timer.stage("matmul"):
+            a @ b
+        best = min(best, timer.reset()["matmul"])
     return 2 * n**3 / best / 1e9
 
 
-def network_flops(proposer: Proposer, image: np.ndarray) -> float:
-    """FLOPs of one network forward (multiply-add = 2), as torch's flop counter counts them."""
+def network_flops(proposer: Proposer, image: np.ndarray) -> tuple[float, int]:
+    """FLOPs of one forward of the proposer's network (multiply-add = 2), and the windows it scores.
+    Counted on the eager network: the counter sees aten operators, which compiled kernels bypass."""
     batch, _, _ = proposer._batch([image])
-    forward = proposer.model.image_pyramid if proposer.multi_shot else proposer.model
     with torch.inference_mode(), proposer._autocast(), FlopCounterMode(display=False) as counter:
-        forward(batch, proposer.scales)
-    return float(counter.get_total_flops())
+        pyramid = proposer.network(eager=True)(batch, proposer.scales)
+    return float(counter.get_total_flops()), pyramid.grid.num_windows
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -171,10 +168,7 @@ def bench(
                 if on_run:
                     on_run(f"{mode}, {scales} scales")
             proposer.timer = None
-            flops = network_flops(proposer, frames[0])
-            with torch.inference_mode():
-                batch, _, _ = proposer._batch(frames[:1])
-                windows = (proposer.model.image_pyramid if multi_shot else proposer.model)(batch, scales).grid.num_windows
+            flops, windows = network_flops(proposer, frames[0])
             median = float(np.median(latencies))
             report.rows.append(BenchRow(
                 scales=scales, mode=mode, windows=windows, images_per_second=1.0 / median, median_s=median,

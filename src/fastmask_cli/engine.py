@@ -35,9 +35,9 @@ from .errors import FastMaskError
 from .evaluate import Evaluation, evaluate
 from .files import atomic_path, read_json
 from .images import read_image
-from .inference import Proposer, resolve_device
+from .inference import Proposer, pad_batch, resolve_device
 from .loss import FastMaskLoss, Target
-from .model import IMAGENET_MEAN, FastMask
+from .model import FastMask
 from .weights import save_checkpoint
 
 TRAIN_FORMAT = "fastmask-train"
@@ -145,17 +145,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _to_batch(samples: list[Sample], device: torch.device) -> tuple[torch.Tensor, list[Target]]:
-    """Pad images to a common size with the mean colour (zero after normalising); targets per image."""
-    height = max(s.image.shape[0] for s in samples)
-    width = max(s.image.shape[1] for s in samples)
-    batch = torch.empty((len(samples), height, width, 3), dtype=torch.uint8)
-    batch[:] = torch.tensor([round(c) for c in IMAGENET_MEAN], dtype=torch.uint8)
-    targets = []
-    for i, s in enumerate(samples):
-        batch[i, : s.image.shape[0], : s.image.shape[1]] = torch.from_numpy(s.image)
-        targets.append(Target(torch.from_numpy(s.masks).to(device), torch.from_numpy(s.boxes()).to(device),
-                              torch.from_numpy(s.ignore).to(device)))
-    return batch.to(device).permute(0, 3, 1, 2).float(), targets
+    """The padded image batch (as inference pads it) and each image's targets."""
+    targets = [Target(torch.from_numpy(s.masks).to(device), torch.from_numpy(s.boxes()).to(device),
+                      torch.from_numpy(s.ignore).to(device)) for s in samples]
+    return pad_batch([s.image for s in samples], device), targets
 
 
 def _collate(samples: list[Sample]) -> list[Sample]:

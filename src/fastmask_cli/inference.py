@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .errors import FastMaskError
 from .masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_iou, paste_binary
-from .model import IMAGENET_MEAN, FastMask
+from .model import IMAGENET_MEAN, FastMask, Pyramid
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NMS_KINDS = ("none", "box", "mask")
@@ -95,6 +95,17 @@ def resolve_device(device: str) -> torch.device:
         raise FastMaskError(f"unknown device {device!r}; use auto, cpu or cuda") from None
 
 
+def pad_batch(images: list[np.ndarray], device: torch.device) -> Tensor:
+    """(N, 3, H, W) float batch of RGB uint8 images padded bottom/right to a common size with the mean
+    colour, which is zero after the model normalises it."""
+    height, width = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
+    batch = torch.empty((len(images), height, width, 3), dtype=torch.uint8)
+    batch[:] = torch.tensor([round(c) for c in IMAGENET_MEAN], dtype=torch.uint8)
+    for i, im in enumerate(images):
+        batch[i, : im.shape[0], : im.shape[1]] = torch.from_numpy(im)
+    return batch.to(device).permute(0, 3, 1, 2).float()
+
+
 def resize_longer_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Resize so the longer side is `size` pixels; returns the image and the scale factor."""
     height, width = image.shape[:2]
@@ -144,8 +155,8 @@ class Proposer:
         self.multi_shot = multi_shot  # the image-pyramid baseline (`fastmask bench --pyramid`), not one shot
         # torch.compile: ~30% off the network on the CPU, after a compilation per input size (tens of seconds)
         self.compiled = compile
-        self._one_shot = torch.compile(self.model) if compile else self.model
-        self._multi_shot = torch.compile(self.model.image_pyramid) if compile else self.model.image_pyramid
+        self._one_shot = torch.compile(self.model) if compile else None
+        self._multi_shot = torch.compile(self.model.image_pyramid) if compile else None
         self.timer: StageTimer | None = None  # set by `fastmask bench` to split the time by stage
 
     def settings(self) -> dict:
@@ -162,14 +173,15 @@ class Proposer:
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     def _batch(self, images: list[np.ndarray]) -> tuple[Tensor, list[float], list[tuple[int, int]]]:
-        """Resize each image and pad the batch to a common size with the mean colour (0 after normalising)."""
+        """Resize each image to the network's size and pad them into one batch."""
         resized, scales = zip(*(resize_longer_side(im, self.size) for im in images))
-        sizes = [im.shape[:2] for im in resized]
-        batch = torch.empty((len(images), max(h for h, _ in sizes), max(w for _, w in sizes), 3), dtype=torch.uint8)
-        batch[:] = torch.tensor([round(c) for c in IMAGENET_MEAN], dtype=torch.uint8)
-        for i, im in enumerate(resized):
-            batch[i, : im.shape[0], : im.shape[1]] = torch.from_numpy(im)
-        return batch.to(self.device).permute(0, 3, 1, 2).float(), list(scales), sizes
+        return pad_batch(list(resized), self.device), list(scales), [im.shape[:2] for im in resized]
+
+    def network(self, eager: bool = False) -> Callable[[Tensor, int], Pyramid]:
+        """The forward pass in use: one shot, or the image-pyramid baseline; compiled when asked, unless `eager`."""
+        if eager or not self.compiled:
+            return self.model.image_pyramid if self.multi_shot else self.model
+        return self._multi_shot if self.multi_shot else self._one_shot
 
     @torch.inference_mode()
     def propose(self, image: np.ndarray) -> Proposals:
@@ -181,7 +193,7 @@ class Proposer:
         """Proposals for a list of RGB images, (H, W, 3) uint8, run through the network together."""
         batch, scales, sizes = self._batch(images)
         with self._autocast(), self._stage("network"):
-            pyramid = (self._multi_shot if self.multi_shot else self._one_shot)(batch, self.scales)
+            pyramid = self.network()(batch, self.scales)
         with self._autocast(), self._stage("decode"):
             flat_scores = pyramid.flat_scores().float()
             windows = pyramid.grid.boxes(torch.arange(pyramid.grid.num_windows, device=self.device))
