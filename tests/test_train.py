@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,10 @@ def test_torchrun_two_processes_train_together(shapes, tmp_path: Path) -> None:
         "print('iterations', s.iterations)\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", str(script)],
+    with socket.socket() as probe:  # a free port: a fixed one may still be held by an earlier run
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, str(script)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("iterations 2") == 2  # 8 images / 2 processes / batch 2
