@@ -137,7 +137,8 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     shipped = tmp_path / "weights"
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(tmp_path / "run"), "--name", "tiny", "--weights-dir", str(shipped), "--default",
-                                 "--ann", str(gt), "--images", str(images), "--top-k", "50", "--train-command", "fastmask train ..."])
+                                 "--ann", str(gt), "--images", str(images), "--top-k", "50", "--train-command", "fastmask train ...",
+                                 "--mask-threshold", "0.3"])
     assert result.exit_code == 0, result.output
     entry = json.loads((shipped / "manifest.json").read_text())["models"][0]
     assert entry["name"] == "tiny" and entry["default"] and entry["training"]["epochs"] == 1
@@ -147,6 +148,7 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(shipped))
     model, info = load_model()
     assert info.name == "tiny" and info.trained and info.sha256 == entry["sha256"]
+    assert model.config.mask_threshold == entry["config"]["mask_threshold"] == 0.3
     listed = runner.invoke(app, ["weights"])
     assert listed.exit_code == 0 and "tiny" in listed.output
     (shipped / "tiny.pt").write_bytes((shipped / "tiny.pt").read_bytes()[:-10] + b"0123456789")

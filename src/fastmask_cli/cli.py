@@ -442,6 +442,7 @@ def export_command(
     top_k: int = typer.Option(1000, "--top-k", help="Proposals per image for the measurement (1000 gives AR@10/100/1000)."),
     train_command: Optional[str] = typer.Option(None, "--train-command", help="The command that trained them, recorded for reproduction."),
     note: Optional[str] = typer.Option(None, help="Anything else the manifest should say about these weights."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask threshold to ship in the config (e.g. one chosen on validation). Default: the trained model's."),
     device: str = DEVICE,
 ) -> None:
     """Ship trained weights: weights and config only (no optimizer), their sha256, and their measured AR in the manifest."""
@@ -453,6 +454,8 @@ def export_command(
     model, info = load_model(source)
     if not info.trained:
         raise FastMaskError(f"{source} holds untrained weights: nothing to ship")
+    if mask_threshold is not None:  # a run-time knob of the config, so it ships with the weights
+        model.config = model.config.with_overrides(mask_threshold=mask_threshold)
     meta = {k: v for k, v in info.meta.items() if k != "val"}
     entry: dict[str, Any] = {"training": meta}
     if train_command:
