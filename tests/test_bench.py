@@ -47,8 +47,15 @@ def test_each_pyramid_level_is_the_first_level_on_the_resized_image() -> None:
 
 def test_bench_rows_stages_and_speedup() -> None:
     proposer = Proposer(tiny_model(), device="cpu", top_k=10)
-    report = bench(proposer, [draw_scene(96, 128, seed=i) for i in range(2)], [1, 2], size=(128, 96), runs=2, warmup=1, pyramid=True)
+    order = []
+    report = bench(proposer, [draw_scene(96, 128, seed=i) for i in range(2)], [1, 2], size=(128, 96), runs=2, warmup=1, pyramid=True,
+                   on_run=order.append)
     assert [(r.scales, r.mode) for r in report.rows] == [(1, "one-shot"), (1, "pyramid"), (2, "one-shot"), (2, "pyramid")]
+    # interleaved run by run, so that drift moves every configuration alike
+    assert order == ["one-shot, 1 scales", "pyramid, 1 scales", "one-shot, 2 scales", "pyramid, 2 scales"] * 2
+    for scales, (median, low, high) in report.speedup().items():
+        ratios = [p / o for p, o in zip(report.rows[2 * scales - 1].latencies_s, report.rows[2 * scales - 2].latencies_s)]
+        assert low == min(ratios) and high == max(ratios) and low <= median <= high
     for row in report.rows:
         assert set(row.stages_s) == set(STAGES) and all(v > 0 for v in row.stages_s.values())
         assert sum(row.stages_s.values()) <= row.median_s * 1.5 and row.p90_s >= row.median_s
@@ -66,7 +73,19 @@ def test_cli_bench_writes_json(tiny_checkpoint: Path, image_folder: Path, tmp_pa
     data = json.loads(out.read_text())
     assert [(r["scales"], r["mode"]) for r in data["rows"]] == [(1, "one-shot"), (1, "pyramid"), (3, "one-shot"), (3, "pyramid")]
     assert set(data["speedup_one_shot_vs_pyramid"]) == {"1", "3"} and data["settings"]["size"] == "128x96"
-    assert "faster than the image pyramid" in result.output
+    assert "faster than the image pyramid" in result.output and "to" in result.output
+
+
+def test_cli_bench_table_fits_80_columns(tiny_checkpoint: Path, image_folder: Path, monkeypatch) -> None:
+    monkeypatch.setattr("fastmask_cli.cli.console.width", 80)
+    args = ["bench", "--weights", str(tiny_checkpoint), "--runs", "1", "--warmup", "0", "--size", "128x96", "--images", str(image_folder)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "scales" in line and "mode" in line)
+    assert "…" not in header and "network s" in header and "GFLOPs" in header
+    monkeypatch.setattr("fastmask_cli.cli.console.width", 200)
+    wide = CliRunner().invoke(app, [*args, "--wide"])
+    assert wide.exit_code == 0 and "p90 s" in wide.output and "net / floor" in wide.output
 
 
 @pytest.mark.parametrize("args, message", [(["--size", "800by600"], "WIDTHxHEIGHT"), (["--scales", "two"], "--scales"),

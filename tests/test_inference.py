@@ -38,7 +38,7 @@ def full_mask_model(hot):
 def test_top_k_is_taken_across_levels_and_masks_fill_their_windows():
     # levels of the tiny two-stream model at 4 scales: strides 16, 24, 32, 48
     hot = {0: [(6, 7, 3.0)], 2: [(3, 4, 5.0)], 3: [(2, 3, 4.0)], 1: [(4, 6, 1.0)]}
-    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128)
+    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="none")
     image = draw_scene(96, 128)
     proposals = proposer.propose(image)
     assert len(proposals) == 3
@@ -54,7 +54,7 @@ def test_top_k_is_taken_across_levels_and_masks_fill_their_windows():
 
 def test_boxes_come_back_in_original_image_coordinates():
     hot = {0: [(6, 7, 3.0)]}
-    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=1, size=128)
+    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=1, size=128, nms="none")
     proposals = proposer.propose(draw_scene(192, 256))  # network sees it at half size
     assert proposals.boxes.tolist() == [[64, 32, 192, 160]]
     assert (proposals.height, proposals.width) == (192, 256)
@@ -62,7 +62,7 @@ def test_boxes_come_back_in_original_image_coordinates():
 
 def test_batched_images_of_different_sizes_never_propose_padding():
     hot = {0: [(8, 0, 9.0)]}  # starts at y = 48: inside the tall image, in the short one's padding
-    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=5, size=128)
+    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=5, size=128, nms="none")
     tall, short = draw_scene(128, 128), draw_scene(48, 128)
     results = proposer.propose_batch([tall, short])
     assert results[0].scores[0] == pytest.approx(torch.sigmoid(torch.tensor(9.0)).item())
@@ -90,10 +90,22 @@ def test_suppression_removes_near_duplicates():
     hot = {0: [(6, 7, 3.0), (6, 8, 2.0)], 2: [(3, 4, 1.0)]}  # neighbouring windows overlap heavily
     plain = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128).propose(draw_scene(96, 128))
     for kind in ("box", "mask"):
-        nms = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms=kind, nms_iou=0.5)
+        nms = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms=kind, nms_iou=0.5, nms_mode="drop")
         kept = nms.propose(draw_scene(96, 128))
         assert len(kept) < len(plain)
         assert kept.scores[0] == plain.scores[0]
+
+
+def test_demoted_duplicates_go_behind_every_distinct_proposal():
+    hot = {0: [(6, 7, 3.0), (6, 8, 2.0)], 2: [(3, 4, 1.0)]}  # mask IoU: second with first 0.83, third with first 0.63
+    plain = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
+    demoted = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="mask", nms_iou=0.7,
+                       nms_mode="demote").propose(draw_scene(96, 128))
+    assert len(demoted) == len(plain)  # nothing dropped: the top-k set is the same
+    assert sorted(r["counts"] for r in demoted.rles) == sorted(r["counts"] for r in plain.rles)
+    assert demoted.rles[0] == plain.rles[0] and demoted.rles[1] == plain.rles[2] and demoted.rles[2] == plain.rles[1]
+    assert list(demoted.scores) == sorted(demoted.scores, reverse=True)  # scores give the new order (COCOeval sorts by them)
+    assert demoted.scores[2] < demoted.scores[1] and demoted.scores[0] == plain.scores[0]
 
 
 def test_option_errors_are_user_errors():
@@ -105,6 +117,8 @@ def test_option_errors_are_user_errors():
         Proposer(tiny_model(), device="cpu", top_k=0)
     with pytest.raises(FastMaskError, match="nms"):
         Proposer(tiny_model(), device="cpu", nms="soft")
+    with pytest.raises(FastMaskError, match="nms-mode"):
+        Proposer(tiny_model(), device="cpu", nms_mode="hide")
 
 
 def test_bf16_on_cpu_runs():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fastmask_cli import FastMask, FastMaskError
-from fastmask_cli.body import Body, load_imagenet
+from fastmask_cli.bodies import load_imagenet
+from fastmask_cli.bodies.resnet import ResNetBody as Body
 from fastmask_cli.config import PRESETS, FastMaskConfig
 from fastmask_cli.windows import WindowGrid, level_strides
 
@@ -112,7 +113,7 @@ def test_imagenet_checkpoint_loads_with_a_report(tmp_path):
 
 
 def test_presets_and_config_validation():
-    assert PRESETS["accurate"].body == "resnet50" and PRESETS["accurate"].streams == 2
+    assert PRESETS["accurate"].body == "efficientnet_lite2" and PRESETS["accurate"].streams == 2
     assert PRESETS["fast"].streams == 1
     assert FastMaskConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(FastMaskError, match="neck"):

@@ -5,6 +5,7 @@ import torch
 
 from fastmask_cli import FastMaskError, load_model, save_checkpoint
 from fastmask_cli.weights import sha256_of, ship_weights
+from fastmask_cli.config import PRESETS
 
 from conftest import TINY, tiny_model
 
@@ -31,7 +32,7 @@ def test_presets_are_untrained_and_say_so(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path))  # nothing shipped here
     model, info = load_model()
     assert not info.trained and info.name == "fast" and "UNTRAINED" in info.describe()
-    assert model.config.body == "resnet18"
+    assert model.config == PRESETS["fast"]
     _, info = load_model("accurate")
     assert not info.trained and "random body" in info.describe()
 

@@ -1,7 +1,9 @@
 """Speed (paper §6.2, Tables 4-5): one shot against an image pyramid, for several numbers of scales.
 
-For each scale count, warm-up runs, then timed runs on real images resized to one fixed size, with
-the device synchronised before every clock reading. Each run is split into its stages (network,
+For each scale count (and mode), warm-up runs, then timed runs on real images resized to one fixed
+size, with the device synchronised before every clock reading. The configurations are interleaved run
+by run (run 1 of every configuration, then run 2 ...), so that drift on a shared machine moves them
+alike, and the one-shot speed-up is taken run by run and reported with its spread. Each run is split into its stages (network,
 top-k + mask decoding, paste-back, RLE encoding). The pyramid baseline runs the same body, reduce,
 norm and head on the image resized once per level (`FastMask.image_pyramid`), the multi-shot way.
 """
@@ -38,6 +40,7 @@ class BenchRow:
     stages_s: dict[str, float]  # median seconds per stage
     network_gflops: float | None = None
     flop_floor_s: float | None = None  # network FLOPs / the device's measured matmul rate
+    latencies_s: list[float] = field(default_factory=list, repr=False)  # every timed run, in run order
 
 
 @dataclass
@@ -46,14 +49,21 @@ class BenchReport:
     settings: dict[str, Any]
     rows: list[BenchRow] = field(default_factory=list)
 
-    def speedup(self) -> dict[int, float]:
-        """Pyramid latency / one-shot latency per scale count (the paper's Table 4 ratio)."""
-        by = {(r.scales, r.mode): r.median_s for r in self.rows}
-        return {s: by[s, "pyramid"] / by[s, "one-shot"] for s, m in by if m == "one-shot" and (s, "pyramid") in by}
+    def speedup(self) -> dict[int, tuple[float, float, float]]:
+        """Pyramid latency / one-shot latency per scale count (the paper's Table 4 ratio): the median,
+        lowest and highest of the ratios of runs timed side by side."""
+        by = {(r.scales, r.mode): r.latencies_s for r in self.rows}
+        out = {}
+        for (scales, mode), one_shot in by.items():
+            if mode == "one-shot" and (scales, "pyramid") in by:
+                ratios = [p / o for p, o in zip(by[scales, "pyramid"], one_shot)]
+                out[scales] = (float(np.median(ratios)), min(ratios), max(ratios))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"machine": self.machine, "settings": self.settings, "rows": [asdict(r) for r in self.rows],
-                "speedup_one_shot_vs_pyramid": {str(k): v for k, v in self.speedup().items()}}
+                "speedup_one_shot_vs_pyramid": {str(k): {"median": m, "min": lo, "max": hi}
+                                                for k, (m, lo, hi) in self.speedup().items()}}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -146,35 +156,41 @@ def bench(
                          settings={"size": f"{width}x{height}", "runs": runs, "warmup": warmup, "top_k": proposer.top_k,
                                    "precision": proposer.precision, "compiled": proposer.compiled,
                                    "config": proposer.model.config.to_dict()})
+    report.settings["parameters_m"] = round(sum(p.numel() for p in proposer.model.parameters()) / 1e6, 2)
     timer = StageTimer(device)
-    modes = [False, True] if pyramid else [False]
-    for scales in scale_counts:
-        for multi_shot in modes:
-            proposer.scales, proposer.multi_shot = scales, multi_shot
-            mode = "pyramid" if multi_shot else "one-shot"
+    configs = [(scales, multi_shot) for scales in scale_counts for multi_shot in ([False, True] if pyramid else [False])]
+    latencies = {c: [] for c in configs}
+    stages = {c: {name: [] for name in STAGES} for c in configs}
+    peak = {c: 0.0 for c in configs}
+    for scales, multi_shot in configs:
+        proposer.scales, proposer.multi_shot = scales, multi_shot
+        for i in range(warmup):
+            proposer.propose(frames[i % len(frames)])
+    for i in range(runs):
+        for config in configs:  # interleaved: drift on a shared machine moves every configuration alike
+            proposer.scales, proposer.multi_shot = config
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            for i in range(warmup):
-                proposer.propose(frames[i % len(frames)])
             proposer.timer = timer
-            latencies, stages = [], {name: [] for name in STAGES}
-            for i in range(runs):
-                timer.reset()
-                start = time.perf_counter()
-                proposer.propose(frames[i % len(frames)])
-                latencies.append(time.perf_counter() - start)  # the last stage synchronised the device
-                for name, seconds in timer.reset().items():
-                    stages[name].append(seconds)
-                if on_run:
-                    on_run(f"{mode}, {scales} scales")
+            timer.reset()
+            start = time.perf_counter()
+            proposer.propose(frames[i % len(frames)])
+            latencies[config].append(time.perf_counter() - start)  # the last stage synchronised the device
+            for name, seconds in timer.reset().items():
+                stages[config][name].append(seconds)
             proposer.timer = None
-            flops, windows = network_flops(proposer, frames[0])
-            median = float(np.median(latencies))
-            report.rows.append(BenchRow(
-                scales=scales, mode=mode, windows=windows, images_per_second=1.0 / median, median_s=median,
-                p90_s=float(np.percentile(latencies, 90)), peak_memory_mb=_peak_memory_mb(device),
-                stages_s={name: float(np.median(v)) if v else 0.0 for name, v in stages.items()},
-                network_gflops=flops / 1e9, flop_floor_s=flops / (rate * 1e9),
-            ))
+            peak[config] = max(peak[config], _peak_memory_mb(device))
+            if on_run:
+                on_run(f"{'pyramid' if config[1] else 'one-shot'}, {config[0]} scales")
+    for config in configs:
+        proposer.scales, proposer.multi_shot = config
+        flops, windows = network_flops(proposer, frames[0])
+        median = float(np.median(latencies[config]))
+        report.rows.append(BenchRow(
+            scales=config[0], mode="pyramid" if config[1] else "one-shot", windows=windows, images_per_second=1.0 / median,
+            median_s=median, p90_s=float(np.percentile(latencies[config], 90)), peak_memory_mb=peak[config],
+            stages_s={name: float(np.median(v)) if v else 0.0 for name, v in stages[config].items()},
+            network_gflops=flops / 1e9, flop_floor_s=flops / (rate * 1e9), latencies_s=latencies[config],
+        ))
     proposer.multi_shot = False
     return report

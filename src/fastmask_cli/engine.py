@@ -28,13 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .assign import AssignRule
-from .body import load_imagenet
+from .bodies import initialise
 from .config import FastMaskConfig
 from .dataset import Augment, CocoInstances, Sample
 from .errors import FastMaskError
 from .evaluate import Evaluation, evaluate
 from .files import atomic_path, read_json
-from .images import read_image
+from .images import ImageError, read_image
 from .inference import Proposer, pad_batch, resolve_device
 from .loss import FastMaskLoss, Target
 from .model import FastMask
@@ -42,6 +42,7 @@ from .weights import save_checkpoint
 
 TRAIN_FORMAT = "fastmask-train"
 CHECKPOINT, MODEL, BEST, LOG = "checkpoint.pt", "model.pt", "best.pt", "log.jsonl"
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,14 @@ class TrainSettings:
 
     epochs: int = 30
     batch_size: int = 2  # images per step and per process
-    lr: float = 0.05
-    momentum: float = 0.9  # paper §5.2
+    optimizer: str = "adamw"  # the paper's SGD fits the fully connected head far slower (see README)
+    lr: float | None = None  # default: DEFAULT_LR of the optimizer
+    momentum: float = 0.9  # SGD only (paper §5.2)
     weight_decay: float = 5e-5  # paper §5.2
     warmup_iters: int = 300  # linear warm-up from lr/10, then cosine decay to lr/20
-    clip_grad: float = 10.0  # gradient-norm clip: training from scratch with SGD needs it early on
+    clip_grad: float = 10.0  # gradient-norm clip: training from scratch needs it early on
+    freeze_stages: int = 0  # leading body stages fixed (the stem counts as one)
+    freeze_bn: bool | None = None  # every body BatchNorm fixed; default: yes with --init, no from scratch
     size: int = 800  # training scale: longer side before jitter (the paper's 800)
     jitter: tuple[float, float] = (0.5, 1.25)
     crop: int | None = None  # largest side after scaling (default: size)
@@ -68,13 +72,18 @@ class TrainSettings:
     precision: str = "auto"  # fp32 on the CPU; bf16 autocast on CUDA (fp16 with a grad scaler on request)
     val_every: int = 1  # epochs between validations (the last epoch is always validated)
     val_top_k: int = 100
+    train_sample: int = 8  # training images (unaugmented) evaluated beside val, to see under- or over-fitting
     log_every: int = 10  # iterations between log lines
 
     def __post_init__(self) -> None:
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
         checks = [
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0, "--lr must be positive"),
+            (self.optimizer in DEFAULT_LR, f"--optimizer must be one of {', '.join(DEFAULT_LR)}"),
+            (self.lr is not None and self.lr > 0, "--lr must be positive"),
+            (self.freeze_stages >= 0, "--freeze-stages must be at least 0"),
             (self.size >= 64, "--size must be at least 64"),
             (0 < self.jitter[0] <= self.jitter[1], "--jitter must be LOW,HIGH with 0 < LOW <= HIGH"),
             (self.windows_per_image >= 2, "--windows-per-image must be at least 2"),
@@ -93,6 +102,7 @@ class TrainSettings:
     def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        values.setdefault("optimizer", "sgd")  # runs stored before --optimizer existed used SGD
         return cls(**values)
 
 
@@ -114,7 +124,10 @@ class TrainSummary:
     first_loss: float | None = None
     last_loss: float | None = None
     best: dict[str, Any] | None = None  # epoch and validation metrics of best.pt
+    last_val: dict[str, Any] | None = None  # AR on val at the last evaluated epoch
+    last_train: dict[str, Any] | None = None  # AR on the fixed training sample at the last evaluated epoch
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable images and why
+    step_seconds: list[float] = field(default_factory=list, repr=False)
 
 
 def _distributed(device: str) -> tuple[int, int, torch.device]:
@@ -155,15 +168,19 @@ def _collate(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100, device: str = "cpu") -> Evaluation:
-    """Mask and box AR of `model` on the COCO set `gt_path` (images under `images_dir`), through `evaluate`."""
+def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100, device: str = "cpu",
+             limit: int | None = None) -> Evaluation:
+    """Mask and box AR of `model` on the COCO set `gt_path` (images under `images_dir`), through `evaluate`;
+    with `limit`, on its first `limit` images by id only (a fixed sample)."""
     gt = read_json(gt_path, "validation ground truth")
     proposer = Proposer(model, device=device, top_k=top_k)
     results = []
-    for image in gt.get("images", []):
+    for image in sorted(gt.get("images", []), key=lambda im: im["id"])[:limit]:
         path = Path(images_dir) / image["file_name"]
-        if path.is_file():
+        try:
             results += proposer.propose(read_image(path)).to_coco(image["id"])
+        except ImageError:  # missing or unreadable: training reports these itself; AR covers the rest
+            continue
     return evaluate(Path(gt_path), results, allow_missing=True)
 
 
@@ -191,29 +208,40 @@ def _load_training_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def train(
-    gt_path: Path,
-    images_dir: Path,
-    out: Path,
-    *,
-    config: FastMaskConfig,
-    settings: TrainSettings = TrainSettings(),
-    init: Path | None = None,
-    val: tuple[Path, Path] | None = None,
-    resume: bool = False,
-    device: str = "auto",
-    events: TrainEvents | None = None,
-) -> TrainSummary:
-    """Train FastMask on COCO-format data; see the module docstring for what lands in `out`.
+@dataclass
+class Run:
+    """A training run, set up: what it trains, with what, on which data, and where it stands."""
 
-    With `resume`, the architecture and settings come from `out/checkpoint.pt` (only `epochs` may
-    grow), and training goes on from the last finished epoch with the same data order and sampling
-    as an unbroken run.
-    """
-    events = events or TrainEvents()
-    out = Path(out)
+    out: Path
+    settings: TrainSettings
+    model: FastMask
+    runner: torch.nn.Module  # the model and its loss, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    autocast: Any  # () -> context manager
+    dataset: CocoInstances
+    sampler: DistributedSampler
+    device: torch.device
+    rank: int
+    world: int
+    init: str | None  # what the body started from (a file, or "imagenet (package version)")
+    start_epoch: int = 0
+    iteration: int = 0
+    best: dict | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return math.ceil(len(self.sampler) / self.settings.batch_size)
+
+
+def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, settings: TrainSettings,
+          init: str | Path | None, resume: bool, device: str, events: TrainEvents) -> Run:
+    """Build (or restore from `out/checkpoint.pt`) the model, optimiser and data of a run."""
     rank, world, dev = _distributed(device)
-    main = rank == 0
     state = None
     if (out / CHECKPOINT).exists():
         if not resume:
@@ -226,135 +254,201 @@ def train(
                   if v != getattr(given, k) and k not in ("epochs", "workers")]
         if differ and given != TrainSettings(epochs=given.epochs, workers=given.workers):
             events.note("the run's own settings are kept: " + ", ".join(differ))
-        init = Path(state["init"]) if state.get("init") else None
+        init = state.get("init")
         events.note(f"resuming {out} after epoch {state['epoch']} (iteration {state['iteration']})")
     elif resume:
         events.note(f"nothing to resume in {out}: starting a new run")
-    if main:
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
     augment = Augment(settings.size, settings.jitter, settings.crop, settings.flip, settings.copy_paste)
     dataset = CocoInstances(gt_path, images_dir, augment, seed=settings.seed)
-    if main:
+    if rank == 0:
         for message in dataset.report.notes:
             events.note(message)
-    if val is not None:
-        read_json(val[0], "validation ground truth")  # fail now, not after the first epoch
-        if not Path(val[1]).is_dir():
-            raise FastMaskError(f"validation images folder not found: {val[1]}")
 
     torch.manual_seed(settings.seed)
     model = FastMask(config)
     if init is not None and state is None:
-        report = load_imagenet(model.body, init)
+        report, init = initialise(model.body, config.body, init)
         events.note(f"body initialised: {report.summary()}")
+    if settings.freeze_bn is None:  # a pretrained body keeps its ImageNet statistics; batch-2 statistics are noise
+        settings = replace(settings, freeze_bn=init is not None)
+    try:
+        model.body.freeze(settings.freeze_stages, settings.freeze_bn)
+    except ValueError as exc:
+        raise FastMaskError(f"--freeze-stages: {exc}") from None
     model.to(dev).train()
     objective = FastMaskLoss(model, settings.windows_per_image, AssignRule(settings.size_range, settings.centre_fraction))
     runner = DistributedDataParallel(objective, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else objective
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     precision = settings.precision if settings.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
     if precision == "fp16" and dev.type != "cuda":
         raise FastMaskError("fp16 training needs a CUDA device; on the CPU use fp32 or bf16")
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     autocast = (lambda: contextlib.nullcontext()) if precision == "fp32" else \
         (lambda: torch.autocast(dev.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16))
-
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
-    iterations_per_epoch = math.ceil(len(sampler) / settings.batch_size)
-    total = iterations_per_epoch * settings.epochs
-    start_epoch, iteration, best = 0, 0, None
+    run = Run(out, settings, model, runner, optimizer, scaler, autocast, dataset, sampler, dev, rank, world,
+              str(init) if init is not None else None)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start_epoch, iteration, best = state["epoch"], state["iteration"], state.get("best")
+        run.start_epoch, run.iteration, run.best = state["epoch"], state["iteration"], state.get("best")
+    return run
 
-    summary = TrainSummary(str(out), epochs=start_epoch, iterations=iteration, best=best)
-    log = open(out / LOG, "a") if main else None
-    step_seconds = []
+
+def train_step(run: Run, samples: list[Sample]) -> dict[str, float]:
+    """One optimiser step on a batch; returns the loss and its terms."""
+    settings, optimizer = run.settings, run.optimizer
+    total = run.iterations_per_epoch * settings.epochs
+    for group in optimizer.param_groups:
+        group["lr"] = settings.lr * _lr_factor(run.iteration, total, settings.warmup_iters)
+    images, targets = _to_batch(samples, run.device)
+    with run.autocast():
+        losses = run.runner(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(losses["loss"]).backward()
+        run.scaler.unscale_(optimizer)
+    else:
+        losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], settings.clip_grad)
+    if run.scaler is not None:
+        run.scaler.step(optimizer)
+        run.scaler.update()
+    else:
+        optimizer.step()
+    run.iteration += 1
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    if not math.isfinite(values["loss"]):
+        raise FastMaskError(f"the loss became {values['loss']} at iteration {run.iteration}; lower --lr")
+    return values
+
+
+def train_one_epoch(run: Run, epoch: int, events: TrainEvents, summary: TrainSummary, log: Any) -> dict[str, Any]:
+    """One pass over this process's share of the data; returns the epoch's mean losses."""
+    settings = run.settings
+    torch.manual_seed(_epoch_seed(settings.seed, epoch))  # window sampling: same per epoch on resume
+    run.dataset.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    loader = DataLoader(run.dataset, batch_size=settings.batch_size, sampler=run.sampler, num_workers=settings.workers,
+                        collate_fn=_collate, persistent_workers=False)
+    events.epoch_start(epoch + 1, settings.epochs, run.iterations_per_epoch)
+    totals: dict[str, float] = {}
+    steps = 0
+    for samples in loader:
+        good = [s for s in samples if s.error is None]
+        for s in samples:
+            if s.error is not None and s.file not in summary.skipped:
+                summary.skipped[s.file] = s.error
+                events.note(f"skipped {s.file}: {s.error}")
+        if not good:
+            if run.world == 1:
+                continue
+            # every process must step together: train on a blank image (negatives only)
+            good = [Sample(np.full((64, 64, 3), 124, np.uint8), np.zeros((0, 64, 64), np.uint8), np.zeros(0, bool))]
+        started = time.perf_counter()
+        values = train_step(run, good)
+        summary.step_seconds.append(time.perf_counter() - started)
+        steps += 1
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0.0) + v
+        if summary.first_loss is None:
+            summary.first_loss = values["loss"]
+        metrics = {"epoch": epoch + 1, "iteration": run.iteration, "lr": run.optimizer.param_groups[0]["lr"],
+                   "seconds": summary.step_seconds[-1], **values}
+        events.step(metrics)
+        if log is not None and run.iteration % settings.log_every == 0:
+            log.write(json.dumps({"type": "step", **metrics}) + "\n")
+            log.flush()
+    return {"type": "epoch", "epoch": epoch + 1, "iteration": run.iteration, **{k: v / max(steps, 1) for k, v in totals.items()}}
+
+
+def evaluate_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None) -> None:
+    """AR on val and on a fixed sample of the training images (unaugmented), into `record`; keeps best.pt."""
+    settings, model = run.settings, run.model
+    if settings.train_sample > 0:
+        record["train"] = _flat(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample))
+    if val is not None:
+        record["val"] = _flat(validate(model, val[0], val[1], settings.val_top_k, device=str(run.device)))
+        if run.best is None or (record["val"]["mask AR@100"] or 0.0) > (run.best["val"]["mask AR@100"] or 0.0):
+            run.best = {"epoch": record["epoch"], "val": record["val"], "train": record.get("train")}
+            save_checkpoint(run.out / BEST, model, {**_meta(run, gt_path, images_dir, record), "val_set": str(val[0])})
+            record["best"] = True
+    model.train()
+
+
+def _meta(run: Run, gt_path: Path, images_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """What a saved model records of how it was trained."""
+    return {"trained_on": str(gt_path), "images": str(images_dir), "epochs": record["epoch"], "iterations": run.iteration,
+            "init": run.init or "scratch", "settings": run.settings.to_dict(),
+            **{k: record[k] for k in ("val", "train") if k in record}}
+
+
+def save_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path) -> None:
+    """model.pt (for --weights) and checkpoint.pt (for --resume) after an epoch, both atomic."""
+    save_checkpoint(run.out / MODEL, run.model, _meta(run, gt_path, images_dir, record))
+    _save_training_state(run.out / CHECKPOINT, run.model, run.optimizer, run.scaler, run.settings, record["epoch"],
+                         run.iteration, run.best, run.init)
+
+
+def train(
+    gt_path: Path,
+    images_dir: Path,
+    out: Path,
+    *,
+    config: FastMaskConfig,
+    settings: TrainSettings = TrainSettings(),
+    init: str | Path | None = None,
+    val: tuple[Path, Path] | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    events: TrainEvents | None = None,
+) -> TrainSummary:
+    """Train FastMask on COCO-format data; see the module docstring for what lands in `out`.
+
+    `init` is "imagenet" (the body's weights from its pip package) or a state-dict file for the body.
+    With `resume`, the architecture and settings come from `out/checkpoint.pt` (only `epochs` may
+    grow), and training goes on from the last finished epoch with the same data order and sampling
+    as an unbroken run.
+    """
+    events = events or TrainEvents()
+    out = Path(out)
+    if val is not None:
+        read_json(val[0], "validation ground truth")  # fail now, not after the first epoch
+        if not Path(val[1]).is_dir():
+            raise FastMaskError(f"validation images folder not found: {val[1]}")
+    run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events)
+    settings = run.settings
+    summary = TrainSummary(str(out), epochs=run.start_epoch, iterations=run.iteration, best=run.best)
+    log = open(out / LOG, "a") if run.main else None
     try:
-        for epoch in range(start_epoch, settings.epochs):
-            torch.manual_seed(_epoch_seed(settings.seed, epoch))  # window sampling: same per epoch on resume
-            dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
-                                collate_fn=_collate, persistent_workers=False)
-            events.epoch_start(epoch + 1, settings.epochs, iterations_per_epoch)
-            totals: dict[str, float] = {}
-            steps = 0
-            for samples in loader:
-                good = [s for s in samples if s.error is None]
-                for s in samples:
-                    if s.error is not None and s.file not in summary.skipped:
-                        summary.skipped[s.file] = s.error
-                        events.note(f"skipped {s.file}: {s.error}")
-                if not good:
-                    if world == 1:
-                        continue
-                    # every process must step together: train on a blank image (negatives only)
-                    good = [Sample(np.full((64, 64, 3), 124, np.uint8), np.zeros((0, 64, 64), np.uint8), np.zeros(0, bool))]
-                started = time.perf_counter()
-                for group in optimizer.param_groups:
-                    group["lr"] = settings.lr * _lr_factor(iteration, total, settings.warmup_iters)
-                images, targets = _to_batch(good, dev)
-                with autocast():
-                    losses = runner(images, targets)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(losses["loss"]).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    losses["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                iteration += 1
-                steps += 1
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                if not math.isfinite(values["loss"]):
-                    raise FastMaskError(f"the loss became {values['loss']} at iteration {iteration}; lower --lr")
-                step_seconds.append(time.perf_counter() - started)
-                for k, v in values.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                if summary.first_loss is None:
-                    summary.first_loss = values["loss"]
-                metrics = {"epoch": epoch + 1, "iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
-                           "seconds": step_seconds[-1], **values}
-                events.step(metrics)
-                if log is not None and iteration % settings.log_every == 0:
-                    log.write(json.dumps({"type": "step", **metrics}) + "\n")
-                    log.flush()
-
-            record: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "iteration": iteration,
-                                      **{k: v / max(steps, 1) for k, v in totals.items()}}
+        for epoch in range(run.start_epoch, settings.epochs):
+            record = train_one_epoch(run, epoch, events, summary, log)
             summary.last_loss = record.get("loss", summary.last_loss)
-            if main:
-                meta = {"trained_on": str(gt_path), "images": str(images_dir), "epochs": epoch + 1, "iterations": iteration,
-                        "init": str(init) if init else "scratch", "settings": settings.to_dict()}
-                if val is not None and ((epoch + 1) % settings.val_every == 0 or epoch + 1 == settings.epochs):
-                    metrics = _flat(validate(model, val[0], val[1], settings.val_top_k, device=str(dev)))
-                    model.train()
-                    record["val"] = metrics
-                    if best is None or (metrics["mask AR@100"] or 0.0) > (best["val"]["mask AR@100"] or 0.0):
-                        best = {"epoch": epoch + 1, "val": metrics}
-                        save_checkpoint(out / BEST, model, {**meta, "val": metrics, "val_set": str(val[0])})
-                        record["best"] = True
-                save_checkpoint(out / MODEL, model, {**meta, **({"val": record["val"]} if "val" in record else {})})
-                _save_training_state(out / CHECKPOINT, model, optimizer, scaler, settings, epoch + 1, iteration, best,
-                                     str(init) if init else None)
+            if run.main:
+                last = epoch + 1 == settings.epochs
+                # without val, the training sample is measured at the end only: it is there to compare with val
+                if last or (val is not None and (epoch + 1) % settings.val_every == 0):
+                    evaluate_epoch(run, record, gt_path, images_dir, val)
+                save_epoch(run, record, gt_path, images_dir)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            if world > 1:
+            if run.world > 1:
                 dist.barrier()
-            summary.epochs, summary.iterations, summary.best = epoch + 1, iteration, best
+            summary.epochs, summary.iterations, summary.best = epoch + 1, run.iteration, run.best
+            summary.last_val, summary.last_train = record.get("val", summary.last_val), record.get("train", summary.last_train)
             events.epoch_end(record)
     finally:
         if log is not None:
             log.close()
-    summary.seconds_per_iteration = float(np.median(step_seconds)) if step_seconds else 0.0
+    summary.seconds_per_iteration = float(np.median(summary.step_seconds)) if summary.step_seconds else 0.0
     return summary

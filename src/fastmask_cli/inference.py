@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import DEFAULT_NMS, DEFAULT_NMS_IOU
 from .errors import FastMaskError
 from .masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_iou, paste_binary
 from .model import IMAGENET_MEAN, FastMask, Pyramid
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NMS_KINDS = ("none", "box", "mask")
+NMS_MODES = ("demote", "drop")
 PASTE_CHUNK = 64  # masks pasted at once: bounds memory at 64 x H x W floats
 
 
@@ -78,7 +80,7 @@ class Proposals:
                 "category_id": 1,
                 "segmentation": rle,
                 "bbox": [round(float(v), 2) for v in box],
-                "score": round(float(score), 6),
+                "score": float(f"{score:.6g}"),
             }
             for rle, box, score in zip(self.rles, self.boxes, self.scores)
         ]
@@ -128,8 +130,9 @@ class Proposer:
         scales: int | None = None,
         size: int | None = None,
         mask_threshold: float | None = None,
-        nms: str = "none",
-        nms_iou: float = 0.8,
+        nms: str = DEFAULT_NMS,
+        nms_iou: float = DEFAULT_NMS_IOU,
+        nms_mode: str = "demote",
         multi_shot: bool = False,
         compile: bool = False,
     ) -> None:
@@ -141,6 +144,8 @@ class Proposer:
             raise FastMaskError("fp16 needs a CUDA device; on the CPU use bf16 or fp32")
         if nms not in NMS_KINDS:
             raise FastMaskError(f"unknown --nms {nms!r}; use {', '.join(NMS_KINDS)}")
+        if nms_mode not in NMS_MODES:
+            raise FastMaskError(f"unknown --nms-mode {nms_mode!r}; use {', '.join(NMS_MODES)}")
         for name, value, low in (("top-k", top_k, 1), ("scales", scales, 1), ("size", size, 32)):
             if value is not None and value < low:
                 raise FastMaskError(f"--{name} must be at least {low}, not {value}")
@@ -152,6 +157,7 @@ class Proposer:
         self.mask_threshold = cfg.mask_threshold if mask_threshold is None else mask_threshold
         self.nms = nms
         self.nms_iou = nms_iou
+        self.nms_mode = nms_mode
         self.multi_shot = multi_shot  # the image-pyramid baseline (`fastmask bench --pyramid`), not one shot
         # torch.compile: ~30% off the network on the CPU, after a compilation per input size (tens of seconds)
         self.compiled = compile
@@ -161,7 +167,7 @@ class Proposer:
 
     def settings(self) -> dict:
         """What determines the output, besides the weights (recorded so a resumed run can check it)."""
-        keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou")
+        keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou", "nms_mode")
         return {k: getattr(self, k) for k in keys}
 
     def _stage(self, name: str) -> contextlib.AbstractContextManager:
@@ -246,6 +252,14 @@ class Proposer:
         return self._suppress(proposals) if self.nms != "none" and len(proposals) > 1 else proposals
 
     def _suppress(self, p: Proposals) -> Proposals:
+        """Greedy suppression of near-duplicates. `drop` removes them; `demote` moves them, in their
+        order, behind every kept proposal and scales their scores below the lowest kept score: the
+        first proposals are distinct objects, and the top-k set itself stays as it was."""
         iou = box_iou(p.boxes, p.boxes) if self.nms == "box" else mask_iou(p.rles)
         keep = greedy_nms(iou, self.nms_iou)
-        return Proposals([p.rles[i] for i in keep], p.boxes[keep], p.scores[keep], p.strides[keep], p.height, p.width)
+        scores = p.scores[keep]
+        if self.nms_mode == "demote":
+            demoted = np.setdiff1d(np.arange(len(p)), keep)
+            scores = np.concatenate([scores, p.scores[demoted] * 0.5 * scores.min()])
+            keep = np.concatenate([keep, demoted])
+        return Proposals([p.rles[i] for i in keep], p.boxes[keep], scores, p.strides[keep], p.height, p.width)

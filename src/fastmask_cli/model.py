@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .body import Body
+from .bodies import build_body
 from .config import FastMaskConfig
 from .head import build_head
 from .neck import build_neck
@@ -58,7 +58,7 @@ class FastMask(nn.Module):
     def __init__(self, config: FastMaskConfig) -> None:
         super().__init__()
         self.config = config
-        self.body = Body(config.body, config.body_width, config.streams)
+        self.body = build_body(config.body, config.body_width, config.streams)
         channels = self.body.out_channels
         self.neck = build_neck(config.neck, channels, config.neck_width)
         self.reduce = nn.Conv2d(channels, config.reduce_channels, 1)

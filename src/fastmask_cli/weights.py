@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .body import LoadReport, load_imagenet
+from .bodies import LoadReport, initialise
 from .config import PRESETS, FastMaskConfig, preset
 from .errors import FastMaskError
 from .files import atomic_path
@@ -142,7 +142,7 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
     """Load a model by shipped name, checkpoint path, training run folder, or preset name (untrained: "fast", "accurate").
 
     With no `weights`, the shipped default is used; while none is shipped, the untrained "fast"
-    preset, whose body takes `init` (a torchvision ImageNet checkpoint) when given.
+    preset, whose body takes `init` ("imagenet" for its pip package, or a state-dict file) when given.
     """
     shipped = read_manifest()
     if weights is None:
@@ -152,7 +152,7 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
         with torch.random.fork_rng():  # same random weights every run, so runs compare and resume
             torch.manual_seed(UNTRAINED_SEED)
             model = FastMask(preset(weights))
-        report = load_imagenet(model.body, init) if init else None
+        report = initialise(model.body, model.config.body, init)[0] if init else None
         return model.eval(), ModelInfo(weights, trained=False, body_init=report)
     entry = next((m for m in shipped if m["name"] == weights), None)
     if entry is not None:

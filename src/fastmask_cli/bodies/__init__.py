@@ -1,0 +1,34 @@
+"""Bodies (paper §4.1, §5.1), by name: ImageNet CNNs cut at stride 16, with one or two streams.
+
+    body = build_body("efficientnet_lite0", streams=2)
+    initialise(body, "efficientnet_lite0", "imagenet")   # weights from the pip package
+
+Every body shares `Body`'s cut and streams, so the neck, reduce, norm and head take any of them.
+"""
+
+from __future__ import annotations
+
+from ..config import BODIES
+from .base import Body
+from .efficientnet_lite import EfficientNetLiteBody
+from .imagenet import LoadReport, imagenet_weights, initialise, load_imagenet
+from .resnet import ResNetBody
+
+_CLASSES: dict[str, type[Body]] = {
+    "resnet18": ResNetBody,
+    "resnet34": ResNetBody,
+    "resnet50": ResNetBody,
+    "efficientnet_lite0": EfficientNetLiteBody,
+    "efficientnet_lite2": EfficientNetLiteBody,
+}
+
+
+assert set(_CLASSES) == set(BODIES), "config.BODIES names the bodies built here"
+
+
+def build_body(name: str, width: int = 64, streams: int = 2) -> Body:
+    """The body `name`; `width` 64 is the standard network (smaller values make tiny test bodies)."""
+    return _CLASSES[name](name, width, streams)
+
+
+__all__ = ["BODIES", "Body", "LoadReport", "build_body", "imagenet_weights", "initialise", "load_imagenet"]
