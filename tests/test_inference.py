@@ -124,3 +124,10 @@ def test_option_errors_are_user_errors():
 def test_bf16_on_cpu_runs():
     proposals = Proposer(tiny_model(), device="cpu", precision="bf16", top_k=5).propose(draw_scene())
     assert len(proposals) <= 5 and proposals.scores.dtype == np.float32
+
+
+def test_suppression_fills_the_top_k_with_the_next_distinct_candidates():
+    hot = {0: [(6, 7, 3.0), (6, 8, 2.0)], 2: [(3, 4, 1.0)]}  # mask IoU: second with first 0.83, third with first 0.63
+    plain = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
+    top2 = Proposer(full_mask_model(hot), device="cpu", top_k=2, size=128, nms="mask", nms_iou=0.7).propose(draw_scene(96, 128))
+    assert top2.rles == [plain.rles[0], plain.rles[2]]  # the duplicate makes way for the third window

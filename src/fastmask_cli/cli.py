@@ -166,7 +166,7 @@ def propose(
     nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", help="IoU above which a lower-scored proposal is a duplicate."),
     nms_mode: str = typer.Option("demote", "--nms-mode", help="demote: move duplicates behind every distinct proposal "
                                  "(the top-k set stays, so AR@1000 does too); drop: remove them."),
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's (0.2)."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
     init: Optional[Path] = INIT,
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),

@@ -102,7 +102,8 @@ class TrainSettings:
     def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        values.setdefault("optimizer", "sgd")  # runs stored before --optimizer existed used SGD
+        values.setdefault("optimizer", "sgd")  # runs stored before --optimizer existed used SGD ...
+        values.setdefault("freeze_bn", False)  # ... and trained every BatchNorm
         return cls(**values)
 
 

@@ -25,6 +25,7 @@ from .model import IMAGENET_MEAN, FastMask, Pyramid
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NMS_KINDS = ("none", "box", "mask")
 NMS_MODES = ("demote", "drop")
+NMS_EXTRA = 200  # with suppression, up to this many windows beyond top-k are decoded (and top-k at most)
 PASTE_CHUNK = 64  # masks pasted at once: bounds memory at 64 x H x W floats
 
 
@@ -71,6 +72,12 @@ class Proposals:
         if not self.rles:
             return np.zeros((0, self.height, self.width), dtype=bool)
         return decode_masks(self.rles)
+
+    def first(self, k: int) -> "Proposals":
+        """The best k proposals."""
+        if len(self) <= k:
+            return self
+        return Proposals(self.rles[:k], self.boxes[:k], self.scores[:k], self.strides[:k], self.height, self.width)
 
     def to_coco(self, image_id: int) -> list[dict]:
         """COCO results entries, loadable by `pycocotools.coco.COCO.loadRes`."""
@@ -165,6 +172,12 @@ class Proposer:
         self._multi_shot = torch.compile(self.model.image_pyramid) if compile else None
         self.timer: StageTimer | None = None  # set by `fastmask bench` to split the time by stage
 
+    @property
+    def candidates(self) -> int:
+        """Windows decoded per image. With suppression, more than top-k: the windows just below the
+        top-k are often the next objects, while the top-k hold several windows of the same ones."""
+        return self.top_k if self.nms == "none" else min(2 * self.top_k, self.top_k + NMS_EXTRA)
+
     def settings(self) -> dict:
         """What determines the output, besides the weights (recorded so a resumed run can check it)."""
         keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou", "nms_mode")
@@ -208,7 +221,7 @@ class Proposer:
                 # windows lying wholly in the batch padding see no image: never propose them
                 outside = (windows[:, 0] >= w) | (windows[:, 1] >= h)
                 scores = flat_scores[i].masked_fill(outside, float("-inf"))
-                top = torch.topk(scores, min(self.top_k, int((~outside).sum()))).indices
+                top = torch.topk(scores, min(self.candidates, int((~outside).sum()))).indices
                 picks.append(top)
             image_index = torch.cat([torch.full_like(p, i) for i, p in enumerate(picks)])
             flat = torch.cat(picks)
@@ -249,12 +262,15 @@ class Proposer:
             height,
             width,
         )
-        return self._suppress(proposals) if self.nms != "none" and len(proposals) > 1 else proposals
+        if self.nms != "none" and len(proposals) > 1:
+            proposals = self._suppress(proposals)
+        return proposals.first(self.top_k)
 
     def _suppress(self, p: Proposals) -> Proposals:
-        """Greedy suppression of near-duplicates. `drop` removes them; `demote` moves them, in their
-        order, behind every kept proposal and scales their scores below the lowest kept score: the
-        first proposals are distinct objects, and the top-k set itself stays as it was."""
+        """Greedy suppression of near-duplicates among the candidates. `drop` removes them; `demote`
+        moves them, in their order, behind every kept proposal and scales their scores below the
+        lowest kept score: the first proposals are distinct objects, and duplicates still fill the
+        list where distinct candidates run out."""
         iou = box_iou(p.boxes, p.boxes) if self.nms == "box" else mask_iou(p.rles)
         keep = greedy_nms(iou, self.nms_iou)
         scores = p.scores[keep]
