@@ -1,6 +1,7 @@
 """`fastmask propose` end to end: output, ids, bad input, weights errors, interruption and resume."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -172,10 +173,13 @@ def test_real_ctrl_c_keeps_old_results_and_resumes_identically(tmp_path):
     for i in range(count):  # enough that the run cannot finish before the signal, even with a fast model
         write_image(folder / f"im_{i:02d}.png", draw_scene(240, 320, seed=i))
     command = [sys.executable, "-m", "fastmask_cli", "propose", str(folder), "--top-k", "10", "--size", "400", "--out"]
+    # one thread: the child's spinning OpenMP threads would otherwise starve this process on a 2-core
+    # machine, and a fast model could finish before we see the partial file grow (seen in CI)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference, out = tmp_path / "reference.json", tmp_path / "r.json"
-    assert subprocess.run(command + [str(reference)], capture_output=True).returncode == 0
+    assert subprocess.run(command + [str(reference)], capture_output=True, env=env).returncode == 0
     out.write_text('["earlier results"]')
-    process = subprocess.Popen(command + [str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command + [str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     partial = tmp_path / "r.json.partial"
     deadline = time.monotonic() + 120
     while not (partial.exists() and len(partial.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
@@ -187,7 +191,7 @@ def test_real_ctrl_c_keeps_old_results_and_resumes_identically(tmp_path):
     assert out.read_text() == '["earlier results"]'
     done = len(partial.read_text().splitlines()) - 1
     assert 2 <= done < count
-    resumed = subprocess.run(command + [str(out), "--resume"], capture_output=True, text=True)
+    resumed = subprocess.run(command + [str(out), "--resume"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{done} from the interrupted run" in " ".join(resumed.stderr.split())
     assert json.loads(out.read_text()) == json.loads(reference.read_text())
