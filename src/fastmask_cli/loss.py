@@ -76,7 +76,8 @@ class FastMaskLoss(nn.Module):
                 att_targets.append(att)
         logits = torch.cat(conf_logits)
         count = max(logits.numel(), 1)
-        positives = max(sum(p.numel() for p in pos_flat), 1)
+        positive_count = sum(p.numel() for p in pos_flat)
+        positives = max(positive_count, 1)
         conf = F.binary_cross_entropy_with_logits(logits, torch.cat(conf_labels), reduction="sum")
 
         if pos_flat:
@@ -94,6 +95,6 @@ class FastMaskLoss(nn.Module):
             "conf": conf.detach() / count,
             "seg": seg.detach() / positives,
             "att": att.detach() / positives,
-            "positives": torch.tensor(float(sum(p.numel() for p in pos_flat)), device=images.device),
+            "positives": torch.tensor(float(positive_count), device=images.device),
             "windows": torch.tensor(float(count), device=images.device),
         }
