@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -39,3 +41,25 @@ def make_odd_but_valid_files(folder: Path) -> list[str]:
     cv2.imwrite(str(folder / "alpha_rgba.png"), rgba)
     cv2.imwrite(str(folder / "gray.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
     return ["alpha_rgba.png", "deep_16bit.png", "gray.png"]
+
+
+def exif_jpeg(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose EXIF block says how to turn the stored pixels to show them, as phones write."""
+    tiff = b"MM\x00*" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 274, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    app1 = b"Exif\x00\x00" + tiff
+    jpeg = jpeg_bytes(rgb)
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A black 1-bit PNG: width * height pixels (gigabytes once decoded to RGB) in a file of kilobytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte, then the row's bits
+    rows = b"".join(packer.compress(row * 1000) for _ in range(height // 1000)) + packer.compress(row * (height % 1000))
+    idat = rows + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))

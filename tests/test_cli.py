@@ -1,7 +1,6 @@
 """`fastmask propose` end to end: output, ids, bad input, weights errors, interruption and resume."""
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -11,27 +10,12 @@ from collections import Counter
 import pytest
 import torch
 from pycocotools.coco import COCO
-from typer.testing import CliRunner
 
-from fastmask_cli.cli import app
 from fastmask_cli.inference import Proposer
 
 from badinput import make_bad_files, make_odd_but_valid_files
+from clirun import propose, run
 from conftest import draw_scene, write_image
-
-runner = CliRunner()
-
-
-def run(*args: str):
-    result = runner.invoke(app, [str(a) for a in args])
-    # rich wraps lines at the terminal width and draws tables: compare words only
-    result.flat = " ".join(re.sub(r"[\u2500-\u257f]", " ", result.output).split())
-    assert "Traceback" not in result.output
-    return result
-
-
-def propose(folder, out, checkpoint, *extra):
-    return run("propose", folder, "--out", out, "--weights", checkpoint, "--size", "128", "--top-k", "10", *extra)
 
 
 def test_propose_writes_results_and_a_file_list(image_folder, tiny_checkpoint, tmp_path):
@@ -47,7 +31,7 @@ def test_propose_writes_results_and_a_file_list(image_folder, tiny_checkpoint, t
     assert Counter(r["image_id"] for r in results) == {1: 10, 2: 10, 3: 10, 4: 10}
     loaded = COCO(str(tmp_path / "results.images.json")).loadRes(str(out))
     assert len(loaded.anns) == 40
-    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == [f"img_{i}.png" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == [f"img_{i}.png.png" for i in range(4)]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["images"] == 4 and summary["proposals"] == 40 and summary["seconds_per_image"] > 0
     assert not (tmp_path / "results.json.partial").exists()

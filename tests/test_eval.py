@@ -172,3 +172,31 @@ def test_eval_command_writes_table_json_and_plot(tmp_path):
     assert plot is not None and plot.shape[1] > plot.shape[0]  # two panels side by side
     bad = runner.invoke(app, ["eval", str(gt), str(tmp_path / "missing.json")])
     assert bad.exit_code == 1 and "results file not found" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("corrupt,words", [
+    ({"score": float("nan")}, ["result 1 (image_id 1) has score nan"]),
+    ({"score": float("inf")}, ["result 1 (image_id 1) has score inf"]),
+    ({"segmentation": {**rect_rle(10, 10, 86, 50), "size": [W, H]}},  # a mask of the transposed grid
+     [f"result 1 (image_id 1) has a {H}x{W} RLE mask", f"image 1 is {W}x{H} in the ground truth"]),
+])
+def test_corrupt_results_stop_the_run_naming_the_first(tmp_path, corrupt, words):
+    """COCOeval would score these silently: a NaN score is ranked anywhere, a mask of another size is
+    compared pixel by pixel with a mask of another grid."""
+    gt = write_gt(tmp_path / "gt.json", RECTS)
+    results = [result(1, *RECTS[0][0], 0.9), {**result(1, *RECTS[0][1], 0.8), **corrupt}, result(2, 0, 0, 5, 5, float("nan"))]
+    (tmp_path / "r.json").write_text(json.dumps(results))  # Python writes NaN and Infinity, as other tools do
+    with pytest.raises(FastMaskError) as error:
+        evaluate(gt, tmp_path / "r.json")
+    assert all(w in str(error.value) for w in words), str(error.value)
+    out = CliRunner().invoke(app, ["eval", str(gt), str(tmp_path / "r.json")])
+    lines = out.output.strip().splitlines()
+    assert out.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: result 1 ")
+
+
+def test_eval_reads_json_lines(tmp_path):
+    gt = write_gt(tmp_path / "gt.json", RECTS)
+    lines = [{"image_id": i, "file_name": f"{i}.png", "width": W, "height": H, "proposals": [result(i, *r, 0.9) for r in rects]}
+             for i, rects in enumerate(RECTS, start=1)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert evaluate(gt, tmp_path / "r.jsonl").results["segm"].metrics["AR@100"] == 1.0

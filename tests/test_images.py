@@ -1,12 +1,13 @@
-"""Reading images: every odd format becomes (H, W, 3) uint8 RGB, every unusable file a clear reason."""
+"""Reading images: every odd format becomes (H, W, 3) uint8 RGB as viewers show it, every unusable file a clear reason."""
 
 import cv2
 import numpy as np
 import pytest
 
-from fastmask_cli.images import ImageError, list_images, read_image
+from fastmask_cli.image_header import ImageHeader, read_header
+from fastmask_cli.images import ImageError, list_images, load_image, read_image
 
-from badinput import make_bad_files, make_odd_but_valid_files
+from badinput import exif_jpeg, make_bad_files, make_odd_but_valid_files, png_bomb
 from conftest import draw_scene, write_image
 
 
@@ -35,3 +36,50 @@ def test_listing_is_sorted_recursive_and_separates_other_files(tmp_path):
     images, others = list_images(tmp_path)
     assert images == ["a.PNG", "b.jpg", "sub/c.jpeg"]
     assert others == ["readme.txt"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path, orientation):
+    stored = draw_scene(64, 48)  # not symmetric under any flip or turn
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(exif_jpeg(stored, orientation))
+    ours = read_image(path)
+    viewer = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # OpenCV's own reader applies EXIF orientation
+    assert ours.shape == ((64, 48, 3) if orientation <= 4 else (48, 64, 3))
+    assert np.array_equal(ours, viewer)
+    raw = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(ours, raw) == (orientation == 1)
+
+
+def test_ground_truth_frame_decides_whether_orientation_applies(tmp_path):
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(exif_jpeg(draw_scene(64, 48), 6))  # stored 48 wide, 64 high; shown 64 wide, 48 high
+    shown, note = load_image(path, frame=(64, 48))
+    assert shown.shape[:2] == (48, 64) and note is None
+    stored, note = load_image(path, frame=(48, 64))
+    assert stored.shape[:2] == (64, 48) and "EXIF orientation 6" in note and "stored grid" in note
+    other, note = load_image(path, frame=(100, 100))
+    assert other.shape[:2] == (48, 64) and "ground truth says 100x100" in note
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_bomb(30000, 30000))
+    assert path.stat().st_size < 200_000  # 900 MP in a file of kilobytes
+
+    def decode(*args):
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr("fastmask_cli.images.cv2.imdecode", decode)
+    with pytest.raises(ImageError, match=r"too large \(30000x30000 px = 900 MP"):
+        read_image(path)
+
+
+def test_headers_give_the_size_of_every_accepted_format():
+    image = draw_scene(37, 53)
+    encodings = {".jpg": [], ".png": [], ".bmp": [], ".tif": [], ".webp": [], "lossless .webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+    for name, params in encodings.items():
+        data = cv2.imencode(name.split()[-1], image, params)[1].tobytes()
+        assert read_header(data) == ImageHeader(53, 37, 1), name
+    assert read_header(b"not an image") == ImageHeader()
+    assert read_header(b"\x89PNG\r\n\x1a\n\x00") == ImageHeader()  # cut short: the decoder decides

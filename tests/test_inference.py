@@ -96,7 +96,9 @@ def test_suppression_removes_near_duplicates():
         assert kept.scores[0] == plain.scores[0]
 
 
-def test_demoted_duplicates_go_behind_every_distinct_proposal():
+def test_demoted_duplicates_go_behind_every_distinct_proposal(monkeypatch):
+    # a pool of six candidates (the three hot windows and three cold ones) isolates the demotion itself
+    monkeypatch.setattr(Proposer, "candidates", property(lambda self: 2 * self.top_k))
     hot = {0: [(6, 7, 3.0), (6, 8, 2.0)], 2: [(3, 4, 1.0)]}  # mask IoU: second with first 0.83, third with first 0.63
     plain = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
     demoted = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="mask", nms_iou=0.7,
@@ -124,6 +126,13 @@ def test_option_errors_are_user_errors():
 def test_bf16_on_cpu_runs():
     proposals = Proposer(tiny_model(), device="cpu", precision="bf16", top_k=5).propose(draw_scene())
     assert len(proposals) <= 5 and proposals.scores.dtype == np.float32
+
+
+def test_candidate_pool_leaves_room_for_the_next_objects():
+    """Each object has several near-duplicate windows: a short list needs at least 100 more candidates."""
+    pools = {k: Proposer(tiny_model(), device="cpu", top_k=k).candidates for k in (10, 100, 150, 1000)}
+    assert pools == {10: 110, 100: 200, 150: 300, 1000: 1200}
+    assert Proposer(tiny_model(), device="cpu", top_k=10, nms="none").candidates == 10
 
 
 def test_suppression_fills_the_top_k_with_the_next_distinct_candidates():

@@ -22,7 +22,9 @@ _EXPORTS = {
     "read_image": "images",
     "Proposals": "inference", "Proposer": "inference",
     "FastMask": "model",
-    "ProposeSummary": "propose", "propose_folder": "propose",
+    "ProposeSummary": "propose", "propose_folder": "propose", "propose_torchrun": "propose",
+    "MergeSummary": "merge", "merge_results": "merge",
+    "read_results": "results_file",
     "load_model": "weights", "save_checkpoint": "weights",
     "TrainSettings": "engine", "train": "engine",
 }

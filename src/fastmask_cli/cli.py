@@ -111,39 +111,63 @@ BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass.")
 INIT = typer.Option(None, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")
 
 
-def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: Path, **options: Any) -> "ProposeSummary":
-    """propose_folder with a progress bar and the summary table."""
-    from .propose import partial_path, propose_folder
+def _progress_columns() -> tuple:
+    return (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn())
 
-    if not options.get("resume") and partial_path(out).exists():
-        console.print(f"[yellow]Found an interrupted run ({partial_path(out)}); starting over. Use --resume to continue it.[/]")
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+
+def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: Path, rank: tuple[int, int] | None = None,
+                **options: Any) -> "ProposeSummary":
+    """propose_folder (or, under torchrun, this rank's part of propose_torchrun) with a progress bar and the summary."""
+    from .propose import partial_path, propose_folder, propose_torchrun, shard_path
+
+    main_process = rank is None or rank[0] == 0
+    watched = out if rank is None else shard_path(out, rank[0] + 1, rank[1])
+    if main_process and not options.get("resume") and partial_path(watched).exists():
+        console.print(f"[yellow]Found an interrupted run ({partial_path(watched)}); starting over. Use --resume to continue it.[/]")
+    with Progress(*_progress_columns(), console=console, transient=False, disable=not main_process) as progress:
 
         def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
-            warn_if_untrained(info)
-            progress.add_task("proposing", total=total)
+            if main_process:
+                warn_if_untrained(info)
+            label = "proposing" if rank is None else f"proposing (rank 0 of {rank[1]}, its share)"
+            progress.add_task(label, total=total)
 
-        summary = propose_folder(proposer, images_dir, out, weights_id=info.identity,
-                                 on_start=start, on_image=lambda rel: progress.advance(progress.task_ids[0]), **options)
+        callbacks = {"weights_id": info.identity, "on_start": start,
+                     "on_image": lambda rel: progress.advance(progress.task_ids[0])}
+        if rank is None:
+            summary, merged = propose_folder(proposer, images_dir, out, **callbacks, **options), None
+        else:
+            summary, merged = propose_torchrun(proposer, images_dir, out, rank=rank[0], world=rank[1], **callbacks, **options)
+    if not main_process:
+        return summary
     table = Table(title="fastmask propose", show_header=False)
-    table.add_row("images", f"{summary.images}" + (f" ({summary.resumed} from the interrupted run)" if summary.resumed else ""))
-    table.add_row("proposals", f"{summary.proposals} (top-{proposer.top_k}, {proposer.scales} scales, size {proposer.size}, {proposer.device})")
-    table.add_row("seconds per image", f"{summary.seconds_per_image:.3f}")
-    table.add_row("skipped", str(len(summary.skipped)))
+    if summary.complete_already:
+        table.add_row("images", f"{summary.images} (finished earlier: nothing redone)")
+    else:
+        table.add_row("images", f"{summary.images}" + (f" ({summary.resumed} from the interrupted run)" if summary.resumed else "")
+                      + (f" in shard {summary.shard[0]}/{summary.shard[1]}" if summary.shard else "")
+                      + (f" on rank 0; {merged.images} from all {rank[1]} ranks" if merged else ""))
+        table.add_row("proposals", f"{merged.proposals if merged else summary.proposals} (top-{proposer.top_k}, "
+                      f"{proposer.scales} scales, size {proposer.size}, {proposer.device})")
+        table.add_row("seconds per image", f"{summary.seconds_per_image:.3f}" + (" (rank 0)" if merged else ""))
+    skipped = merged.skipped if merged else summary.skipped
+    table.add_row("skipped", str(len(skipped)))
     if summary.ignored:
         table.add_row("ignored (not images)", str(len(summary.ignored)))
-    table.add_row("results", summary.out)
-    if summary.file_list:
-        table.add_row("image ids", summary.file_list)
+    table.add_row("results", summary.out if merged is None else str(out))
+    table.add_row("image ids", summary.file_list if merged is None else merged.file_list)
     if options.get("vis_dir"):
         table.add_row("overlays", str(options["vis_dir"]))
     console.print(table)
-    for rel, reason in summary.skipped[:20]:
+    for rel, reason in skipped[:20]:
         console.print(f"  skipped {rel}: {reason}", highlight=False)
-    if len(summary.skipped) > 20:
-        console.print(f"  ... and {len(summary.skipped) - 20} more (see --json)")
+    if len(skipped) > 20:
+        console.print(f"  ... and {len(skipped) - 20} more (see --json)")
+    for rel, note in summary.notes[:5]:
+        console.print(f"[yellow]note:[/] {escape(rel)} {escape(note)}", highlight=False)
+    if len(summary.notes) > 5:
+        console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 5} more images like these (see --json)")
     return summary
 
 
@@ -151,35 +175,92 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
 @friendly_errors
 def propose(
     images_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="COCO results file to write (JSON list)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results file to write (its folder is made if needed); "
+                             "beside it, OUT_STEM.images.json ties image ids to files."),
     weights: Optional[str] = WEIGHTS,
-    ann: Optional[Path] = typer.Option(None, help="COCO ground truth whose file_name -> id mapping gives the image ids."),
+    ann: Optional[Path] = typer.Option(None, help="COCO ground truth whose file_name -> id mapping gives the image ids "
+                                       "(and whose width/height decide the frame of EXIF-rotated photos)."),
     top_k: int = typer.Option(100, "--top-k", help="Proposals per image (1000 for AR@1k)."),
     scales: Optional[int] = SCALES,
     size: Optional[int] = SIZE,
     device: str = DEVICE,
     precision: str = PRECISION,
     batch_size: int = BATCH_SIZE,
-    vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial."),
+    vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals "
+                                       "(IMAGE_PATH.png: the folder structure and full file names are kept)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial (a finished one is not redone)."),
+    shard: Optional[str] = typer.Option(None, help="K/N: propose for the K-th of N contiguous slices of the sorted images "
+                                        "(job arrays); join the shards with `fastmask merge`."),
+    fmt: str = typer.Option("coco", "--format", help="coco: one COCO results list; jsonl: one JSON line per image "
+                            "(image_id, file_name, width, height, proposals)."),
     nms: str = typer.Option(DEFAULT_NMS, help="Near-duplicates by overlap of: mask, box, or none (keep the network's order)."),
     nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", help="IoU above which a lower-scored proposal is a duplicate."),
     nms_mode: str = typer.Option("demote", "--nms-mode", help="demote: move duplicates behind every distinct proposal "
                                  "(the top-k set stays, so AR@1000 does too); drop: remove them."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
     init: Optional[Path] = INIT,
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this (read from the header, before decoding)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
 ) -> None:
-    """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores)."""
+    """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores).
+
+    Photos are read as viewers show them (EXIF orientation applied) unless --ann's width and height
+    describe the stored pixels. Under torchrun, each process takes a slice (and its own GPU) and
+    process 0 merges them into OUT.
+    """
+    from .propose import parse_shard, rank_device, torchrun_rank
+    from .results_file import check_format
+
+    options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
+                               "max_pixels": max_pixels, "fmt": check_format(fmt)}
+    if shard:
+        options["shard"] = parse_shard(shard)
+    rank = torchrun_rank()
+    if rank is not None and shard:
+        raise FastMaskError("--shard and torchrun both split the images: use one of them")
+    if rank is not None:
+        device = rank_device(device, rank[2])
     proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
                                    size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode)
-    summary = run_propose(proposer, info, images_dir, out, ann=ann, resume=resume, vis_dir=vis,
-                          batch_size=batch_size, max_pixels=max_pixels)
+    summary = run_propose(proposer, info, images_dir, out, rank=rank[:2] if rank else None, **options)
+    if rank is not None and rank[0] != 0:
+        return
     if json_out:
         write_json_atomic(json_out, {**summary.to_dict(), "weights": info.describe(), "settings": proposer.settings()})
     if not info.trained:
         console.print("[bold red]Reminder: these proposals come from an UNTRAINED model.[/]")
+
+
+@app.command()
+@friendly_errors
+def merge(
+    shards: list[Path] = typer.Argument(..., help="Results files of `fastmask propose --shard K/N` (COCO or JSON Lines), "
+                                        "each with its .images.json beside it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged results file to write (with OUT_STEM.images.json)."),
+    fmt: str = typer.Option("coco", "--format", help="coco or jsonl, whatever the shards' formats."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Merge even when shards are absent (they are listed)."),
+) -> None:
+    """Join the shards of one proposal run into one results file, in the order an unsharded run writes.
+
+    Refuses shards of other weights, settings or image lists, and images that appear twice; names
+    the images of absent shards.
+    """
+    from .merge import merge_results
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(*_progress_columns(), console=console, transient=True) as progress:
+        task = progress.add_task("merging", total=None)
+        summary = merge_results(shards, out, fmt=fmt, allow_missing=allow_missing, on_image=lambda: progress.advance(task))
+    table = Table(title="fastmask merge", show_header=False)
+    table.add_row("shards", str(summary.shards))
+    table.add_row("images", str(summary.images))
+    table.add_row("proposals", str(summary.proposals))
+    table.add_row("skipped", str(len(summary.skipped)))
+    if summary.missing_shards:
+        table.add_row("missing", f"{summary.missing_images} images (shard {', '.join(summary.missing_shards)})")
+    table.add_row("results", summary.out)
+    table.add_row("image ids", summary.file_list)
+    console.print(table)
 
 
 @app.command("eval")
@@ -207,7 +288,7 @@ def eval_command(
         raise FastMaskError(f"--iou-type must be segm, bbox or both, not {iou_type!r}")
     if images is not None:
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size)
-        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size)
+        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, resume=False, fmt="coco")
     with Progress(TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         evaluation = evaluate(gt, results, iou_types, allow_missing,

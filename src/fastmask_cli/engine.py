@@ -179,7 +179,8 @@ def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100,
     for image in sorted(gt.get("images", []), key=lambda im: im["id"])[:limit]:
         path = Path(images_dir) / image["file_name"]
         try:
-            results += proposer.propose(read_image(path)).to_coco(image["id"])
+            frame = (image["width"], image["height"]) if "width" in image and "height" in image else None
+            results += proposer.propose(read_image(path, frame=frame)).to_coco(image["id"])
         except ImageError:  # missing or unreadable: training reports these itself; AR covers the rest
             continue
     return evaluate(Path(gt_path), results, allow_missing=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from pycocotools.cocoeval import COCOeval
 
 from .errors import FastMaskError
 from .files import read_json
+from .results_file import read_results
 
 MAX_DETS = (10, 100, 1000)
 AREAS = ("all", "small", "medium", "large")  # COCOeval's default area ranges, in this order
@@ -79,10 +81,8 @@ def load_ground_truth(path: Path) -> COCO:
 
 
 def load_results(path: Path) -> list[dict]:
-    results = read_json(path, "results file")
-    if not isinstance(results, list):
-        raise FastMaskError(f"results file {path} is not a COCO results list (it is a JSON {type(results).__name__})")
-    return results
+    """A COCO results list, or the JSON Lines that `fastmask propose --format jsonl` writes."""
+    return read_results(path)
 
 
 def _check_results(results: list[dict], gt: COCO, allow_missing: bool, notes: list[str]) -> list[dict]:
@@ -97,6 +97,7 @@ def _check_results(results: list[dict], gt: COCO, allow_missing: bool, notes: li
     unusable = sum(1 for r in results if "segmentation" not in r and "bbox" not in r)
     if unusable:
         raise FastMaskError(f"{unusable} of {len(results)} results have neither 'segmentation' nor 'bbox'")
+    _refuse_corruption(results, gt)
     known = set(gt.getImgIds())
     missing = {r["image_id"] for r in results} - known
     if missing:
@@ -115,6 +116,23 @@ def _check_results(results: list[dict], gt: COCO, allow_missing: bool, notes: li
         if "segmentation" in r:
             r["segmentation"] = _as_rle(r["segmentation"], gt.imgs[r["image_id"]])
     return results
+
+
+def _refuse_corruption(results: list[dict], gt: COCO) -> None:
+    """Stop at the first result that COCOeval would score silently but wrongly: a score that is not a
+    finite number (it cannot be ranked), or an RLE mask of another size than its image in the ground
+    truth (pycocotools compares it with masks of another grid)."""
+    for n, r in enumerate(results):
+        if not math.isfinite(r["score"]):
+            raise FastMaskError(f"result {n} (image_id {r['image_id']}) has score {r['score']}: scores must be finite numbers")
+        segmentation, image = r.get("segmentation"), gt.imgs.get(r["image_id"])
+        if not isinstance(segmentation, dict) or image is None or "height" not in image or "width" not in image:
+            continue
+        size = segmentation.get("size")
+        if not isinstance(size, list) or len(size) != 2 or size != [image["height"], image["width"]]:
+            shown = f"{size[1]}x{size[0]}" if isinstance(size, list) and len(size) == 2 else repr(size)
+            raise FastMaskError(f"result {n} (image_id {r['image_id']}) has a {shown} RLE mask (width x height), "
+                                f"but image {r['image_id']} is {image['width']}x{image['height']} in the ground truth")
 
 
 def _recall(gt: COCO, results: list[dict], iou_type: str, image_ids: list[int],

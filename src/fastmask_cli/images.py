@@ -1,7 +1,7 @@
 """Finding and reading images, with one clear reason for every file that cannot be used.
 
-Pixels are taken as stored (EXIF orientation is not applied), which is how COCO's annotations and
-image sizes are defined.
+Images are read as viewers show them (EXIF orientation applied, as detectron2's reader does),
+except where ground truth describes the stored grid: see `load_image`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from .errors import FastMaskError
+from .image_header import read_header
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 MIN_SIDE = 8  # pixels; smaller images hold nothing a 160-px window could propose
@@ -37,22 +38,69 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
     return images, others
 
 
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read any common image as (H, W, 3) uint8 RGB; raise ImageError saying why it cannot be used."""
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as viewers show it, given the EXIF orientation its pixels were stored with."""
+    transposed = image.swapaxes(0, 1)
+    shown = {
+        1: image,
+        2: image[:, ::-1],  # mirrored left-right
+        3: image[::-1, ::-1],  # rotated 180
+        4: image[::-1],  # mirrored top-bottom
+        5: transposed,  # mirrored about the main diagonal
+        6: transposed[:, ::-1],  # rotated 90 clockwise
+        7: transposed[::-1, ::-1],  # mirrored about the other diagonal
+        8: transposed[::-1],  # rotated 90 counter-clockwise
+    }[orientation]
+    return np.ascontiguousarray(shown)
+
+
+def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] | None = None) -> tuple[np.ndarray, str | None]:
+    """Read any common image as (H, W, 3) uint8 RGB, as viewers show it (EXIF orientation applied).
+
+    frame (width, height), from ground truth: COCO's annotations are in the grid its width and
+    height describe, which for some photos is the stored grid, not the shown one. When the stored
+    grid matches the frame and the shown one does not, the stored grid is kept. Returns the image
+    and a note when it is not in the shown grid or does not match the frame. Raises ImageError
+    saying why a file cannot be used; an image over `max_pixels` is refused from its header,
+    before it is decoded.
+    """
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror}") from None
     if data.size == 0:
         raise ImageError("empty file (0 bytes)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    header = read_header(memoryview(data))
+    if header.width is not None and header.height is not None:
+        _check_size(header.width, header.height, max_pixels)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # stored grid: EXIF orientation is applied below
     if image is None:
         raise ImageError("not a decodable image (corrupt or not an image format)")
-    height, width = image.shape[:2]
+    _check_size(image.shape[1], image.shape[0], max_pixels)
+    stored = _as_rgb(image)
+    shown = orient(stored, header.orientation)
+    if frame is None or shown.shape[1::-1] == tuple(frame):
+        return shown, None
+    height, width = stored.shape[:2]
+    if stored.shape[1::-1] == tuple(frame):
+        return stored, (f"stored as {width}x{height} with EXIF orientation {header.orientation}: "
+                        "kept in the stored grid, which the ground truth's width and height describe")
+    return shown, f"is {shown.shape[1]}x{shown.shape[0]}, the ground truth says {frame[0]}x{frame[1]}"
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] | None = None) -> np.ndarray:
+    """`load_image` without its note."""
+    return load_image(path, max_pixels, frame)[0]
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
     if min(height, width) < MIN_SIDE:
         raise ImageError(f"too small ({width}x{height} px; at least {MIN_SIDE} px per side needed)")
     if height * width > max_pixels:
         raise ImageError(f"too large ({width}x{height} px = {height * width / 1e6:.0f} MP; limit {max_pixels / 1e6:.0f} MP)")
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,10 +23,18 @@ from .errors import FastMaskError
 from .masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_iou, paste_binary
 from .model import IMAGENET_MEAN, FastMask, Pyramid
 
+# oneDNN (PyTorch's CPU convolutions) keeps up to 1024 compiled primitives, one per layer and input
+# shape; photos of many sizes fill it, and RSS grew by 1.1 GB over 60 shapes at size 800. 128 holds
+# every layer of one shape, so a folder of same-size images runs as fast. Read at the first
+# convolution; a value the user set is kept.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NMS_KINDS = ("none", "box", "mask")
 NMS_MODES = ("demote", "drop")
-NMS_EXTRA = 200  # with suppression, up to this many windows beyond top-k are decoded (and top-k at most)
+# With suppression, windows decoded beyond top-k: top-k of them, but at least 100 (an object has
+# several near-duplicate windows, so a short list needs room to reach the next objects) and at most 200.
+NMS_EXTRA = (100, 200)
 PASTE_CHUNK = 64  # masks pasted at once: bounds memory at 64 x H x W floats
 
 
@@ -176,7 +185,8 @@ class Proposer:
     def candidates(self) -> int:
         """Windows decoded per image. With suppression, more than top-k: the windows just below the
         top-k are often the next objects, while the top-k hold several windows of the same ones."""
-        return self.top_k if self.nms == "none" else min(2 * self.top_k, self.top_k + NMS_EXTRA)
+        low, high = NMS_EXTRA
+        return self.top_k if self.nms == "none" else self.top_k + min(max(self.top_k, low), high)
 
     def settings(self) -> dict:
         """What determines the output, besides the weights (recorded so a resumed run can check it)."""

@@ -98,7 +98,8 @@ class FastMask(nn.Module):
         height, width = images.shape[-2:]
         for stride in strides:
             size = (max(1, round(height * BASE_STRIDES[0] / stride)), max(1, round(width * BASE_STRIDES[0] / stride)))
-            scaled = images if stride == BASE_STRIDES[0] else F.interpolate(images, size=size, mode="bilinear", antialias=True)
+            # area averaging: anti-aliased at any factor (CUDA's antialiased bilinear fails beyond about 1/64)
+            scaled = images if stride == BASE_STRIDES[0] else F.interpolate(images, size=size, mode="area")
             levels.append(self.reduce(self.body(self.normalize(scaled), streams=1)[0]))
         return self.pyramid(levels, strides)
 

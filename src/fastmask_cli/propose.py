@@ -1,31 +1,41 @@
-"""Proposals for a folder of images, written as one COCO results file: resumable, never half-written.
+"""Proposals for a folder of images, at any dataset size: flat memory, resumable, shardable, never half-written.
 
 While it runs, finished images are appended to `<out>.partial` (JSON lines, one per image, after a
-header recording the settings). The results file itself is written once, at the end, atomically, and
-the partial file is then removed. After a crash or Ctrl-C, `resume=True` skips what is already in
-the partial file, and the final file is the same as an uninterrupted run's.
+header recording the settings). At the end the results file is streamed from that log in file
+order, one image at a time, into a temporary file renamed into place, and the log is removed:
+memory does not grow with the number of images. After a crash or Ctrl-C, `resume=True` skips what
+is in the log, and the final file is the same as an uninterrupted run's.
+
+A dataset is split by `shard=(K, N)` (contiguous slices of the sorted image list, for job arrays)
+or by torchrun (`propose_torchrun`, one slice per rank); `merge.merge_results` joins the slices.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import FastMaskError
-from .files import read_json, write_json_atomic
-from .images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, list_images, read_image
-from .inference import Proposer
-from .vis import save_overlay
+from .files import read_json
+from .images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, list_images, load_image
+from .results_file import check_format, images_json_path, images_writer, read_run, results_writer
 
-PARTIAL_FORMAT = "fastmask-partial-1"
+if TYPE_CHECKING:
+    from .inference import Proposer
+    from .merge import MergeSummary
+
+PARTIAL_FORMAT = "fastmask-partial-2"
 
 
 @dataclass
@@ -37,7 +47,10 @@ class ProposeSummary:
     seconds: float = 0.0  # wall time of this run
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     ignored: list[str] = field(default_factory=list)  # files without an image suffix
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (file, note): e.g. kept in the GT's frame
     file_list: str | None = None
+    shard: tuple[int, int] | None = None
+    complete_already: bool = False  # --resume found this run finished: nothing was redone
 
     @property
     def seconds_per_image(self) -> float:
@@ -52,26 +65,74 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def file_list_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".images.json")
+def shard_path(out: Path, k: int, n: int) -> Path:
+    """Where torchrun's rank k-1 of n writes its slice."""
+    return out.with_name(f"{out.stem}.shard-{k}-of-{n}{out.suffix}")
 
 
-def image_ids_from_gt(ann: Path, files: list[str]) -> dict[str, int]:
-    """Map image files to the GT's image ids, matching `file_name` by relative path, then by base name."""
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1-based) -> (K, N)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise FastMaskError(f"--shard must be K/N such as 1/4, not {text!r}") from None
+    if not 1 <= k <= n:
+        raise FastMaskError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+@dataclass
+class ImagePlan:
+    """The images of a run, before sharding: sorted relative paths, their ids, and the GT's frames."""
+
+    files: list[str]
+    ids: dict[str, int]
+    frames: dict[str, tuple[int, int]]  # file -> (width, height) from --ann
+    ignored: list[str]  # files without an image suffix
+    unlisted: list[str]  # images that --ann does not list
+
+    def shard(self, k: int, n: int) -> list[str]:
+        """The k-th of n contiguous slices: disjoint, deterministic, sizes within one of each other."""
+        return self.files[(k - 1) * len(self.files) // n: k * len(self.files) // n]
+
+    def fingerprint(self) -> str:
+        """Same for two runs exactly when they list the same files under the same ids (so shards fit)."""
+        text = "\n".join(f"{self.ids[f]}\t{f}" for f in self.files)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:
+    """The images under `images_dir` and their ids: the GT's (matched by file name) with `ann`, else the
+    1-based positions in the sorted list of every image in the folder (so shards never collide)."""
+    files, others = list_images(images_dir)
+    if not files:
+        raise FastMaskError(f"no images in {images_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if ann is None:
+        return ImagePlan(files, {rel: n + 1 for n, rel in enumerate(files)}, {}, others, [])
     data = read_json(ann, "--ann file")
     try:
-        by_name = {im["file_name"]: int(im["id"]) for im in data["images"]}
+        by_name = {im["file_name"]: im for im in data["images"]}
+        by_base = {Path(name).name: im for name, im in by_name.items()}
+        listed = {rel: by_name.get(rel, by_base.get(Path(rel).name)) for rel in files}
+        ids = {rel: int(im["id"]) for rel, im in listed.items() if im is not None}
     except (KeyError, TypeError, ValueError):
         raise FastMaskError(f"--ann {ann} is not COCO ground truth (needs an 'images' list with file_name and id)") from None
-    by_base = {Path(name).name: i for name, i in by_name.items()}
-    ids = {}
-    for rel in files:
-        image_id = by_name.get(rel, by_base.get(Path(rel).name))
-        if image_id is not None:
-            ids[rel] = image_id
     if not ids:
         raise FastMaskError(f"--ann {ann} lists none of the {len(files)} images in the folder (matched by file name)")
-    return ids
+    frames = {rel: (int(listed[rel]["width"]), int(listed[rel]["height"])) for rel in ids
+              if isinstance(listed[rel].get("width"), int) and isinstance(listed[rel].get("height"), int)}
+    return ImagePlan([f for f in files if f in ids], ids, frames, others, [f for f in files if f not in ids])
+
+
+@dataclass
+class Done:
+    """Where a finished image's record lies in the partial log: all a run keeps of it in memory."""
+
+    offset: int
+    length: int
+    width: int
+    height: int
+    proposals: int
 
 
 class PartialLog:
@@ -81,10 +142,13 @@ class PartialLog:
         self.path = path
         self.header = header
 
-    def load(self) -> dict[str, dict]:
-        """Entries of an earlier run with the same settings; the file is cut after its last whole line."""
-        entries: dict[str, dict] = {}
-        good_bytes = 0
+    def load(self) -> tuple[dict[str, Done], dict[str, str], list[tuple[str, str]]]:
+        """(finished images, skipped images -> reason, notes) of an earlier run with the same settings.
+        The file is cut after its last whole line."""
+        done: dict[str, Done] = {}
+        skipped: dict[str, str] = {}
+        notes: list[tuple[str, str]] = []
+        offset = 0
         with open(self.path, "rb") as f:
             for n, line in enumerate(f):
                 try:
@@ -96,34 +160,59 @@ class PartialLog:
                 if n == 0:
                     if record != self.header:
                         raise FastMaskError(
-                            f"{self.path} was written with other settings or weights; "
+                            f"{self.path} was written with other settings, weights or images; "
                             "run without --resume to start over"
                         )
                 else:
-                    entries[record["file"]] = record
-                good_bytes += len(line)
-        if good_bytes == 0:
+                    self._index(record, offset, len(line), done, skipped, notes)
+                offset += len(line)
+        if offset == 0:
             raise FastMaskError(f"{self.path} is not a fastmask partial run; run without --resume to start over")
         with open(self.path, "r+b") as f:
-            f.truncate(good_bytes)
-        return entries
+            f.truncate(offset)
+        return done, skipped, notes
+
+    @staticmethod
+    def _index(record: dict, offset: int, length: int, done: dict[str, Done], skipped: dict[str, str],
+               notes: list[tuple[str, str]]) -> None:
+        rel = record["file"]
+        if "skipped" in record:
+            skipped[rel] = record["skipped"]
+            return
+        done[rel] = Done(offset, length, record["width"], record["height"], len(record["results"]))
+        if record.get("note"):
+            notes.append((rel, record["note"]))
 
     def start(self) -> None:
         with open(self.path, "w") as f:
             f.write(json.dumps(self.header) + "\n")
 
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+    def append(self, record: dict[str, Any], done: dict[str, Done], skipped: dict[str, str],
+               notes: list[tuple[str, str]]) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        with open(self.path, "ab") as f:
+            offset = f.tell()
+            f.write(line)
             f.flush()
+        self._index(record, offset, len(line), done, skipped, notes)
+
+    def records(self, files: list[str], done: dict[str, Done]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(file, record) of each finished image among `files`, in that order, read one at a time."""
+        with open(self.path, "rb") as f:
+            for rel in files:
+                entry = done.get(rel)
+                if entry is not None:
+                    f.seek(entry.offset)
+                    yield rel, json.loads(f.read(entry.length))
 
 
-def _read_ahead(folder: Path, files: list[str], max_pixels: int, depth: int) -> Iterator[tuple[str, np.ndarray | ImageError]]:
+def _read_ahead(folder: Path, files: list[str], frames: dict[str, tuple[int, int]], max_pixels: int,
+                depth: int) -> Iterator[tuple[str, tuple[np.ndarray, str | None] | ImageError]]:
     """Decode images on a worker thread while the model runs (OpenCV releases the GIL)."""
 
-    def read(rel: str) -> np.ndarray | ImageError:
+    def read(rel: str) -> tuple[np.ndarray, str | None] | ImageError:
         try:
-            return read_image(folder / rel, max_pixels)
+            return load_image(folder / rel, max_pixels, frames.get(rel))
         except ImageError as exc:
             return exc
 
@@ -139,6 +228,11 @@ def _read_ahead(folder: Path, files: list[str], max_pixels: int, depth: int) -> 
             yield rel0, fut.result()
 
 
+def overlay_path(vis_dir: Path, rel: str) -> Path:
+    """The overlay of image `rel`: its folder structure kept and its full name, so that none collide."""
+    return vis_dir / f"{rel}.png"
+
+
 def propose_folder(
     proposer: Proposer,
     images_dir: Path,
@@ -150,92 +244,165 @@ def propose_folder(
     vis_dir: Path | None = None,
     batch_size: int = 1,
     max_pixels: int = MAX_PIXELS,
+    shard: tuple[int, int] | None = None,
+    fmt: str = "coco",
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[str], None] | None = None,
 ) -> ProposeSummary:
-    """Propose segments for every image under `images_dir` and write COCO results to `out`.
+    """Propose segments for every image under `images_dir` (or the `shard` (K, N) of them) and write
+    them to `out` (`fmt`: coco or jsonl), with `<stem>.images.json` beside it.
 
     weights_id identifies the weights (e.g. their sha256), so that a resume with others is refused.
     on_start(total images to do) and on_image(file) report progress.
     """
     images_dir, out = Path(images_dir), Path(out)
+    check_format(fmt)
     if batch_size < 1:
         raise FastMaskError(f"--batch-size must be at least 1, not {batch_size}")
-    files, others = list_images(images_dir)
-    if not files:
-        raise FastMaskError(f"no images in {images_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    plan = plan_images(images_dir, ann)
     if out.is_dir():
         raise FastMaskError(f"--out {out} is a folder; give a file name such as results.json")
-    if not out.parent.exists():
-        raise FastMaskError(f"folder for --out does not exist: {out.parent}")
-    summary = ProposeSummary(out=str(out), ignored=others)
-    if ann is not None:
-        ids = image_ids_from_gt(ann, files)
-        summary.skipped += [(f, "not listed in the --ann ground truth") for f in files if f not in ids]
-    else:
-        ids = {rel: n + 1 for n, rel in enumerate(files)}  # deterministic: sorted relative paths
-    if vis_dir is not None:
-        vis_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mine = plan.shard(*shard) if shard else plan.files
+    summary = ProposeSummary(out=str(out), ignored=plan.ignored, shard=shard, file_list=str(images_json_path(out)))
+    if shard is None or shard[0] == 1:  # listed once over all shards
+        summary.skipped += [(f, "not listed in the --ann ground truth") for f in plan.unlisted]
 
-    header = {"format": PARTIAL_FORMAT, "weights": weights_id, "settings": proposer.settings(),
-              "ann": str(ann) if ann else None, "images_dir": str(images_dir.resolve())}
+    header, run = _records(proposer, weights_id, images_dir, ann, plan, shard, fmt)
+    if resume and _finished(out, run, summary):
+        return summary
     log = PartialLog(partial_path(out), header)
-    done: dict[str, dict] = {}
+    done: dict[str, Done] = {}
+    skipped: dict[str, str] = {}
     if resume and log.path.exists():
-        done = log.load()
-        summary.resumed = sum(1 for r in done.values() if "results" in r)
+        done, skipped, summary.notes = log.load()
+        summary.resumed = sum(1 for f in mine if f in done)
     else:
         log.start()
-    todo = [f for f in files if f in ids and f not in done]
+    todo = [f for f in mine if f not in done and f not in skipped]
     if on_start:
         on_start(len(todo))
+    if vis_dir is not None:
+        from .vis import save_overlay  # draws with the model's outputs: imports torch
 
     started = time.perf_counter()
-    batch: list[tuple[str, np.ndarray]] = []
+    batch: list[tuple[str, np.ndarray, str | None]] = []
 
     def flush() -> None:
-        for (rel, image), proposals in zip(batch, proposer.propose_batch([im for _, im in batch])):
-            record = {"file": rel, "image_id": ids[rel], "width": image.shape[1], "height": image.shape[0],
-                      "results": proposals.to_coco(ids[rel])}
-            log.append(record)
-            done[rel] = record
+        for (rel, image, note), proposals in zip(batch, proposer.propose_batch([im for _, im, _ in batch])):
+            record = {"file": rel, "image_id": plan.ids[rel], "width": image.shape[1], "height": image.shape[0],
+                      "results": proposals.to_coco(plan.ids[rel])}
+            if note:
+                record["note"] = note
+            log.append(record, done, skipped, summary.notes)
             if vis_dir is not None:
-                save_overlay(str(vis_dir / (Path(rel).with_suffix("").as_posix().replace("/", "__") + ".png")), image, proposals)
+                overlay = overlay_path(vis_dir, rel)
+                overlay.parent.mkdir(parents=True, exist_ok=True)
+                save_overlay(str(overlay), image, proposals)
             if on_image:
                 on_image(rel)
         batch.clear()
 
-    for rel, image in _read_ahead(images_dir, todo, max_pixels, depth=2 * batch_size):
-        if isinstance(image, ImageError):
-            record = {"file": rel, "skipped": str(image)}
-            log.append(record)
-            done[rel] = record
+    for rel, read in _read_ahead(images_dir, todo, plan.frames, max_pixels, depth=2 * batch_size):
+        if isinstance(read, ImageError):
+            log.append({"file": rel, "skipped": str(read)}, done, skipped, summary.notes)
             if on_image:
                 on_image(rel)
             continue
-        batch.append((rel, image))
+        batch.append((rel, *read))
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
     summary.seconds = time.perf_counter() - started
 
-    # Assemble in file order, so a resumed run writes exactly what an uninterrupted one would.
-    results, listed = [], []
-    for rel in files:
-        record = done.get(rel)
-        if record is None:
-            continue
-        if "skipped" in record:
-            summary.skipped.append((rel, record["skipped"]))
-            continue
-        results += record["results"]
-        listed.append({"id": record["image_id"], "file_name": rel, "width": record["width"], "height": record["height"]})
-    summary.images, summary.proposals = len(listed), len(results)
-    write_json_atomic(out, results)
-    if ann is None:
-        # A COCO skeleton naming every image id, so the results can be tied back to files.
-        write_json_atomic(file_list_path(out), {"images": listed, "annotations": [], "categories": [{"id": 1, "name": "object"}]})
-        summary.file_list = str(file_list_path(out))
+    # Streamed in file order, so a resumed run writes exactly what an uninterrupted one would.
+    summary.skipped += [(f, skipped[f]) for f in mine if f in skipped]
+    run |= {"skipped": [list(s) for s in summary.skipped], "notes": [list(n) for n in summary.notes]}
+    with images_writer(images_json_path(out), run) as add_image:
+        with results_writer(out, fmt) as add_results:  # committed first: a current image list means current results
+            for rel, record in log.records(mine, done):
+                image = {"id": record["image_id"], "file_name": rel, "width": record["width"], "height": record["height"]}
+                add_results(image, record["results"])
+                add_image({**image, "proposals": len(record["results"])})
+                summary.images += 1
+                summary.proposals += len(record["results"])
     log.path.unlink(missing_ok=True)
     return summary
+
+
+def _records(proposer: Proposer, weights_id: str, images_dir: Path, ann: Path | None, plan: ImagePlan,
+             shard: tuple[int, int] | None, fmt: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The partial log's header (what a resume must share) and the run record written beside the results."""
+    header = {"format": PARTIAL_FORMAT, "weights": weights_id, "settings": proposer.settings(),
+              "ann": str(ann) if ann else None, "images_dir": str(Path(images_dir).resolve()),
+              "shard": list(shard) if shard else None, "plan": plan.fingerprint() if shard else None}
+    run = {key: header[key] for key in ("weights", "settings", "ann", "images_dir", "shard")}
+    return header, run | {"results_format": fmt, "plan": plan.fingerprint(), "planned": len(plan.files)}
+
+
+def _finished(out: Path, run: dict[str, Any], summary: ProposeSummary) -> bool:
+    """Whether `out` already holds this very run, finished (so that --resume redoes nothing); fills `summary`."""
+    if not out.exists() or partial_path(out).exists() or not images_json_path(out).exists():
+        return False
+    try:
+        recorded, images = read_run(out)
+    except FastMaskError:
+        return False
+    if any(recorded.get(key) != value for key, value in run.items()):
+        return False
+    summary.complete_already = True
+    summary.images = summary.resumed = len(images)
+    summary.proposals = sum(im.get("proposals", 0) for im in images)
+    summary.skipped = [tuple(s) for s in recorded.get("skipped", [])]
+    summary.notes = [tuple(n) for n in recorded.get("notes", [])]
+    return True
+
+
+def torchrun_rank() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device(device: str, local_rank: int) -> str:
+    """This rank's own GPU (`cuda:LOCAL_RANK`, wrapping when ranks outnumber GPUs), or `device` as given."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
+
+
+def propose_torchrun(proposer: Proposer, images_dir: Path, out: Path, *, rank: int, world: int, fmt: str = "coco",
+                     **options: Any) -> tuple[ProposeSummary, MergeSummary | None]:
+    """Under torchrun: propose this rank's slice into its shard file, wait for every rank, and on rank 0
+    merge the shards into `out` (then remove them). Returns this rank's summary and, on rank 0, the merge's."""
+    import torch.distributed as dist
+
+    from .merge import merge_results
+
+    out = Path(out)
+    if options.get("resume"):  # a finished run leaves no shards behind: recognise the merged file itself
+        summary = ProposeSummary(out=str(out), file_list=str(images_json_path(out)))
+        _, run = _records(proposer, options["weights_id"], images_dir, options.get("ann"),
+                          plan_images(images_dir, options.get("ann")), None, fmt)
+        if _finished(out, run, summary):
+            return summary, None
+    if not dist.is_initialized():  # gloo only synchronises here: no tensors travel, on GPUs or not
+        dist.init_process_group("gloo", timeout=timedelta(days=7))
+    try:
+        shards = [shard_path(out, k, world) for k in range(1, world + 1)]
+        summary = propose_folder(proposer, images_dir, shards[rank], shard=(rank + 1, world), fmt=fmt, **options)
+        dist.barrier()
+        merged = None
+        if rank == 0:
+            merged = merge_results(shards, out, fmt=fmt)
+            for path in shards:
+                path.unlink()
+                images_json_path(path).unlink()
+        return summary, merged
+    finally:
+        dist.destroy_process_group()
