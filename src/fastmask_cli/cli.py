@@ -288,7 +288,7 @@ def eval_command(
         raise FastMaskError(f"--iou-type must be segm, bbox or both, not {iou_type!r}")
     if images is not None:
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size)
-        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, resume=False, fmt="coco")
+        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size)
     with Progress(TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         evaluation = evaluate(gt, results, iou_types, allow_missing,

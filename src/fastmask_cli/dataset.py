@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 
 from .errors import FastMaskError
 from .files import read_json
-from .images import ImageError, read_image
+from .images import ImageError, gt_frame, read_image
 
 MIN_VISIBLE = 0.5  # an object cut by a crop or covered by a pasted one below this fraction is ignored
 MIN_PIXELS = 4  # objects smaller than this after scaling carry no signal
@@ -158,9 +158,8 @@ class CocoInstances(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[np.ndarray, list[tuple[Any, bool]]]:
         """The image (RGB) and its raw annotations; raises ImageError when the file cannot be used."""
         info = self.images[self.ids[index]]
+        image = read_image(self.images_dir / info["file_name"], frame=gt_frame(info))  # annotations are in the GT's frame
         height, width = info.get("height"), info.get("width")
-        frame = (width, height) if width is not None and height is not None else None
-        image = read_image(self.images_dir / info["file_name"], frame=frame)  # annotations are in the GT's frame
         if (height, width) != (None, None) and (height, width) != image.shape[:2]:
             raise ImageError(f"{info['file_name']} is {image.shape[1]}x{image.shape[0]}, the ground truth says {width}x{height}")
         return image, self.objects[self.ids[index]]

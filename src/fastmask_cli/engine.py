@@ -34,7 +34,7 @@ from .dataset import Augment, CocoInstances, Sample
 from .errors import FastMaskError
 from .evaluate import Evaluation, evaluate
 from .files import atomic_path, read_json
-from .images import ImageError, read_image
+from .images import ImageError, gt_frame, read_image
 from .inference import Proposer, pad_batch, resolve_device
 from .loss import FastMaskLoss, Target
 from .model import FastMask
@@ -179,8 +179,7 @@ def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100,
     for image in sorted(gt.get("images", []), key=lambda im: im["id"])[:limit]:
         path = Path(images_dir) / image["file_name"]
         try:
-            frame = (image["width"], image["height"]) if "width" in image and "height" in image else None
-            results += proposer.propose(read_image(path, frame=frame)).to_coco(image["id"])
+            results += proposer.propose(read_image(path, frame=gt_frame(image))).to_coco(image["id"])
         except ImageError:  # missing or unreadable: training reports these itself; AR covers the rest
             continue
     return evaluate(Path(gt_path), results, allow_missing=True)

@@ -80,11 +80,6 @@ def load_ground_truth(path: Path) -> COCO:
     return gt
 
 
-def load_results(path: Path) -> list[dict]:
-    """A COCO results list, or the JSON Lines that `fastmask propose --format jsonl` writes."""
-    return read_results(path)
-
-
 def _check_results(results: list[dict], gt: COCO, allow_missing: bool, notes: list[str]) -> list[dict]:
     if not all(isinstance(r, dict) for r in results):
         raise FastMaskError("results entries must be JSON objects")
@@ -182,7 +177,7 @@ def evaluate(
     """
     gt = load_ground_truth(gt_path)
     evaluation = Evaluation()
-    raw = load_results(results) if isinstance(results, (str, Path)) else results
+    raw = read_results(results) if isinstance(results, (str, Path)) else results
     raw = _check_results(raw, gt, allow_missing, evaluation.notes)
     image_ids = sorted(gt.getImgIds())
     if allow_missing and raw:

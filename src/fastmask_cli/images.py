@@ -38,6 +38,14 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
     return images, others
 
 
+def gt_frame(image: dict) -> tuple[int, int] | None:
+    """(width, height) of a COCO ground-truth image entry, or None where it does not give both."""
+    width, height = image.get("width"), image.get("height")
+    if isinstance(width, (int, float)) and isinstance(height, (int, float)):
+        return int(width), int(height)
+    return None
+
+
 def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     """The image as viewers show it, given the EXIF orientation its pixels were stored with."""
     transposed = image.swapaxes(0, 1)

@@ -54,7 +54,7 @@ def merge_results(shards: list[Path], out: Path, fmt: str = "coco", allow_missin
     count = _split_count(loaded)
     by_shard: dict[int, Path] = {}
     for path, run, _ in loaded:
-        k = (run.get("shard") or [1, 1])[0]
+        k = _shard_of(run)[0]
         if k in by_shard:
             raise FastMaskError(f"{path.name} and {by_shard[k].name} are both shard {k}/{count}: their images would appear twice")
         by_shard[k] = path
@@ -69,7 +69,7 @@ def merge_results(shards: list[Path], out: Path, fmt: str = "coco", allow_missin
             raise FastMaskError(f"shard {', '.join(summary.missing_shards)} not given, so {summary.missing_images} "
                                 f"images are missing{listed}; pass --allow-missing to merge the shards given")
 
-    loaded.sort(key=lambda item: (item[1].get("shard") or [1, 1])[0])
+    loaded.sort(key=lambda item: _shard_of(item[1])[0])
     for _, run, _ in loaded:
         summary.skipped += [tuple(s) for s in run.get("skipped", [])]
     record = {key: first.get(key) for key in ("weights", "settings", "ann", "images_dir", "plan", "planned")}
@@ -89,8 +89,13 @@ def merge_results(shards: list[Path], out: Path, fmt: str = "coco", allow_missin
     return summary
 
 
+def _shard_of(run: dict[str, Any]) -> list[int]:
+    """[K, N] of a shard's run; an unsharded run is shard 1 of 1."""
+    return run.get("shard") or [1, 1]
+
+
 def _split_count(loaded: list[tuple[Path, dict, list]]) -> int:
-    counts = {(run.get("shard") or [1, 1])[1] for _, run, _ in loaded}
+    counts = {_shard_of(run)[1] for _, run, _ in loaded}
     if len(counts) > 1:
         raise FastMaskError(f"the shards split the images in different numbers of parts ({', '.join(map(str, sorted(counts)))})")
     return counts.pop()
@@ -108,7 +113,7 @@ def _refuse_repeated_images(loaded: list[tuple[Path, dict, list]]) -> None:
 def _absent_images(run: dict[str, Any], absent: list[int], count: int) -> tuple[list[str], int]:
     """Names of the images of absent shards, by listing the folder again where it is here and unchanged;
     else no names, and their number from the split's sizes."""
-    from .propose import plan_images
+    from .propose import plan_images, shard_slice
 
     try:
         plan = plan_images(Path(run["images_dir"]), Path(run["ann"]) if run.get("ann") else None)
@@ -118,7 +123,7 @@ def _absent_images(run: dict[str, Any], absent: list[int], count: int) -> tuple[
         names = [f for k in absent for f in plan.shard(k, count)]
         return names, len(names)
     total = int(run.get("planned", 0))
-    return [], sum(k * total // count - (k - 1) * total // count for k in absent)
+    return [], sum(len(range(total)[shard_slice(total, k, count)]) for k in absent)
 
 
 def _aligned(path: Path, images: list[dict[str, Any]]):

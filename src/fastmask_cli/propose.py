@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import FastMaskError
 from .files import read_json
-from .images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, list_images, load_image
+from .images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, gt_frame, list_images, load_image
 from .results_file import check_format, images_json_path, images_writer, read_run, results_writer
 
 if TYPE_CHECKING:
@@ -81,6 +81,11 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def shard_slice(total: int, k: int, n: int) -> slice:
+    """The k-th of n contiguous slices of `total` items: disjoint, deterministic, sizes within one of each other."""
+    return slice((k - 1) * total // n, k * total // n)
+
+
 @dataclass
 class ImagePlan:
     """The images of a run, before sharding: sorted relative paths, their ids, and the GT's frames."""
@@ -92,8 +97,7 @@ class ImagePlan:
     unlisted: list[str]  # images that --ann does not list
 
     def shard(self, k: int, n: int) -> list[str]:
-        """The k-th of n contiguous slices: disjoint, deterministic, sizes within one of each other."""
-        return self.files[(k - 1) * len(self.files) // n: k * len(self.files) // n]
+        return self.files[shard_slice(len(self.files), k, n)]
 
     def fingerprint(self) -> str:
         """Same for two runs exactly when they list the same files under the same ids (so shards fit)."""
@@ -119,8 +123,7 @@ def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:
         raise FastMaskError(f"--ann {ann} is not COCO ground truth (needs an 'images' list with file_name and id)") from None
     if not ids:
         raise FastMaskError(f"--ann {ann} lists none of the {len(files)} images in the folder (matched by file name)")
-    frames = {rel: (int(listed[rel]["width"]), int(listed[rel]["height"])) for rel in ids
-              if isinstance(listed[rel].get("width"), int) and isinstance(listed[rel].get("height"), int)}
+    frames = {rel: frame for rel in ids if (frame := gt_frame(listed[rel])) is not None}
     return ImagePlan([f for f in files if f in ids], ids, frames, others, [f for f in files if f not in ids])
 
 
@@ -130,24 +133,21 @@ class Done:
 
     offset: int
     length: int
-    width: int
-    height: int
-    proposals: int
 
 
 class PartialLog:
-    """The JSON-lines log of finished images that makes a run resumable."""
+    """The JSON-lines log of finished images that makes a run resumable, and its index: finished
+    images (`done`), skipped ones and why (`skipped`), and per-image notes (`notes`)."""
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
         self.header = header
+        self.done: dict[str, Done] = {}
+        self.skipped: dict[str, str] = {}
+        self.notes: list[tuple[str, str]] = []
 
-    def load(self) -> tuple[dict[str, Done], dict[str, str], list[tuple[str, str]]]:
-        """(finished images, skipped images -> reason, notes) of an earlier run with the same settings.
-        The file is cut after its last whole line."""
-        done: dict[str, Done] = {}
-        skipped: dict[str, str] = {}
-        notes: list[tuple[str, str]] = []
+    def load(self) -> None:
+        """Index an earlier run with the same settings; the file is cut after its last whole line."""
         offset = 0
         with open(self.path, "rb") as f:
             for n, line in enumerate(f):
@@ -164,43 +164,39 @@ class PartialLog:
                             "run without --resume to start over"
                         )
                 else:
-                    self._index(record, offset, len(line), done, skipped, notes)
+                    self._index(record, offset, len(line))
                 offset += len(line)
         if offset == 0:
             raise FastMaskError(f"{self.path} is not a fastmask partial run; run without --resume to start over")
         with open(self.path, "r+b") as f:
             f.truncate(offset)
-        return done, skipped, notes
 
-    @staticmethod
-    def _index(record: dict, offset: int, length: int, done: dict[str, Done], skipped: dict[str, str],
-               notes: list[tuple[str, str]]) -> None:
+    def _index(self, record: dict, offset: int, length: int) -> None:
         rel = record["file"]
         if "skipped" in record:
-            skipped[rel] = record["skipped"]
+            self.skipped[rel] = record["skipped"]
             return
-        done[rel] = Done(offset, length, record["width"], record["height"], len(record["results"]))
+        self.done[rel] = Done(offset, length)
         if record.get("note"):
-            notes.append((rel, record["note"]))
+            self.notes.append((rel, record["note"]))
 
     def start(self) -> None:
         with open(self.path, "w") as f:
             f.write(json.dumps(self.header) + "\n")
 
-    def append(self, record: dict[str, Any], done: dict[str, Done], skipped: dict[str, str],
-               notes: list[tuple[str, str]]) -> None:
+    def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         with open(self.path, "ab") as f:
             offset = f.tell()
             f.write(line)
             f.flush()
-        self._index(record, offset, len(line), done, skipped, notes)
+        self._index(record, offset, len(line))
 
-    def records(self, files: list[str], done: dict[str, Done]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def records(self, files: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         """(file, record) of each finished image among `files`, in that order, read one at a time."""
         with open(self.path, "rb") as f:
             for rel in files:
-                entry = done.get(rel)
+                entry = self.done.get(rel)
                 if entry is not None:
                     f.seek(entry.offset)
                     yield rel, json.loads(f.read(entry.length))
@@ -272,14 +268,12 @@ def propose_folder(
     if resume and _finished(out, run, summary):
         return summary
     log = PartialLog(partial_path(out), header)
-    done: dict[str, Done] = {}
-    skipped: dict[str, str] = {}
     if resume and log.path.exists():
-        done, skipped, summary.notes = log.load()
-        summary.resumed = sum(1 for f in mine if f in done)
+        log.load()
+        summary.resumed = sum(1 for f in mine if f in log.done)
     else:
         log.start()
-    todo = [f for f in mine if f not in done and f not in skipped]
+    todo = [f for f in mine if f not in log.done and f not in log.skipped]
     if on_start:
         on_start(len(todo))
     if vis_dir is not None:
@@ -294,7 +288,7 @@ def propose_folder(
                       "results": proposals.to_coco(plan.ids[rel])}
             if note:
                 record["note"] = note
-            log.append(record, done, skipped, summary.notes)
+            log.append(record)
             if vis_dir is not None:
                 overlay = overlay_path(vis_dir, rel)
                 overlay.parent.mkdir(parents=True, exist_ok=True)
@@ -305,7 +299,7 @@ def propose_folder(
 
     for rel, read in _read_ahead(images_dir, todo, plan.frames, max_pixels, depth=2 * batch_size):
         if isinstance(read, ImageError):
-            log.append({"file": rel, "skipped": str(read)}, done, skipped, summary.notes)
+            log.append({"file": rel, "skipped": str(read)})
             if on_image:
                 on_image(rel)
             continue
@@ -317,11 +311,12 @@ def propose_folder(
     summary.seconds = time.perf_counter() - started
 
     # Streamed in file order, so a resumed run writes exactly what an uninterrupted one would.
-    summary.skipped += [(f, skipped[f]) for f in mine if f in skipped]
+    summary.skipped += [(f, log.skipped[f]) for f in mine if f in log.skipped]
+    summary.notes = log.notes
     run |= {"skipped": [list(s) for s in summary.skipped], "notes": [list(n) for n in summary.notes]}
     with images_writer(images_json_path(out), run) as add_image:
         with results_writer(out, fmt) as add_results:  # committed first: a current image list means current results
-            for rel, record in log.records(mine, done):
+            for rel, record in log.records(mine):
                 image = {"id": record["image_id"], "file_name": rel, "width": record["width"], "height": record["height"]}
                 add_results(image, record["results"])
                 add_image({**image, "proposals": len(record["results"])})

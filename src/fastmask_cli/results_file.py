@@ -135,12 +135,12 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     """Every result of a COCO results list (any layout) or of a JSON Lines file, as one list."""
     try:
         with open(path) as f:
-            first_line = f.readline()
+            head = f.readline(8192)  # enough to see a JSON line's keys; a COCO list is often a single huge line
     except FileNotFoundError:
         raise FastMaskError(f"results file not found: {path}") from None
     except (UnicodeDecodeError, OSError):
-        first_line = ""  # read_json says what is wrong
-    if first_line.startswith("{") and '"proposals":' in first_line:
+        head = ""  # read_json says what is wrong
+    if head.startswith("{") and '"proposals":' in head:
         return [r for _, results in iter_results(path) for r in results]
     results = read_json(path, "results file")
     if not isinstance(results, list):
