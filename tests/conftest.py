@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,14 @@ import torch
 from fastmask_cli import FastMask, FastMaskConfig, save_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+@pytest.fixture(autouse=True, scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exported ONNX graphs go to a folder of the test session, not the user's cache."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["FASTMASK_CACHE"] = str(folder)
+    return folder
+
 
 TINY = FastMaskConfig(
     body="resnet18", body_width=8, streams=2, neck_width=16, reduce_channels=8, score_hidden=16,

@@ -23,7 +23,7 @@ from conftest import draw_scene, tiny_model
 def test_pyramid_at_one_scale_is_the_one_shot_model() -> None:
     model = tiny_model()
     image = draw_scene(96, 128)
-    one_shot = Proposer(model, device="cpu", top_k=20, scales=1).propose(image)
+    one_shot = Proposer(model, device="cpu", top_k=20, scales=1, backend="torch").propose(image)
     pyramid = Proposer(model, device="cpu", top_k=20, scales=1, multi_shot=True).propose(image)
     assert one_shot.rles == pyramid.rles and np.array_equal(one_shot.scores, pyramid.scores)
 
@@ -47,21 +47,30 @@ def test_each_pyramid_level_is_the_first_level_on_the_resized_image() -> None:
 
 def test_bench_rows_stages_and_speedup() -> None:
     proposer = Proposer(tiny_model(), device="cpu", top_k=10)
+    assert proposer.backend == "onnx"  # the CPU default
     order = []
-    report = bench(proposer, [draw_scene(96, 128, seed=i) for i in range(2)], [1, 2], size=(128, 96), runs=2, warmup=1, pyramid=True,
-                   on_run=order.append)
-    assert [(r.scales, r.mode) for r in report.rows] == [(1, "one-shot"), (1, "pyramid"), (2, "one-shot"), (2, "pyramid")]
+    report = bench(proposer, [draw_scene(96, 128, seed=i) for i in range(2)], [1, 2], size=(128, 96), runs=2, warmup=1,
+                   pyramid=True, on_run=order.append, top_ks=[5, 10], backends=["onnx", "torch"])
+    configs = [(r.scales, r.top_k, r.mode, r.backend) for r in report.rows]
+    assert configs == [(s, k, m, b) for s in (1, 2) for k in (5, 10)
+                       for m, b in (("one-shot", "onnx"), ("one-shot", "torch"), ("pyramid", "torch"))]
     # interleaved run by run, so that drift moves every configuration alike
-    assert order == ["one-shot, 1 scales", "pyramid, 1 scales", "one-shot, 2 scales", "pyramid, 2 scales"] * 2
-    for scales, (median, low, high) in report.speedup().items():
-        ratios = [p / o for p, o in zip(report.rows[2 * scales - 1].latencies_s, report.rows[2 * scales - 2].latencies_s)]
+    assert order == [f"{m}, {s} scales, top-{k}, {b}" for s, k, m, b in configs] * 2
+    by = {r.config: r for r in report.rows}
+    for config, (median, low, high) in report.speedup().items():
+        pyramid = next(r for c, r in by.items() if c.mode == "pyramid" and (c.scales, c.top_k) == (config.scales, config.top_k))
+        ratios = [p / o for p, o in zip(pyramid.latencies_s, by[config].latencies_s)]
         assert low == min(ratios) and high == max(ratios) and low <= median <= high
+    assert {(c.scales, c.top_k, c.backend) for c in report.speedup()} == {(s, k, b) for s in (1, 2) for k in (5, 10)
+                                                                          for b in ("onnx", "torch")}
+    assert {(c.scales, c.top_k) for c in report.backend_speedup()} == {(s, k) for s in (1, 2) for k in (5, 10)}
+    assert all(c.backend == "onnx" for c in report.backend_speedup())
     for row in report.rows:
-        assert set(row.stages_s) == set(STAGES) and all(v > 0 for v in row.stages_s.values())
+        assert set(row.stages_s) == set(STAGES) and all(row.stages_s[s] > 0 for s in ("network", "decode", "paste", "rle"))
         assert sum(row.stages_s.values()) <= row.median_s * 1.5 and row.p90_s >= row.median_s
         assert row.network_gflops > 0 and row.flop_floor_s > 0 and row.peak_memory_mb > 0
-    assert set(report.speedup()) == {1, 2}
-    assert proposer.multi_shot is False and proposer.timer is None  # the proposer is left as it was found
+    # the proposer is left as it was found
+    assert (proposer.multi_shot, proposer.timer, proposer.top_k, proposer.backend) == (False, None, 10, "onnx")
     assert {"cpu", "threads", "torch", "device", "matmul_gflops"} <= set(report.machine)
 
 
@@ -71,9 +80,11 @@ def test_cli_bench_writes_json(tiny_checkpoint: Path, image_folder: Path, tmp_pa
                                       "--warmup", "0", "--size", "128x96", "--images", str(image_folder), "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert [(r["scales"], r["mode"]) for r in data["rows"]] == [(1, "one-shot"), (1, "pyramid"), (3, "one-shot"), (3, "pyramid")]
-    assert set(data["speedup_one_shot_vs_pyramid"]) == {"1", "3"} and data["settings"]["size"] == "128x96"
-    assert "faster than the image pyramid" in result.output and "to" in result.output
+    assert [(r["scales"], r["top_k"], r["mode"], r["backend"]) for r in data["rows"]] == [
+        (s, k, m, b) for s in (1, 3) for k in (100, 1000) for m, b in (("one-shot", "onnx"), ("one-shot", "torch"), ("pyramid", "torch"))]
+    assert {(r["scales"], r["top_k"]) for r in data["speedup_onnx_vs_torch"]} == {(s, k) for s in (1, 3) for k in (100, 1000)}
+    assert len(data["speedup_one_shot_vs_pyramid"]) == 8 and data["settings"]["size"] == "128x96"
+    assert "faster than the image pyramid" in result.output and "ONNX Runtime is" in result.output
 
 
 def test_cli_bench_table_fits_80_columns(tiny_checkpoint: Path, image_folder: Path, monkeypatch) -> None:
@@ -82,14 +93,21 @@ def test_cli_bench_table_fits_80_columns(tiny_checkpoint: Path, image_folder: Pa
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if "scales" in line and "mode" in line)
-    assert "…" not in header and "network s" in header and "GFLOPs" in header
+    for column in ("top-k", "backend", "img/s", "s/img", "network s", "net/floor"):
+        assert column in header
+    assert "…" not in header
+    rows = [line for line in result.output.splitlines() if "one-shot" in line]
+    assert len(rows) == 4 and {"onnx", "torch"} <= {cell.strip() for line in rows for cell in line.split("│")}
     monkeypatch.setattr("fastmask_cli.cli.console.width", 200)
-    wide = CliRunner().invoke(app, [*args, "--wide"])
-    assert wide.exit_code == 0 and "p90 s" in wide.output and "net / floor" in wide.output
+    wide = CliRunner().invoke(app, [*args, "--wide", "--backend", "torch", "--top-k", "50"])
+    assert wide.exit_code == 0 and "p90 s" in wide.output and "nms s" in wide.output and "GFLOPs" in wide.output
+    assert "onnx" not in wide.output.split("machine:")[0]
 
 
 @pytest.mark.parametrize("args, message", [(["--size", "800by600"], "WIDTHxHEIGHT"), (["--scales", "two"], "--scales"),
-                                           (["--scales", "0"], "positive"), (["--runs", "0"], "--runs")])
+                                           (["--scales", "0"], "positive"), (["--runs", "0"], "--runs"),
+                                           (["--top-k", "ten"], "--top-k"), (["--backend", "tpu"], "--backend"),
+                                           (["--backend", "onnx", "--precision", "bf16"], "--backend onnx")])
 def test_cli_bench_bad_options(tiny_checkpoint: Path, image_folder: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["bench", "--weights", str(tiny_checkpoint), "--images", str(image_folder), *args])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output

@@ -28,6 +28,7 @@ class FixedScores(nn.Module):
 
 
 def full_mask_model(hot):
+    """A tiny model whose score branch is `FixedScores` (Python state, so it runs in PyTorch, not exported)."""
     model = tiny_model(scales=4)
     model.head.score = FixedScores(hot)
     nn.init.zeros_(model.head.mask.fc2.weight)
@@ -38,7 +39,7 @@ def full_mask_model(hot):
 def test_top_k_is_taken_across_levels_and_masks_fill_their_windows():
     # levels of the tiny two-stream model at 4 scales: strides 16, 24, 32, 48
     hot = {0: [(6, 7, 3.0)], 2: [(3, 4, 5.0)], 3: [(2, 3, 4.0)], 1: [(4, 6, 1.0)]}
-    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="none")
+    proposer = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=3, size=128, nms="none")
     image = draw_scene(96, 128)
     proposals = proposer.propose(image)
     assert len(proposals) == 3
@@ -54,7 +55,7 @@ def test_top_k_is_taken_across_levels_and_masks_fill_their_windows():
 
 def test_boxes_come_back_in_original_image_coordinates():
     hot = {0: [(6, 7, 3.0)]}
-    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=1, size=128, nms="none")
+    proposer = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=1, size=128, nms="none")
     proposals = proposer.propose(draw_scene(192, 256))  # network sees it at half size
     assert proposals.boxes.tolist() == [[64, 32, 192, 160]]
     assert (proposals.height, proposals.width) == (192, 256)
@@ -62,7 +63,7 @@ def test_boxes_come_back_in_original_image_coordinates():
 
 def test_batched_images_of_different_sizes_never_propose_padding():
     hot = {0: [(8, 0, 9.0)]}  # starts at y = 48: inside the tall image, in the short one's padding
-    proposer = Proposer(full_mask_model(hot), device="cpu", top_k=5, size=128, nms="none")
+    proposer = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=5, size=128, nms="none")
     tall, short = draw_scene(128, 128), draw_scene(48, 128)
     results = proposer.propose_batch([tall, short])
     assert results[0].scores[0] == pytest.approx(torch.sigmoid(torch.tensor(9.0)).item())
@@ -88,9 +89,9 @@ def test_output_loads_in_pycocotools(tmp_path):
 
 def test_suppression_removes_near_duplicates():
     hot = {0: [(6, 7, 3.0), (6, 8, 2.0)], 2: [(3, 4, 1.0)]}  # neighbouring windows overlap heavily
-    plain = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128).propose(draw_scene(96, 128))
+    plain = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=3, size=128).propose(draw_scene(96, 128))
     for kind in ("box", "mask"):
-        nms = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms=kind, nms_iou=0.5, nms_mode="drop")
+        nms = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=3, size=128, nms=kind, nms_iou=0.5, nms_mode="drop")
         kept = nms.propose(draw_scene(96, 128))
         assert len(kept) < len(plain)
         assert kept.scores[0] == plain.scores[0]
@@ -100,8 +101,8 @@ def test_demoted_duplicates_go_behind_every_distinct_proposal(monkeypatch):
     # a pool of six candidates (the three hot windows and three cold ones) isolates the demotion itself
     monkeypatch.setattr(Proposer, "candidates", property(lambda self: 2 * self.top_k))
     hot = {0: [(6, 7, 3.0), (6, 8, 2.0)], 2: [(3, 4, 1.0)]}  # mask IoU: second with first 0.83, third with first 0.63
-    plain = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
-    demoted = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="mask", nms_iou=0.7,
+    plain = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
+    demoted = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=3, size=128, nms="mask", nms_iou=0.7,
                        nms_mode="demote").propose(draw_scene(96, 128))
     assert len(demoted) == len(plain)  # nothing dropped: the top-k set is the same
     assert sorted(r["counts"] for r in demoted.rles) == sorted(r["counts"] for r in plain.rles)
@@ -137,6 +138,6 @@ def test_candidate_pool_leaves_room_for_the_next_objects():
 
 def test_suppression_fills_the_top_k_with_the_next_distinct_candidates():
     hot = {0: [(6, 7, 3.0), (6, 8, 2.0)], 2: [(3, 4, 1.0)]}  # mask IoU: second with first 0.83, third with first 0.63
-    plain = Proposer(full_mask_model(hot), device="cpu", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
-    top2 = Proposer(full_mask_model(hot), device="cpu", top_k=2, size=128, nms="mask", nms_iou=0.7).propose(draw_scene(96, 128))
+    plain = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
+    top2 = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=2, size=128, nms="mask", nms_iou=0.7).propose(draw_scene(96, 128))
     assert top2.rles == [plain.rles[0], plain.rles[2]]  # the duplicate makes way for the third window

@@ -37,3 +37,16 @@ def test_default_weights_load_and_find_two_shapes_on_a_plain_background() -> Non
     for shape in (circle.astype(bool), square.astype(bool)):
         iou = (masks & shape).sum(axis=(1, 2)) / (masks | shape).sum(axis=(1, 2))
         assert iou.max() >= 0.5
+
+
+def test_default_weights_propose_the_same_on_onnx_runtime_as_in_pytorch() -> None:
+    """The CPU default (ONNX Runtime) against PyTorch, shipped weights, top-1000 on a drawn street-like scene."""
+    from test_backend import assert_same_proposals
+
+    from conftest import draw_scene
+
+    model, _ = load_model()
+    image = cv2.resize(draw_scene(96, 128, seed=7), (640, 480), interpolation=cv2.INTER_NEAREST)
+    onnx = Proposer(model, device="cpu", top_k=1000)
+    assert onnx.backend == "onnx"
+    assert_same_proposals(onnx.propose(image), Proposer(model, device="cpu", top_k=1000, backend="torch").propose(image))

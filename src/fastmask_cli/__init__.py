@@ -18,6 +18,7 @@ from .evaluate import evaluate  # noqa: F401 - re-exported
 _EXPORTS = {
     "PRESETS": "config", "FastMaskConfig": "config", "preset": "config",
     "FastMaskError": "errors",
+    "OnnxNetwork": "backend", "export_onnx": "backend",
     "Evaluation": "evaluate",
     "read_image": "images",
     "Proposals": "inference", "Proposer": "inference",

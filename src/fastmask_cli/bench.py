@@ -1,11 +1,13 @@
-"""Speed (paper §6.2, Tables 4-5): one shot against an image pyramid, for several numbers of scales.
+"""Speed (paper §6.2, Tables 4-5): what a user gets per image, and one shot against an image pyramid.
 
-For each scale count (and mode), warm-up runs, then timed runs on real images resized to one fixed
-size, with the device synchronised before every clock reading. The configurations are interleaved run
-by run (run 1 of every configuration, then run 2 ...), so that drift on a shared machine moves them
-alike, and the one-shot speed-up is taken run by run and reported with its spread. Each run is split into its stages (network,
-top-k + mask decoding, paste-back, RLE encoding). The pyramid baseline runs the same body, reduce,
-norm and head on the image resized once per level (`FastMask.image_pyramid`), the multi-shot way.
+For each configuration (scale count, one shot or the pyramid, top-k, network backend), warm-up runs, then
+timed runs of `Proposer.propose` on real images resized to one fixed size, with the device synchronised
+before every clock reading. Configurations are interleaved run by run (run 1 of every configuration,
+then run 2 ...), so that drift on a shared machine moves them alike, and the speed-ups (one shot against
+the pyramid, ONNX Runtime against PyTorch) are taken run by run and reported with their spread. Each run
+is split into its stages (network, top-k + mask decoding, paste-back, RLE encoding, suppression). The
+pyramid baseline runs the same body, reduce, norm and head on the image resized once per level
+(`FastMask.image_pyramid`), the multi-shot way.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -25,13 +27,28 @@ from torch.utils.flop_counter import FlopCounterMode
 from .errors import FastMaskError
 from .inference import Proposer, StageTimer
 
-STAGES = ("network", "decode", "paste", "rle")
+STAGES = ("network", "decode", "paste", "rle", "nms")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One timed configuration: scale count, one shot or the image pyramid, proposals kept, network backend."""
+
+    scales: int
+    mode: str  # "one-shot" or "pyramid"
+    top_k: int
+    backend: str  # "onnx" or "torch" (the pyramid baseline always runs in PyTorch)
+
+    def label(self) -> str:
+        return f"{self.mode}, {self.scales} scales, top-{self.top_k}, {self.backend}"
 
 
 @dataclass
 class BenchRow:
     scales: int
     mode: str  # "one-shot" or "pyramid"
+    top_k: int
+    backend: str
     windows: int
     images_per_second: float
     median_s: float
@@ -42,6 +59,10 @@ class BenchRow:
     flop_floor_s: float | None = None  # network FLOPs / the device's measured matmul rate
     latencies_s: list[float] = field(default_factory=list, repr=False)  # every timed run, in run order
 
+    @property
+    def config(self) -> BenchConfig:
+        return BenchConfig(self.scales, self.mode, self.top_k, self.backend)
+
 
 @dataclass
 class BenchReport:
@@ -49,21 +70,32 @@ class BenchReport:
     settings: dict[str, Any]
     rows: list[BenchRow] = field(default_factory=list)
 
-    def speedup(self) -> dict[int, tuple[float, float, float]]:
-        """Pyramid latency / one-shot latency per scale count (the paper's Table 4 ratio): the median,
-        lowest and highest of the ratios of runs timed side by side."""
-        by = {(r.scales, r.mode): r.latencies_s for r in self.rows}
+    def _ratios(self, slow: Callable[[BenchConfig], BenchConfig | None]) -> dict[BenchConfig, tuple[float, float, float]]:
+        """For each row whose `slow(config)` counterpart was timed: that one's latency / this one's, run by run
+        (they were timed side by side): the median, lowest and highest ratio."""
+        by = {r.config: r.latencies_s for r in self.rows}
         out = {}
-        for (scales, mode), one_shot in by.items():
-            if mode == "one-shot" and (scales, "pyramid") in by:
-                ratios = [p / o for p, o in zip(by[scales, "pyramid"], one_shot)]
-                out[scales] = (float(np.median(ratios)), min(ratios), max(ratios))
+        for config, fast in by.items():
+            other = slow(config)
+            if other is not None and other != config and other in by:
+                ratios = [s / f for s, f in zip(by[other], fast)]
+                out[config] = (float(np.median(ratios)), min(ratios), max(ratios))
         return out
 
+    def speedup(self) -> dict[BenchConfig, tuple[float, float, float]]:
+        """Pyramid latency / one-shot latency (the paper's Table 4 ratio), per one-shot configuration."""
+        return self._ratios(lambda c: replace(c, mode="pyramid", backend="torch") if c.mode == "one-shot" else None)
+
+    def backend_speedup(self) -> dict[BenchConfig, tuple[float, float, float]]:
+        """PyTorch latency / ONNX Runtime latency, end to end, per one-shot ONNX configuration."""
+        return self._ratios(lambda c: replace(c, backend="torch") if c.mode == "one-shot" and c.backend == "onnx" else None)
+
     def to_dict(self) -> dict[str, Any]:
+        def table(ratios: dict[BenchConfig, tuple[float, float, float]]) -> list[dict[str, Any]]:
+            return [{**asdict(c), "median": m, "min": lo, "max": hi} for c, (m, lo, hi) in ratios.items()]
+
         return {"machine": self.machine, "settings": self.settings, "rows": [asdict(r) for r in self.rows],
-                "speedup_one_shot_vs_pyramid": {str(k): {"median": m, "min": lo, "max": hi}
-                                                for k, (m, lo, hi) in self.speedup().items()}}
+                "speedup_one_shot_vs_pyramid": table(self.speedup()), "speedup_onnx_vs_torch": table(self.backend_speedup())}
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -140,12 +172,20 @@ def bench(
     warmup: int = 2,
     pyramid: bool = False,
     on_run: Callable[[str], None] | None = None,
+    top_ks: list[int] | None = None,
+    backends: list[str] | None = None,
 ) -> BenchReport:
-    """Time `proposer` on `images` (resized to `size` = width, height) for each scale count."""
+    """Time `proposer` on `images` (resized to `size` = width, height) for each scale count, top-k
+    (default: the proposer's) and network backend (default: the proposer's), one shot and, with
+    `pyramid`, the image-pyramid baseline. The proposer is left as it was found."""
     if not images:
         raise FastMaskError("no images to benchmark")
     if runs < 1 or warmup < 0:
         raise FastMaskError("--runs must be at least 1 and --warmup at least 0")
+    top_ks, backends = top_ks or [proposer.top_k], backends or [proposer.backend]
+    if min(top_ks) < 1:
+        raise FastMaskError("--top-k must be at least 1")
+    found = (proposer.size, proposer.scales, proposer.multi_shot, proposer.top_k, proposer.backend)
     width, height = size
     frames = [cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA) for im in images]
     proposer.size = max(width, height)  # the frames are already at the benchmark size: no resizing inside
@@ -153,44 +193,59 @@ def bench(
     rate = matmul_gflops(device, torch.bfloat16 if proposer.precision == "bf16" else
                          torch.float16 if proposer.precision == "fp16" else torch.float32)
     report = BenchReport(machine={**machine_info(device), "matmul_gflops": round(rate, 1)},
-                         settings={"size": f"{width}x{height}", "runs": runs, "warmup": warmup, "top_k": proposer.top_k,
-                                   "precision": proposer.precision, "compiled": proposer.compiled,
+                         settings={"size": f"{width}x{height}", "runs": runs, "warmup": warmup, "top_k": top_ks,
+                                   "backends": backends, "precision": proposer.precision, "compiled": proposer.compiled,
                                    "config": proposer.model.config.to_dict()})
     report.settings["parameters_m"] = round(sum(p.numel() for p in proposer.model.parameters()) / 1e6, 2)
+    configs = [BenchConfig(scales, "one-shot", k, backend) for scales in scale_counts for k in top_ks for backend in backends]
+    if pyramid:
+        configs += [BenchConfig(scales, "pyramid", k, "torch") for scales in scale_counts for k in top_ks]
+    configs.sort(key=lambda c: (c.scales, c.top_k))  # each scale count and top-k together, as the table shows them
+
+    def use(config: BenchConfig) -> None:
+        proposer.scales, proposer.multi_shot = config.scales, config.mode == "pyramid"
+        proposer.top_k, proposer.backend = config.top_k, config.backend
+
     timer = StageTimer(device)
-    configs = [(scales, multi_shot) for scales in scale_counts for multi_shot in ([False, True] if pyramid else [False])]
-    latencies = {c: [] for c in configs}
+    latencies: dict[BenchConfig, list[float]] = {c: [] for c in configs}
     stages = {c: {name: [] for name in STAGES} for c in configs}
     peak = {c: 0.0 for c in configs}
-    for scales, multi_shot in configs:
-        proposer.scales, proposer.multi_shot = scales, multi_shot
-        for i in range(warmup):
-            proposer.propose(frames[i % len(frames)])
-    for i in range(runs):
-        for config in configs:  # interleaved: drift on a shared machine moves every configuration alike
-            proposer.scales, proposer.multi_shot = config
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            proposer.timer = timer
-            timer.reset()
-            start = time.perf_counter()
-            proposer.propose(frames[i % len(frames)])
-            latencies[config].append(time.perf_counter() - start)  # the last stage synchronised the device
-            for name, seconds in timer.reset().items():
-                stages[config][name].append(seconds)
-            proposer.timer = None
-            peak[config] = max(peak[config], _peak_memory_mb(device))
-            if on_run:
-                on_run(f"{'pyramid' if config[1] else 'one-shot'}, {config[0]} scales")
-    for config in configs:
-        proposer.scales, proposer.multi_shot = config
-        flops, windows = network_flops(proposer, frames[0])
-        median = float(np.median(latencies[config]))
-        report.rows.append(BenchRow(
-            scales=config[0], mode="pyramid" if config[1] else "one-shot", windows=windows, images_per_second=1.0 / median,
-            median_s=median, p90_s=float(np.percentile(latencies[config], 90)), peak_memory_mb=peak[config],
-            stages_s={name: float(np.median(v)) if v else 0.0 for name, v in stages[config].items()},
-            network_gflops=flops / 1e9, flop_floor_s=flops / (rate * 1e9), latencies_s=latencies[config],
-        ))
-    proposer.multi_shot = False
+    try:
+        for config in configs:
+            use(config)
+            for i in range(warmup):
+                proposer.propose(frames[i % len(frames)])
+        for i in range(runs):
+            for config in configs:  # interleaved: drift on a shared machine moves every configuration alike
+                use(config)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                proposer.timer = timer
+                timer.reset()
+                start = time.perf_counter()
+                proposer.propose(frames[i % len(frames)])
+                latencies[config].append(time.perf_counter() - start)  # the last stage synchronised the device
+                for name, seconds in timer.reset().items():
+                    stages[config][name].append(seconds)
+                proposer.timer = None
+                peak[config] = max(peak[config], _peak_memory_mb(device))
+                if on_run:
+                    on_run(config.label())
+        counted: dict[tuple[int, str], tuple[float, int]] = {}
+        for config in configs:
+            use(config)
+            if (config.scales, config.mode) not in counted:
+                counted[config.scales, config.mode] = network_flops(proposer, frames[0])
+            flops, windows = counted[config.scales, config.mode]
+            median = float(np.median(latencies[config]))
+            report.rows.append(BenchRow(
+                scales=config.scales, mode=config.mode, top_k=config.top_k, backend=config.backend, windows=windows,
+                images_per_second=1.0 / median, median_s=median, p90_s=float(np.percentile(latencies[config], 90)),
+                peak_memory_mb=peak[config],
+                stages_s={name: float(np.median(v)) if v else 0.0 for name, v in stages[config].items()},
+                network_gflops=flops / 1e9, flop_floor_s=flops / (rate * 1e9), latencies_s=latencies[config],
+            ))
+    finally:
+        proposer.timer = None
+        proposer.size, proposer.scales, proposer.multi_shot, proposer.top_k, proposer.backend = found
     return report

@@ -108,6 +108,8 @@ SIZE = typer.Option(None, help="Longer image side the network sees, in pixels. D
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 PRECISION = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16.")
 BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass.")
+BACKEND = typer.Option("auto", help="Where the network runs: auto (ONNX Runtime on the CPU in fp32, its graph "
+                       "exported once per weights into ~/.cache/fastmask; else PyTorch), onnx or torch.")
 INIT = typer.Option(None, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")
 
 
@@ -185,6 +187,7 @@ def propose(
     size: Optional[int] = SIZE,
     device: str = DEVICE,
     precision: str = PRECISION,
+    backend: str = BACKEND,
     batch_size: int = BATCH_SIZE,
     vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals "
                                        "(IMAGE_PATH.png: the folder structure and full file names are kept)."),
@@ -221,7 +224,8 @@ def propose(
     if rank is not None:
         device = rank_device(device, rank[2])
     proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
-                                   size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode)
+                                   size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode,
+                                   backend=backend)
     summary = run_propose(proposer, info, images_dir, out, rank=rank[:2] if rank else None, **options)
     if rank is not None and rank[0] != 0:
         return
@@ -279,6 +283,7 @@ def eval_command(
     size: Optional[int] = SIZE,
     device: str = DEVICE,
     precision: str = PRECISION,
+    backend: str = BACKEND,
     batch_size: int = BATCH_SIZE,
     init: Optional[Path] = INIT,
 ) -> None:
@@ -287,7 +292,8 @@ def eval_command(
     if iou_types is None:
         raise FastMaskError(f"--iou-type must be segm, bbox or both, not {iou_type!r}")
     if images is not None:
-        proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size)
+        proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
+                                       backend=backend)
         run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size)
     with Progress(TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -484,6 +490,37 @@ def _bench_images(folder: Path | None) -> list:
     return images
 
 
+def _export_onnx(source: str, path: Path, scales: Optional[int]) -> None:
+    from .backend import export_onnx
+    from .weights import load_model
+
+    model, info = load_model(source)
+    scales = scales or model.config.scales
+    if scales < 1:
+        raise FastMaskError(f"--scales must be at least 1, not {scales}")
+    if path.is_dir():
+        raise FastMaskError(f"--onnx {path} is a folder; give a file name such as model.onnx")
+    try:
+        export_onnx(model, path, scales)
+    except OSError as exc:
+        raise FastMaskError(f"cannot write {path}: {exc.strerror}") from None
+    strides = model.strides(scales)
+    console.print(f"wrote {path}: {info.describe()}, {scales} scales (strides {', '.join(map(str, strides))})", highlight=False)
+    console.print(f"input 'images': (N, 3, H, W) float32 RGB in [0, 255], normalised inside; outputs 'features_i' "
+                  f"(padded window-normalised levels) and 'scores_i' (window logits), i = 0..{len(strides) - 1}; "
+                  "README, 'The network as ONNX', gives the shapes", highlight=False)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FastMaskError(f"{option} must be a number or a list such as 100,1000, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise FastMaskError(f"{option} must be at least 1")
+    return values
+
+
 @app.command("bench")
 @friendly_errors
 def bench_command(
@@ -493,50 +530,67 @@ def bench_command(
     weights: Optional[str] = WEIGHTS,
     device: str = DEVICE,
     precision: str = PRECISION,
+    backend: str = typer.Option("auto,torch", help="Network backends to time side by side: a list of auto, onnx, torch "
+                                "(auto: what propose uses). The ONNX / PyTorch speed-up is read from the same runs."),
     runs: int = typer.Option(10, help="Timed runs per configuration."),
     warmup: int = typer.Option(2, help="Untimed warm-up runs per configuration."),
-    top_k: int = typer.Option(100, "--top-k", help="Proposals decoded, pasted and encoded per image."),
+    top_k: str = typer.Option("100,1000", "--top-k", help="Proposals decoded, pasted, encoded and suppressed per image; a list times each."),
     images: Optional[Path] = typer.Option(None, help="Folder of images to time on. Default: the shipped examples."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network first (compilation is not timed)."),
-    wide: bool = typer.Option(False, "--wide", help="Show every column (p90, each stage, FLOP floor): needs a wide terminal."),
+    wide: bool = typer.Option(False, "--wide", help="Show every column (p90, each stage, windows, memory): needs a wide terminal."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the tables and the machine as JSON."),
 ) -> None:
-    """Speed against the number of pyramid scales; with --pyramid, one shot against an image pyramid (§6.2).
-    Configurations are timed in turn, run by run, so that machine drift moves them alike."""
+    """Seconds per image of `propose` (network to RLE and suppression), for each scale count, top-k and
+    network backend; with --pyramid, one shot against an image pyramid (§6.2). Configurations are timed in
+    turn, run by run, so that machine drift moves them alike."""
     from .bench import STAGES, bench, parse_scales, parse_size
 
-    scale_counts, frame = parse_scales(scales), parse_size(size)
-    proposer, info = load_proposer(weights, None, device=device, precision=precision, top_k=top_k, compile=compile)
+    scale_counts, frame, top_ks = parse_scales(scales), parse_size(size), _int_list(top_k, "--top-k")
+    proposer, info = load_proposer(weights, None, device=device, precision=precision, top_k=top_ks[0], compile=compile,
+                                   backend="torch" if compile else "auto")
+    backends: list[str] = []
+    for name in (b.strip() for b in backend.split(",") if b.strip()):
+        resolved = proposer.backend if name == "auto" else proposer.resolve_backend(name)
+        if resolved not in backends:
+            backends.append(resolved)
+    if not backends:
+        raise FastMaskError("--backend needs at least one of auto, onnx, torch")
     frames = _bench_images(images)
-    total = len(scale_counts) * runs * (2 if pyramid else 1)
+    total = len(scale_counts) * len(top_ks) * runs * (len(backends) + pyramid)
     with Progress(TextColumn("timing {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
-        report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid,
+        report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid, top_ks=top_ks, backends=backends,
                        on_run=lambda what: progress.update(task, advance=1, description=what))
     m = report.machine
-    table = Table(title=f"fastmask bench: {info.name} ({report.settings['parameters_m']} M parameters), {size}, "
-                  f"top-{top_k}, {precision}, {m['device']}" + (", compiled" if compile else ""))
+    table = Table(title=f"fastmask bench: {info.name} ({report.settings['parameters_m']} M parameters, "
+                  f"{report.rows[0].network_gflops:.1f} GFLOPs at {report.rows[0].scales} scales), {size}, {precision}, "
+                  f"{m['device']}" + (", compiled" if compile else ""))
     columns = {  # the default columns fit an 80-column terminal; --wide adds the rest
-        "scales": lambda r: str(r.scales), "mode": lambda r: r.mode, "img/s": lambda r: f"{r.images_per_second:.2f}",
-        "median s": lambda r: f"{r.median_s:.3f}", "network s": lambda r: f"{r.stages_s['network']:.3f}",
-        "GFLOPs": lambda r: f"{r.network_gflops:.1f}", "peak MB": lambda r: f"{r.peak_memory_mb:.0f}",
+        "scales": lambda r: str(r.scales), "mode": lambda r: r.mode, "top-k": lambda r: str(r.top_k),
+        "backend": lambda r: r.backend, "img/s": lambda r: f"{r.images_per_second:.2f}", "s/img": lambda r: f"{r.median_s:.3f}",
+        "network s": lambda r: f"{r.stages_s['network']:.3f}",
+        "net/floor": lambda r: f"{r.stages_s['network'] / r.flop_floor_s:.2f}x",
     }
     if wide:
-        columns |= {"windows": lambda r: str(r.windows), "p90 s": lambda r: f"{r.p90_s:.3f}",
+        columns |= {"p90 s": lambda r: f"{r.p90_s:.3f}",
                     **{f"{s} s": (lambda r, s=s: f"{r.stages_s[s]:.3f}") for s in STAGES if s != "network"},
-                    "net / floor": lambda r: f"{r.stages_s['network'] / r.flop_floor_s:.2f}x"}
+                    "GFLOPs": lambda r: f"{r.network_gflops:.1f}", "windows": lambda r: str(r.windows),
+                    "peak MB": lambda r: f"{r.peak_memory_mb:.0f}"}
     for column in columns:
         table.add_column(column, justify="right")
     for r in report.rows:
         table.add_row(*[cell(r) for cell in columns.values()])
     console.print(table)
     console.print(f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if "gpu" in m else "")
-                  + f"; measured matmul rate {m['matmul_gflops']} GFLOP/s (net / floor = network time / (FLOPs / that rate))",
-                  highlight=False)
-    for scales_count, (ratio, low, high) in report.speedup().items():
-        console.print(f"{scales_count} scales: one shot is {ratio:.2f}x faster than the image pyramid (runs side by side: "
-                      f"{low:.2f}x to {high:.2f}x; paper, 8 scales: 1.7x)", highlight=False)
+                  + f"; measured matmul rate {m['matmul_gflops']} GFLOP/s (net/floor = network time / (FLOPs / that "
+                  "rate)); s/img: one image from pixels in memory to encoded, suppressed proposals", highlight=False)
+    for config, (ratio, low, high) in report.backend_speedup().items():
+        console.print(f"{config.scales} scales, top-{config.top_k}: ONNX Runtime is {ratio:.2f}x faster than PyTorch end to end "
+                      f"(runs side by side: {low:.2f}x to {high:.2f}x)", highlight=False)
+    for config, (ratio, low, high) in report.speedup().items():
+        console.print(f"{config.scales} scales, top-{config.top_k}, {config.backend}: one shot is {ratio:.2f}x faster than "
+                      f"the image pyramid (runs side by side: {low:.2f}x to {high:.2f}x; paper, 8 scales: 1.7x)", highlight=False)
     if not info.trained:
         console.print("[yellow]note:[/] untrained weights: every mask fills its window, so paste-back and RLE are at their slowest.")
     if json_out:
@@ -547,8 +601,12 @@ def bench_command(
 @app.command("export")
 @friendly_errors
 def export_command(
-    source: str = typer.Argument(..., help="A training run folder (its best.pt, else model.pt) or a checkpoint file."),
-    name: str = typer.Option(..., help="Name to ship the weights under (NAME.pt in --weights-dir)."),
+    source: str = typer.Argument(..., help="A training run folder (its best.pt, else model.pt), a checkpoint file, "
+                                 "or (with --onnx) a shipped weights name."),
+    name: Optional[str] = typer.Option(None, help="Name to ship the weights under (NAME.pt in --weights-dir)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Instead of shipping: write the network (body to window "
+                                        "scores) as an ONNX file here, for ONNX Runtime, TensorRT and the like (see README)."),
+    scales: Optional[int] = typer.Option(None, help="With --onnx: pyramid levels in the graph. Default: the model's."),
     weights_dir: Path = typer.Option(Path("weights"), "--weights-dir", help="Folder of shipped weights and manifest.json."),
     default: bool = typer.Option(False, "--default", help="Make these the weights `propose` uses when none are named."),
     ann: Optional[Path] = typer.Option(None, help="COCO ground truth to measure AR on before shipping (recorded in the manifest)."),
@@ -559,7 +617,13 @@ def export_command(
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask threshold to ship in the config (e.g. one chosen on validation). Default: the trained model's."),
     device: str = DEVICE,
 ) -> None:
-    """Ship trained weights: weights and config only (no optimizer), their sha256, and their measured AR in the manifest."""
+    """Ship trained weights (--name: weights and config only, their sha256 and measured AR in the manifest),
+    or write the network as ONNX (--onnx)."""
+    if (name is None) == (onnx is None):
+        raise FastMaskError("give --name (ship the weights) or --onnx FILE (export the network), one of them")
+    if onnx is not None:
+        _export_onnx(source, onnx, scales)
+        return
     from .engine import validate
     from .weights import load_model, ship_weights
 

@@ -170,11 +170,12 @@ def _collate(samples: list[Sample]) -> list[Sample]:
 
 
 def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100, device: str = "cpu",
-             limit: int | None = None) -> Evaluation:
+             limit: int | None = None, backend: str = "torch") -> Evaluation:
     """Mask and box AR of `model` on the COCO set `gt_path` (images under `images_dir`), through `evaluate`;
-    with `limit`, on its first `limit` images by id only (a fixed sample)."""
+    with `limit`, on its first `limit` images by id only (a fixed sample). PyTorch by default: during
+    training the weights change between validations, and an exported graph would serve one of them."""
     gt = read_json(gt_path, "validation ground truth")
-    proposer = Proposer(model, device=device, top_k=top_k)
+    proposer = Proposer(model, device=device, top_k=top_k, backend=backend)
     results = []
     for image in sorted(gt.get("images", []), key=lambda im: im["id"])[:limit]:
         path = Path(images_dir) / image["file_name"]

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .backend import BACKENDS, OnnxNetwork, not_exportable
 from .config import DEFAULT_NMS, DEFAULT_NMS_IOU
 from .errors import FastMaskError
-from .masks import box_iou, decode_masks, encode_masks, greedy_nms, mask_iou, paste_binary
+from .masks import box_iou, decode_masks, encode_crops, greedy_nms, mask_nms, paste_crops
 from .model import IMAGENET_MEAN, FastMask, Pyramid
 
 # oneDNN (PyTorch's CPU convolutions) keeps up to 1024 compiled primitives, one per layer and input
@@ -35,7 +36,6 @@ NMS_MODES = ("demote", "drop")
 # With suppression, windows decoded beyond top-k: top-k of them, but at least 100 (an object has
 # several near-duplicate windows, so a short list needs room to reach the next objects) and at most 200.
 NMS_EXTRA = (100, 200)
-PASTE_CHUNK = 64  # masks pasted at once: bounds memory at 64 x H x W floats
 
 
 class StageTimer:
@@ -70,6 +70,7 @@ class Proposals:
     boxes: np.ndarray  # (K, 4) float
     scores: np.ndarray  # (K,) probabilities
     strides: np.ndarray  # (K,) stride of the pyramid level each proposal came from
+    areas: np.ndarray  # (K,) mask areas, pixels
     height: int
     width: int
 
@@ -82,11 +83,14 @@ class Proposals:
             return np.zeros((0, self.height, self.width), dtype=bool)
         return decode_masks(self.rles)
 
+    def select(self, index: np.ndarray, scores: np.ndarray | None = None) -> "Proposals":
+        """The proposals at `index`, in that order (with new `scores` if given)."""
+        return Proposals([self.rles[i] for i in index], self.boxes[index], self.scores[index] if scores is None else scores,
+                         self.strides[index], self.areas[index], self.height, self.width)
+
     def first(self, k: int) -> "Proposals":
         """The best k proposals."""
-        if len(self) <= k:
-            return self
-        return Proposals(self.rles[:k], self.boxes[:k], self.scores[:k], self.strides[:k], self.height, self.width)
+        return self if len(self) <= k else self.select(np.arange(k))
 
     def to_coco(self, image_id: int) -> list[dict]:
         """COCO results entries, loadable by `pycocotools.coco.COCO.loadRes`."""
@@ -151,6 +155,7 @@ class Proposer:
         nms_mode: str = "demote",
         multi_shot: bool = False,
         compile: bool = False,
+        backend: str = "auto",
     ) -> None:
         cfg = model.config
         self.device = resolve_device(device)
@@ -180,6 +185,27 @@ class Proposer:
         self._one_shot = torch.compile(self.model) if compile else None
         self._multi_shot = torch.compile(self.model.image_pyramid) if compile else None
         self.timer: StageTimer | None = None  # set by `fastmask bench` to split the time by stage
+        self.backend = self.resolve_backend(backend)
+        self._onnx: dict[int, OnnxNetwork] = {}
+        if self.backend == "onnx":
+            self._onnx_network(self.scales)  # export (or load the cached graph) now, not inside the first image
+
+    def resolve_backend(self, backend: str) -> str:
+        """`auto`: ONNX Runtime for the CPU in fp32 (the fastest measured there), else PyTorch."""
+        if backend not in BACKENDS:
+            raise FastMaskError(f"unknown --backend {backend!r}; use {', '.join(BACKENDS)}")
+        onnx_ok = self.device.type == "cpu" and self.precision == "fp32" and not self.compiled
+        if backend == "onnx" and not onnx_ok:
+            raise FastMaskError("--backend onnx runs the network on the CPU in fp32, without --compile; use --backend torch")
+        reason = not_exportable(self.model)
+        if backend == "onnx" and reason:
+            raise FastMaskError(f"--backend onnx: {reason}; use --backend torch")
+        return "onnx" if backend == "onnx" or (backend == "auto" and onnx_ok and reason is None) else "torch"
+
+    def _onnx_network(self, scales: int) -> OnnxNetwork:
+        if scales not in self._onnx:
+            self._onnx[scales] = OnnxNetwork.for_model(self.model, scales)
+        return self._onnx[scales]
 
     @property
     def candidates(self) -> int:
@@ -190,7 +216,7 @@ class Proposer:
 
     def settings(self) -> dict:
         """What determines the output, besides the weights (recorded so a resumed run can check it)."""
-        keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou", "nms_mode")
+        keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou", "nms_mode", "backend")
         return {k: getattr(self, k) for k in keys}
 
     def _stage(self, name: str) -> contextlib.AbstractContextManager:
@@ -207,10 +233,15 @@ class Proposer:
         return pad_batch(list(resized), self.device), list(scales), [im.shape[:2] for im in resized]
 
     def network(self, eager: bool = False) -> Callable[[Tensor, int], Pyramid]:
-        """The forward pass in use: one shot, or the image-pyramid baseline; compiled when asked, unless `eager`."""
-        if eager or not self.compiled:
-            return self.model.image_pyramid if self.multi_shot else self.model
-        return self._multi_shot if self.multi_shot else self._one_shot
+        """The forward pass in use: one shot (on ONNX Runtime with that backend), or the image-pyramid
+        baseline (always PyTorch); compiled when asked. `eager`: the PyTorch model as it is."""
+        if self.multi_shot:
+            return self._multi_shot if self.compiled and not eager else self.model.image_pyramid
+        if eager:
+            return self.model
+        if self.backend == "onnx":
+            return self._onnx_network(self.scales)
+        return self._one_shot if self.compiled else self.model
 
     @torch.inference_mode()
     def propose(self, image: np.ndarray) -> Proposals:
@@ -251,29 +282,25 @@ class Proposer:
         return results
 
     def _finish(self, probs: Tensor, boxes: Tensor, scores: Tensor, strides: Tensor, height: int, width: int) -> Proposals:
-        """Paste masks into the original image, threshold, box, encode, and optionally suppress."""
-        rles, tight, keep = [], [], []
-        for start in range(0, probs.shape[0], PASTE_CHUNK):
-            with self._stage("paste"):
-                binary, chunk_boxes = paste_binary(probs[start : start + PASTE_CHUNK], boxes[start : start + PASTE_CHUNK],
-                                                   height, width, self.mask_threshold)
-                nonempty = chunk_boxes[:, 2] > 0
-            with self._stage("rle"):
-                # select on the column-major storage, so the masks stay in the layout the encoder reads
-                rles += encode_masks(binary.transpose(1, 2)[nonempty].transpose(1, 2))
-            tight.append(chunk_boxes[nonempty])
-            keep.append(nonempty)
-        keep_t = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool, device=self.device)
+        """Paste masks into the original image as crops, threshold, box, encode, and optionally suppress."""
+        with self._stage("paste"):
+            chunks = paste_crops(probs, boxes, height, width, self.mask_threshold)
+        with self._stage("rle"):
+            rles, tight, areas = encode_crops(chunks, probs.shape[0], height, width)
+        keep = np.array([i for i, rle in enumerate(rles) if rle is not None], dtype=np.int64)
+        keep_t = torch.from_numpy(keep)
         proposals = Proposals(
-            rles,
-            (torch.cat(tight) if tight else torch.zeros((0, 4))).cpu().numpy(),
-            scores[keep_t].cpu().numpy(),
-            strides[keep_t].cpu().numpy(),
+            [rles[i] for i in keep],
+            tight[keep_t.to(tight.device)].cpu().numpy(),
+            scores[keep_t.to(scores.device)].cpu().numpy(),
+            strides[keep_t.to(strides.device)].cpu().numpy(),
+            areas[keep],
             height,
             width,
         )
         if self.nms != "none" and len(proposals) > 1:
-            proposals = self._suppress(proposals)
+            with self._stage("nms"):
+                proposals = self._suppress(proposals)
         return proposals.first(self.top_k)
 
     def _suppress(self, p: Proposals) -> Proposals:
@@ -281,11 +308,13 @@ class Proposer:
         moves them, in their order, behind every kept proposal and scales their scores below the
         lowest kept score: the first proposals are distinct objects, and duplicates still fill the
         list where distinct candidates run out."""
-        iou = box_iou(p.boxes, p.boxes) if self.nms == "box" else mask_iou(p.rles)
-        keep = greedy_nms(iou, self.nms_iou)
+        if self.nms == "box":
+            keep = greedy_nms(box_iou(p.boxes, p.boxes), self.nms_iou)
+        else:
+            keep = mask_nms(p.rles, p.boxes, p.areas, self.nms_iou)
         scores = p.scores[keep]
         if self.nms_mode == "demote":
             demoted = np.setdiff1d(np.arange(len(p)), keep)
             scores = np.concatenate([scores, p.scores[demoted] * 0.5 * scores.min()])
             keep = np.concatenate([keep, demoted])
-        return Proposals([p.rles[i] for i in keep], p.boxes[keep], scores, p.strides[keep], p.height, p.width)
+        return p.select(keep, scores)

@@ -1,14 +1,22 @@
 """Masks in image coordinates: paste-back into window boxes, tight boxes, COCO RLE, suppression.
 
-Paste-back is vectorised: resizing a mask to its box and placing it in the image is a bilinear
-interpolation that separates into rows and columns, so all K masks are pasted with two batched
-matrix products on the model's device, `Ry @ mask @ Rx^T`, with no Python loop per mask.
+A decoded mask (M x M probabilities over its window) is resized to its window's box by bilinear
+interpolation, which separates into rows and columns: `Rx @ mask^T @ Ry^T` (column-major, the order of
+COCO's RLE), with `_resize_weights` giving Rx and Ry. The pipeline never pastes a full image: each mask is computed only over its crop (its box, clipped to the image and
+to where its cells come near the threshold), crops of similar size batched on the model's device
+(`paste_crops`); COCO's run lengths are found from the crops on that device and only they cross to the
+host (`encode_crops`); duplicates are suppressed measuring only the mask pairs whose boxes and areas
+allow an IoU above the threshold (`mask_nms`). The output is byte for byte what pasting, thresholding
+and encoding the full masks gives.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
@@ -34,78 +42,169 @@ def _resize_weights(lo: Tensor, hi: Tensor, pixels: Tensor, size: int, mask_size
     return weights * inside[..., None]
 
 
-def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
-    """Resize each (M, M) mask to its box (x0, y0, x1, y1, image pixels) inside a height x width image.
+@dataclass
+class MaskCrops:
+    """Binary masks that are zero outside their crops: mask `index[i]` is `binary[i]`, column-major
+    ((width, height) of the crop), with its corner at image pixel `origin[i]` = (x, y). Crops of one
+    chunk share the size of its largest; each is zero past its own extent."""
 
-    masks: (K, M, M) probabilities; returns (K, height, width), zero outside each box.
+    binary: Tensor  # (k, w, h) bool
+    origin: Tensor  # (k, 2) long
+    index: Tensor  # (k,) long, position of each mask among those pasted
+
+
+# A pasted pixel is a convex combination of the mask cells around it: where all of them are below the
+# threshold by this much, it is below the threshold whatever the rounding, and need not be computed.
+REACH_MARGIN = 1e-4
+
+
+def _reach(masks: Tensor, lo: Tensor, hi: Tensor, threshold: float, dim: int) -> tuple[Tensor, Tensor]:
+    """Image pixel range [start, end) along one axis (rows for dim=1, columns for dim=2) outside of which
+    the pasted mask is surely below `threshold`; empty where no cell comes near it.
+
+    A pixel at u (mask coordinates, `_resize_weights`) reads cells floor(u) and floor(u) + 1, so it can
+    reach the threshold only if r0 - 1 <= u < r1 + 1, r0..r1 being the cells that come near it; one
+    pixel more on each side absorbs rounding.
     """
-    mask_size, k = masks.shape[-1], masks.shape[0]
-    rows = _resize_weights(boxes[:, 1], boxes[:, 3], torch.arange(height, device=masks.device).expand(k, -1), height, mask_size)
-    cols = _resize_weights(boxes[:, 0], boxes[:, 2], torch.arange(width, device=masks.device).expand(k, -1), width, mask_size)
-    return rows @ masks.float() @ cols.transpose(1, 2)  # (K, H, M) @ (K, M, M) @ (K, M, W)
+    mask_size = masks.shape[-1]
+    near = (masks >= threshold - REACH_MARGIN).any(dim=3 - dim)  # (K, M) along the axis
+    found = near.any(dim=1)
+    first = near.float().argmax(dim=1).float()
+    last = (mask_size - 1 - near.flip(1).float().argmax(dim=1)).float()
+    scale = (hi - lo) / mask_size
+    start = ((first - 0.5) * scale + lo - 0.5).floor() - 1
+    end = ((last + 1.5) * scale + lo - 0.5).ceil() + 1
+    return start, torch.where(found, end, start)
 
 
-def paste_binary(masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float, chunk: int = 16) -> tuple[Tensor, Tensor]:
-    """`paste_masks(...) >= threshold` as (K, H, W) bool, computing only inside each box; and the
-    masks' tight (x, y, w, h) boxes (zero for an empty mask), found from the crops.
+def paste_crops(masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float,
+                chunk: int = 16) -> list[MaskCrops]:
+    """Masks resized to their boxes in a height x width image and thresholded (`>= threshold`), computed and
+    kept only where they can be on.
 
-    Masks are sorted by box size and pasted in chunks of similar size, each over the largest crop of
-    its chunk rather than the whole image: most proposals cover a small part of it.
+    masks: (K, M, M) probabilities; boxes: (K, 4) window boxes (x0, y0, x1, y1) in image pixels, which may
+    hang over the border. Each mask is pasted over a crop: its box, clipped to the image and to the part
+    its cells near the threshold can reach (`_reach`). Crops are sorted by size and pasted in chunks, each
+    padded to the largest crop of its chunk; nothing is written or read outside a crop (as
+    segment-anything's `amg.py` keeps mask batches cropped), on the masks' device. A pixel's value does not
+    depend on the crop or chunk it is computed in, so the result is that of pasting every mask over the
+    whole image.
     """
     k, mask_size = masks.shape[0], masks.shape[-1]
-    # stored column-major per mask, (K, W, H), which is the layout COCO's RLE encoder reads: no copy later
-    out = torch.zeros((k, width, height), dtype=torch.bool, device=masks.device)
-    tight = torch.zeros((k, 4), device=masks.device)
+    device = masks.device
     limits = torch.tensor([width, height, width, height], device=boxes.device, dtype=torch.float32)
-    crop = torch.stack([boxes[:, :2].floor(), boxes[:, 2:].ceil()], dim=1).flatten(1).clamp(min=0).minimum(limits).long()
+    crop = torch.stack([boxes[:, :2].floor(), boxes[:, 2:].ceil()], dim=1).flatten(1).clamp(min=0).minimum(limits)
+    if threshold > REACH_MARGIN:
+        x_start, x_end = _reach(masks, boxes[:, 0], boxes[:, 2], threshold, dim=2)
+        y_start, y_end = _reach(masks, boxes[:, 1], boxes[:, 3], threshold, dim=1)
+        crop = torch.cat([crop[:, :2].maximum(torch.stack([x_start, y_start], 1)),
+                          crop[:, 2:].minimum(torch.stack([x_end, y_end], 1))], dim=1)
+    crop = crop.long()
     extent = (crop[:, 2:] - crop[:, :2]).clamp(min=0)  # (K, 2) crop width, height
-    order = torch.argsort(extent[:, 0] * extent[:, 1])
-    for start in range(0, k, chunk):
+    area = extent[:, 0] * extent[:, 1]
+    order = torch.argsort(area)
+    order = order[area[order] > 0]  # nothing to paste: an empty mask
+    out = []
+    for start in range(0, order.numel(), chunk):
         idx = order[start : start + chunk]
         crop_w, crop_h = int(extent[idx, 0].max()), int(extent[idx, 1].max())
-        if crop_w == 0 or crop_h == 0:
-            continue
-        ys = crop[idx, 1, None] + torch.arange(crop_h, device=masks.device)  # (k, h) image rows of each crop
-        xs = crop[idx, 0, None] + torch.arange(crop_w, device=masks.device)
+        ys = crop[idx, 1, None] + torch.arange(crop_h, device=device)  # (k, h) image rows of each crop
+        xs = crop[idx, 0, None] + torch.arange(crop_w, device=device)
         rows = _resize_weights(boxes[idx, 1], boxes[idx, 3], ys, height, mask_size)
         cols = _resize_weights(boxes[idx, 0], boxes[idx, 2], xs, width, mask_size)
-        # transposed, (k, w, h): the crops come out in the output's column-major layout
+        # past a crop's own extent (the chunk's padding) rows and columns are zeroed, so nothing comes out there
+        rows *= (torch.arange(crop_h, device=device) < extent[idx, 1, None])[..., None]
+        cols *= (torch.arange(crop_w, device=device) < extent[idx, 0, None])[..., None]
+        # transposed, (k, w, h): crops come out column-major, the order of COCO's RLE
         binary = (cols @ masks[idx].float().transpose(1, 2) @ rows.transpose(1, 2)) >= threshold
-        found, nonempty = mask_boxes(binary)  # (y, x, h, w) in crop coordinates; a crop is zero outside its box
-        found = found[:, [1, 0, 3, 2]]
-        found[:, :2] += crop[idx, :2].float() * nonempty[:, None]
-        tight[idx] = found
-        for j, i in enumerate(idx.tolist()):  # place each crop: K small copies, no per-pixel work
-            x0, y0, w, h = int(crop[i, 0]), int(crop[i, 1]), int(extent[i, 0]), int(extent[i, 1])
-            out[i, x0 : x0 + w, y0 : y0 + h] = binary[j, :w, :h]
-    return out.transpose(1, 2), tight
+        if threshold <= 0:  # zero pastes to "on": keep the padding out
+            binary &= (torch.arange(crop_w, device=device) < extent[idx, 0, None])[:, :, None]
+            binary &= (torch.arange(crop_h, device=device) < extent[idx, 1, None])[:, None, :]
+        out.append(MaskCrops(binary, crop[idx, :2], idx))
+    return out
 
 
-def mask_boxes(binary: Tensor) -> tuple[Tensor, Tensor]:
-    """Tight (x, y, w, h) boxes of (K, H, W) binary masks, and which masks are non-empty."""
-    cols = binary.any(dim=1)  # (K, W)
-    rows = binary.any(dim=2)  # (K, H)
-    nonempty = cols.any(dim=1)
-    x0 = cols.float().argmax(dim=1)
-    y0 = rows.float().argmax(dim=1)
-    x1 = cols.shape[1] - cols.flip(1).float().argmax(dim=1)
-    y1 = rows.shape[1] - rows.flip(1).float().argmax(dim=1)
-    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1).float()
-    return boxes * nonempty[:, None], nonempty
+def _sparse_nonzero(flags: Tensor) -> Tensor:
+    """Flat indices of the True entries of a contiguous bool tensor whose length is a multiple of 8, where
+    few are True: found eight bytes at a time, then within the words that hold any (on the CPU,
+    `nonzero` on every byte was the slowest step of encoding)."""
+    bytes_ = flags.reshape(-1).view(torch.uint8)
+    words = (bytes_.view(torch.int64) != 0).nonzero().squeeze(1)
+    within = bytes_.view(-1, 8)[words].nonzero()
+    return words[within[:, 0]] * 8 + within[:, 1]
 
 
-def encode_masks(binary: Tensor) -> list[dict]:
-    """(K, H, W) binary masks -> COCO RLEs with `counts` as str (JSON-ready)."""
-    if binary.shape[0] == 0:
-        return []
-    # pycocotools wants (H, W, K) in Fortran order, which is (K, W, H) in C order (what paste_binary stores)
-    column_major = binary.transpose(1, 2).contiguous().cpu()
-    column_major = column_major.view(torch.uint8) if column_major.dtype == torch.bool else column_major.to(torch.uint8)
-    fortran = column_major.numpy().transpose(2, 1, 0)
-    rles = mask_utils.encode(fortran)
-    for rle in rles:
+def encode_crops(chunks: list[MaskCrops], count: int, height: int, width: int) -> tuple[list[dict | None], Tensor, np.ndarray]:
+    """COCO RLEs (`counts` as str), tight (x, y, w, h) boxes (on the crops' device) and areas (pixels) of
+    `count` masks pasted by `paste_crops`, in their pasted order; None, a zero box and area 0 for an
+    empty mask.
+
+    The run lengths are found on the crops' device from the crops alone: every run boundary of a mask
+    lies in its crop, where a crop column's value changes or where it ends (the zeros below it). A crop
+    spanning the full image height ends one column where the next begins; those two changes cancel.
+    Only the run lengths (column-major, starting with a run of zeros) cross to the host, where
+    `pycocotools.mask.frPyObjects` compresses them into the string `pycocotools.mask.encode` gives for
+    the full mask.
+    """
+    device = chunks[0].binary.device if chunks else torch.device("cpu")
+    masks, positions, xs, ys = [], [], [], []
+    for crops in chunks:
+        k, w, h = crops.binary.shape
+        size = k * w * (h + 1)
+        # changes[m, x, j]: the value at crop row j differs from the one above it (row -1 and h are zero)
+        buffer = torch.zeros(size + (-size) % 8, dtype=torch.bool, device=device)
+        changes = buffer[:size].view(k, w, h + 1)
+        changes[:, :, 0] = crops.binary[:, :, 0]
+        torch.ne(crops.binary[:, :, 1:], crops.binary[:, :, :-1], out=changes[:, :, 1:h])
+        changes[:, :, h] = crops.binary[:, :, h - 1]
+        flat = _sparse_nonzero(buffer)
+        m, rest = flat // (w * (h + 1)), flat % (w * (h + 1))
+        x, j = rest // (h + 1), rest % (h + 1)
+        masks.append(crops.index[m])
+        positions.append((crops.origin[m, 0] + x) * height + crops.origin[m, 1] + j)
+        xs.append(crops.origin[m, 0] + x)
+        ys.append(crops.origin[m, 1] + j)
+    tight = torch.zeros((count, 4), device=device)
+    if not masks:
+        return [None] * count, tight, np.zeros(count, dtype=np.int64)
+    mask, position = torch.cat(masks), torch.cat(positions)
+    x, y = torch.cat(xs), torch.cat(ys)
+    # tight boxes: the first change of a column is where its first run of ones starts, the last where one ends
+    nonempty = torch.zeros(count, dtype=torch.bool, device=device)
+    nonempty[mask] = True
+    lows = torch.full((count, 2), height + width, dtype=torch.long, device=device)
+    highs = torch.zeros((count, 2), dtype=torch.long, device=device)
+    lows.scatter_reduce_(0, mask[:, None].expand(-1, 2), torch.stack([x, y], 1), "amin")
+    highs.scatter_reduce_(0, mask[:, None].expand(-1, 2), torch.stack([x + 1, y], 1), "amax")
+    tight[nonempty] = torch.cat([lows, highs - lows], dim=1)[nonempty].float()
+    # run lengths. The changes come grouped by mask (one chunk each) and sorted by position within it.
+    pixels = height * width
+    same = (position[1:] == position[:-1]) & (mask[1:] == mask[:-1])
+    keep = ~(F.pad(same, (0, 1)) | F.pad(same, (1, 0))) & (position < pixels)
+    mask, position = mask[keep], position[keep]
+    first = F.pad(mask[1:] != mask[:-1], (1, 0), value=True)
+    last = F.pad(mask[1:] != mask[:-1], (0, 1), value=True)
+    runs = position - F.pad(position[:-1], (1, 0)).masked_fill(first, 0)
+    # each mask's counts end with the run up to the last pixel: one slot more after each mask's changes
+    slot = torch.arange(mask.numel(), device=device) + first.cumsum(0) - 1
+    counts = torch.empty(mask.numel() + int(first.sum()), dtype=torch.long, device=device)
+    counts[slot] = runs
+    counts[slot[last] + 1] = pixels - position[last]
+    starts = slot[first].cpu().numpy()
+    owners = mask[first].cpu().numpy()
+    counts = counts.cpu().numpy().astype(np.uint32)
+    segments = np.split(counts, starts[1:])
+    # a mask's area: its runs of ones, every second run from the second
+    within = np.arange(counts.size) - np.repeat(starts, np.diff(starts, append=counts.size))
+    ones = np.add.reduceat(counts.astype(np.int64) * (within % 2), starts)
+    encoded = mask_utils.frPyObjects([{"size": [height, width], "counts": c} for c in segments], height, width)
+    rles: list[dict | None] = [None] * count
+    areas = np.zeros(count, dtype=np.int64)
+    areas[owners] = ones
+    for i, rle in zip(owners.tolist(), encoded):
         rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+        rles[i] = rle
+    return rles, tight, areas
 
 
 def decode_masks(rles: list[dict]) -> np.ndarray:
@@ -138,6 +237,35 @@ def greedy_nms(iou: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def mask_iou(rles: list[dict]) -> np.ndarray:
-    """IoU matrix of COCO RLE masks."""
-    return np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)), dtype=np.float64).reshape(len(rles), len(rles))
+def mask_nms(rles: list[dict], boxes: np.ndarray, areas: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy suppression of masks whose IoU exceeds `threshold` (items sorted by
+    descending score), with their tight (x, y, w, h) boxes and areas (pixels): what `greedy_nms` keeps
+    on the full mask-IoU matrix, computing few of its entries.
+
+    Two masks can overlap no more than their boxes do, so their IoU is at most
+    min(box intersection, area a, area b) / max(area a, area b). Only pairs whose bound exceeds the
+    threshold, and only rows of kept masks, are measured exactly (`pycocotools.mask.iou` on the RLEs).
+    """
+    count = len(rles)
+    x0, y0, w, h = torch.from_numpy(np.asarray(boxes, dtype=np.float32)).unbind(1)
+    area = torch.from_numpy(np.asarray(areas, dtype=np.float32))
+    iw = (torch.minimum((x0 + w)[:, None], (x0 + w)[None]) - torch.maximum(x0[:, None], x0[None])).clamp_(min=0)
+    ih = (torch.minimum((y0 + h)[:, None], (y0 + h)[None]) - torch.maximum(y0[:, None], y0[None])).clamp_(min=0)
+    bound = torch.minimum(iw.mul_(ih), torch.minimum(area[:, None], area[None]))
+    bound /= torch.maximum(area[:, None], area[None]).clamp_(min=1)
+    # float32 rounds within 1e-6 of the bound; pairs let through by the margin are only measured, not suppressed
+    rows, cols = torch.triu(bound > threshold - 1e-5, diagonal=1).nonzero().unbind(1)
+    first = np.searchsorted(rows.numpy(), np.arange(count + 1))  # suspects of row i: cols[first[i]:first[i + 1]]
+    cols = cols.numpy()
+    suppressed = np.zeros(count, dtype=bool)
+    keep = []
+    for i in range(count):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        later = cols[first[i] : first[i + 1]]
+        later = later[~suppressed[later]]
+        if later.size:
+            iou = np.asarray(mask_utils.iou([rles[j] for j in later], [rles[i]], [0])).reshape(-1)
+            suppressed[later[iou > threshold]] = True
+    return np.asarray(keep, dtype=np.int64)

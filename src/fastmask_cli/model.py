@@ -124,10 +124,12 @@ class FastMask(nn.Module):
             sel = (level == index).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
-            rows = (ys[sel, None] + offsets)[:, :, None]
-            cols = (xs[sel, None] + offsets)[:, None, :]
-            # advanced indices around a slice: result is (K, w, w, C)
-            out[sel] = feature[image_index[sel, None, None], :, rows, cols].permute(0, 3, 1, 2)
+            n, channels, height, width = feature.shape
+            # one row per cell (channels last), so that each window cell is one contiguous row to gather
+            cells = feature.permute(0, 2, 3, 1).reshape(n * height * width, channels)
+            rows = image_index[sel, None, None] * height + ys[sel, None, None] + offsets[:, None]
+            cell = rows * width + xs[sel, None, None] + offsets[None, :]  # (K, w, w): the row of each window cell
+            out[sel] = cells[cell.reshape(-1)].view(-1, w, w, channels).permute(0, 3, 1, 2)
         return out
 
     def decode(self, pyramid: Pyramid, image_index: Tensor, flat: Tensor) -> tuple[Tensor, Tensor | None]:
