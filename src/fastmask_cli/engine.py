@@ -28,16 +28,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .assign import AssignRule
-from .bodies import initialise
+from .bodies import initialise, resolve_init
 from .config import FastMaskConfig
 from .dataset import Augment, CocoInstances, Sample
 from .errors import FastMaskError
 from .evaluate import Evaluation, evaluate
 from .files import atomic_path, read_json
 from .images import ImageError, gt_frame, read_image
-from .inference import Proposer, pad_batch, resolve_device
+from .inference import Proposer, pad_batch, resize_longer_side, resolve_device
 from .loss import FastMaskLoss, Target
 from .model import FastMask
+from .precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorms
 from .weights import save_checkpoint
 
 TRAIN_FORMAT = "fastmask-train"
@@ -73,6 +74,7 @@ class TrainSettings:
     val_every: int = 1  # epochs between validations (the last epoch is always validated)
     val_top_k: int = 100
     train_sample: int = 8  # training images (unaugmented) evaluated beside val, to see under- or over-fitting
+    bn_images: int = 64  # training images (unaugmented) that recompute BatchNorm statistics before validating
     log_every: int = 10  # iterations between log lines
 
     def __post_init__(self) -> None:
@@ -90,6 +92,7 @@ class TrainSettings:
             (0 < self.size_range[0] < self.size_range[1] <= 1, "size range must be 0 < LOW < HIGH <= 1"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
             (self.workers >= 0 and self.val_every >= 1 and self.log_every >= 1, "workers, val-every and log-every must be positive"),
+            (self.bn_images >= 0, "--bn-images must be at least 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -127,6 +130,8 @@ class TrainSummary:
     best: dict[str, Any] | None = None  # epoch and validation metrics of best.pt
     last_val: dict[str, Any] | None = None  # AR on val at the last evaluated epoch
     last_train: dict[str, Any] | None = None  # AR on the fixed training sample at the last evaluated epoch
+    last_train_batch_statistics: dict[str, Any] | None = None  # the same with batch statistics (at the end)
+    bn_warning: str | None = None  # eval mode far below batch statistics on the training sample
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable images and why
     step_seconds: list[float] = field(default_factory=list, repr=False)
 
@@ -170,20 +175,43 @@ def _collate(samples: list[Sample]) -> list[Sample]:
 
 
 def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100, device: str = "cpu",
-             limit: int | None = None, backend: str = "torch") -> Evaluation:
+             limit: int | None = None, backend: str = "torch", batch_statistics: bool = False) -> Evaluation:
     """Mask and box AR of `model` on the COCO set `gt_path` (images under `images_dir`), through `evaluate`;
     with `limit`, on its first `limit` images by id only (a fixed sample). PyTorch by default: during
-    training the weights change between validations, and an exported graph would serve one of them."""
+    training the weights change between validations, and an exported graph would serve one of them.
+    `batch_statistics`: its training BatchNorms normalise each image with its own statistics, as in
+    training (to see what the weights can do whatever the running statistics say)."""
     gt = read_json(gt_path, "validation ground truth")
     proposer = Proposer(model, device=device, top_k=top_k, backend=backend)
     results = []
-    for image in sorted(gt.get("images", []), key=lambda im: im["id"])[:limit]:
-        path = Path(images_dir) / image["file_name"]
-        try:
-            results += proposer.propose(read_image(path, frame=gt_frame(image))).to_coco(image["id"])
-        except ImageError:  # missing or unreadable: training reports these itself; AR covers the rest
-            continue
+    context = BatchStatistics(model) if batch_statistics else contextlib.nullcontext()
+    with context:
+        for image in sorted(gt.get("images", []), key=lambda im: im["id"])[:limit]:
+            path = Path(images_dir) / image["file_name"]
+            try:
+                results += proposer.propose(read_image(path, frame=gt_frame(image))).to_coco(image["id"])
+            except ImageError:  # missing or unreadable: training reports these itself; AR covers the rest
+                continue
     return evaluate(Path(gt_path), results, allow_missing=True)
+
+
+def precise_bn(model: FastMask, dataset: CocoInstances, count: int, device: torch.device | str = "cpu",
+               rank: int = 0, world: int = 1) -> int:
+    """Recompute the running statistics of `model`'s training BatchNorms (`precise_bn.recompute_batchnorm`)
+    over the first `count` images of `dataset`, unaugmented, each resized as inference resizes it (the
+    model's size and scales); under torchrun every process takes its share and the statistics are
+    averaged. Returns the images used (unreadable ones are passed over)."""
+    cfg, device = model.config, torch.device(device)
+
+    def batches():
+        for index in range(rank, min(count, len(dataset)), world):
+            try:
+                image, _ = dataset.load(index)
+            except ImageError:
+                continue
+            yield pad_batch([resize_longer_side(image, cfg.size)[0]], device), cfg.scales
+
+    return recompute_batchnorm(model, batches(), distributed=world > 1)
 
 
 def _flat(evaluation: Evaluation) -> dict[str, float | None]:
@@ -271,6 +299,10 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
 
     torch.manual_seed(settings.seed)
     model = FastMask(config)
+    if state is None:
+        init, note = resolve_init(config.body, init)
+        if note and rank == 0:
+            events.note(note)
     if init is not None and state is None:
         report, init = initialise(model.body, config.body, init)
         events.note(f"body initialised: {report.summary()}")
@@ -374,11 +406,30 @@ def train_one_epoch(run: Run, epoch: int, events: TrainEvents, summary: TrainSum
     return {"type": "epoch", "epoch": epoch + 1, "iteration": run.iteration, **{k: v / max(steps, 1) for k, v in totals.items()}}
 
 
-def evaluate_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None) -> None:
-    """AR on val and on a fixed sample of the training images (unaugmented), into `record`; keeps best.pt."""
+# Eval-mode AR on the training sample below this fraction of its AR with batch statistics: the running
+# statistics do not describe the weights (seen at 0.0 against 87 on a two-image fit before precise BN).
+BN_GAP = 0.5
+
+
+def evaluate_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None,
+                   check_bn: bool = False) -> None:
+    """AR on val and on a fixed sample of the training images (unaugmented), into `record`; keeps best.pt.
+    With `check_bn`, the training sample is measured again with batch statistics, and a large gap
+    between the two is recorded as `bn_warning`."""
     settings, model = run.settings, run.model
     if settings.train_sample > 0:
         record["train"] = _flat(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample))
+        if check_bn and training_batchnorms(model):
+            batch = _flat(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample,
+                                   batch_statistics=True))
+            record["train_batch_statistics"] = batch
+            eval_ar, batch_ar = record["train"]["mask AR@100"] or 0.0, batch["mask AR@100"] or 0.0
+            if batch_ar >= 0.05 and eval_ar < BN_GAP * batch_ar:
+                record["bn_warning"] = (
+                    f"on the training sample, mask AR@100 is {eval_ar * 100:.1f} in eval mode but {batch_ar * 100:.1f} with "
+                    "batch statistics: the BatchNorm running statistics do not describe the weights"
+                    + (" (--bn-images 0 kept the running averages; give it images)" if settings.bn_images == 0 else
+                       " even after recomputing them; raise --bn-images"))
     if val is not None:
         record["val"] = _flat(validate(model, val[0], val[1], settings.val_top_k, device=str(run.device)))
         if run.best is None or (record["val"]["mask AR@100"] or 0.0) > (run.best["val"]["mask AR@100"] or 0.0):
@@ -409,7 +460,7 @@ def train(
     *,
     config: FastMaskConfig,
     settings: TrainSettings = TrainSettings(),
-    init: str | Path | None = None,
+    init: str | Path | None = "auto",
     val: tuple[Path, Path] | None = None,
     resume: bool = False,
     device: str = "auto",
@@ -417,7 +468,8 @@ def train(
 ) -> TrainSummary:
     """Train FastMask on COCO-format data; see the module docstring for what lands in `out`.
 
-    `init` is "imagenet" (the body's weights from its pip package) or a state-dict file for the body.
+    `init` is "auto" (ImageNet weights where the body's pip package is installed, else scratch), "imagenet"
+    (the body's weights from its pip package), a state-dict file for the body, or None / "none" (scratch).
     With `resume`, the architecture and settings come from `out/checkpoint.pt` (only `epochs` may
     grow), and training goes on from the last finished epoch with the same data order and sampling
     as an unbroken run.
@@ -436,11 +488,16 @@ def train(
         for epoch in range(run.start_epoch, settings.epochs):
             record = train_one_epoch(run, epoch, events, summary, log)
             summary.last_loss = record.get("loss", summary.last_loss)
+            last = epoch + 1 == settings.epochs
+            # without val, the training sample is measured at the end only: it is there to compare with val
+            validating = last or (val is not None and (epoch + 1) % settings.val_every == 0)
+            if validating and settings.bn_images > 0:  # every process: statistics are averaged over them
+                record["bn_images"] = precise_bn(run.model, run.dataset, settings.bn_images, run.device, run.rank, run.world)
             if run.main:
-                last = epoch + 1 == settings.epochs
-                # without val, the training sample is measured at the end only: it is there to compare with val
-                if last or (val is not None and (epoch + 1) % settings.val_every == 0):
-                    evaluate_epoch(run, record, gt_path, images_dir, val)
+                if validating:
+                    evaluate_epoch(run, record, gt_path, images_dir, val, check_bn=last)
+                    if record.get("bn_warning"):
+                        events.note(record["bn_warning"])
                 save_epoch(run, record, gt_path, images_dir)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -448,6 +505,8 @@ def train(
                 dist.barrier()
             summary.epochs, summary.iterations, summary.best = epoch + 1, run.iteration, run.best
             summary.last_val, summary.last_train = record.get("val", summary.last_val), record.get("train", summary.last_train)
+            summary.last_train_batch_statistics = record.get("train_batch_statistics", summary.last_train_batch_statistics)
+            summary.bn_warning = record.get("bn_warning", summary.bn_warning)
             events.epoch_end(record)
     finally:
         if log is not None:

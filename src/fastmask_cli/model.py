@@ -33,7 +33,7 @@ class WindowNorm(nn.Module):
         self.bn = nn.BatchNorm1d(channels)
 
     def forward(self, levels: list[Tensor]) -> list[Tensor]:
-        if not self.training:  # fixed statistics: a per-channel affine map, no need to concatenate
+        if not self.bn.training:  # fixed statistics: a per-channel affine map, no need to concatenate
             bn = self.bn
             return [F.batch_norm(lv, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps) for lv in levels]
         flat = torch.cat([lv.flatten(2) for lv in levels], dim=2)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..config import BODIES
 from .base import Body
 from .efficientnet_lite import EfficientNetLiteBody
-from .imagenet import LoadReport, imagenet_weights, initialise, load_imagenet
+from .imagenet import LoadReport, imagenet_weights, initialise, load_imagenet, resolve_init
 from .resnet import ResNetBody
 
 _CLASSES: dict[str, type[Body]] = {
@@ -31,4 +31,4 @@ def build_body(name: str, width: int = 64, streams: int = 2) -> Body:
     return _CLASSES[name](name, width, streams)
 
 
-__all__ = ["BODIES", "Body", "LoadReport", "build_body", "imagenet_weights", "initialise", "load_imagenet"]
+__all__ = ["BODIES", "Body", "LoadReport", "build_body", "imagenet_weights", "initialise", "load_imagenet", "resolve_init"]

