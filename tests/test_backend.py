@@ -110,3 +110,13 @@ def test_cli_export_onnx_runs_in_onnxruntime_with_the_pytorch_outputs(tiny_check
         assert np.allclose(e.numpy(), g, atol=1e-4, rtol=1e-4)
     refused = CliRunner().invoke(app, ["export", str(tiny_checkpoint)])
     assert refused.exit_code == 1 and "--onnx" in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu.sh on a lent machine)")
+def test_cuda_proposals_match_the_cpu() -> None:
+    """Paste-back, run lengths and tight boxes on the GPU give the CPU's proposals (cuBLAS may round a pixel
+    on the threshold the other way, hence IoU rather than bytes)."""
+    model = tiny_model()
+    image = draw_scene(120, 160, seed=2)
+    cpu = Proposer(model, device="cpu", top_k=100, backend="torch").propose(image)
+    assert_same_proposals(Proposer(model, device="cuda", top_k=100).propose(image), cpu, tie=1e-4)

@@ -84,7 +84,7 @@ def test_cli_bench_writes_json(tiny_checkpoint: Path, image_folder: Path, tmp_pa
         (s, k, m, b) for s in (1, 3) for k in (100, 1000) for m, b in (("one-shot", "onnx"), ("one-shot", "torch"), ("pyramid", "torch"))]
     assert {(r["scales"], r["top_k"]) for r in data["speedup_onnx_vs_torch"]} == {(s, k) for s in (1, 3) for k in (100, 1000)}
     assert len(data["speedup_one_shot_vs_pyramid"]) == 8 and data["settings"]["size"] == "128x96"
-    assert "faster than the image pyramid" in result.output and "ONNX Runtime is" in result.output
+    assert "faster than the image pyramid" in result.output and "ONNX Runtime runs" in result.output
 
 
 def test_cli_bench_table_fits_80_columns(tiny_checkpoint: Path, image_folder: Path, monkeypatch) -> None:
@@ -102,6 +102,22 @@ def test_cli_bench_table_fits_80_columns(tiny_checkpoint: Path, image_folder: Pa
     wide = CliRunner().invoke(app, [*args, "--wide", "--backend", "torch", "--top-k", "50"])
     assert wide.exit_code == 0 and "p90 s" in wide.output and "nms s" in wide.output and "GFLOPs" in wide.output
     assert "onnx" not in wide.output.split("machine:")[0]
+
+
+def test_cli_bench_folder_times_propose_from_files_to_results(tiny_checkpoint: Path, image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--weights", str(tiny_checkpoint), "--runs", "2", "--warmup", "0", "--size", "128x96",
+                                      "--images", str(image_folder), "--top-k", "5,20", "--backend", "torch", "--folder",
+                                      "--batch-size", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    rows = data["folder_rows"]
+    assert [(r["top_k"], r["backend"], r["images"]) for r in rows] == [(5, "torch", 4), (20, "torch", 4)]
+    for r in rows:
+        assert len(r["seconds"]) == 2 and r["images_per_second"] == pytest.approx(4 / np.median(r["seconds"]))
+        assert r["stages_s"]["network"] > 0 and r["other_s"] > 0  # reading and writing are not in the stages
+        assert sum(r["stages_s"].values()) + r["other_s"] == pytest.approx(1 / r["images_per_second"])
+    assert "files to results file" in result.output and data["settings"]["command"].startswith("fastmask bench")
 
 
 @pytest.mark.parametrize("args, message", [(["--size", "800by600"], "WIDTHxHEIGHT"), (["--scales", "two"], "--scales"),

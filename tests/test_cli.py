@@ -107,7 +107,7 @@ def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoi
 
     out = tmp_path / "r.json"
     out.write_text("[]")  # an earlier complete results file must survive the interruption untouched
-    real = Proposer.propose_batch
+    real = Proposer.propose_prepared
     calls = {"n": 0}
 
     def interrupt_on_third(self, images):
@@ -116,7 +116,7 @@ def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoi
             raise KeyboardInterrupt
         return real(self, images)
 
-    monkeypatch.setattr(Proposer, "propose_batch", interrupt_on_third)
+    monkeypatch.setattr(Proposer, "propose_prepared", interrupt_on_third)
     result = propose(image_folder, out, tiny_checkpoint)
     assert result.exit_code == 130 and "--resume" in result.flat
     assert out.read_text() == "[]"
@@ -125,7 +125,7 @@ def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoi
     with open(tmp_path / "r.json.partial", "a") as f:
         f.write('{"file": "img_2.png", "imag')  # a line cut off by the kill
 
-    monkeypatch.setattr(Proposer, "propose_batch", real)
+    monkeypatch.setattr(Proposer, "propose_prepared", real)
     result = propose(image_folder, out, tiny_checkpoint, "--resume")
     assert result.exit_code == 0, result.output
     assert "2 from the interrupted run" in result.flat
@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoi
 
 def test_resume_refuses_other_settings(image_folder, tiny_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "r.json"
-    monkeypatch.setattr(Proposer, "propose_batch", lambda self, images: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(Proposer, "propose_prepared", lambda self, images: (_ for _ in ()).throw(KeyboardInterrupt))
     assert propose(image_folder, out, tiny_checkpoint).exit_code == 130
     monkeypatch.undo()
     result = propose(image_folder, out, tiny_checkpoint, "--resume", "--scales", "2")

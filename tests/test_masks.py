@@ -60,6 +60,12 @@ def test_only_what_can_reach_the_threshold_is_computed():
     assert width * height < 60 * 40  # cells 30..32 x 10..11 at 10 px a cell, and a margin: not 400 x 400
 
 
+def test_masks_just_below_the_threshold_are_pasted_and_found_empty():
+    probs = torch.full((3, 8, 8), 0.5 - 1e-5)  # near enough to be computed, never on
+    rles, tight, areas = encode_crops(paste_crops(probs, torch.tensor([[0.0, 0.0, 20.0, 20.0]] * 3), 30, 30, 0.5), 3, 30, 30)
+    assert rles == [None] * 3 and not tight.any() and not areas.any()
+
+
 def test_window_wholly_outside_the_image_pastes_nothing():
     assert paste_crops(torch.ones(1, 8, 8), torch.tensor([[200.0, 200.0, 240.0, 240.0]]), 50, 50, 0.5) == []
 

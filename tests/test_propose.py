@@ -96,7 +96,7 @@ def test_resume_does_not_redo_a_finished_run(five_images, tiny_checkpoint, tmp_p
     out = tmp_path / "r.json"
     assert propose(five_images, out, tiny_checkpoint, "--shard", "2/2").exit_code == 0
     before = out.read_bytes()
-    monkeypatch.setattr(Proposer, "propose_batch", lambda self, images: pytest.fail("a finished image was proposed again"))
+    monkeypatch.setattr(Proposer, "propose_prepared", lambda self, images: pytest.fail("a finished image was proposed again"))
     again = propose(five_images, out, tiny_checkpoint, "--shard", "2/2", "--resume")
     assert again.exit_code == 0 and "3 (finished earlier: nothing redone)" in again.flat
     assert out.read_bytes() == before
@@ -175,3 +175,30 @@ def test_bad_shard_is_a_one_line_error(image_folder, tiny_checkpoint, tmp_path, 
     result = propose(image_folder, tmp_path / "r.json", tiny_checkpoint, "--shard", shard)
     assert result.exit_code == 1 and message in result.flat and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r.json").exists()
+
+
+def test_reader_processes_and_the_writer_thread_write_the_same_file(five_images, tmp_path, monkeypatch):
+    """DataLoader reader processes (--workers) and results written on a thread (what a GPU run does) give
+    byte for byte the file of a run that reads and writes in turn; an unreadable file is still listed."""
+    (five_images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    proposer = Proposer(tiny_model(), top_k=10, size=128, device="cpu")
+    propose_folder(proposer, five_images, tmp_path / "plain.json", weights_id="tiny", workers=0, batch_size=2)
+    monkeypatch.setattr("fastmask_cli.propose.overlap_writes", lambda device_type: True)
+    summary = propose_folder(proposer, five_images, tmp_path / "workers.json", weights_id="tiny", workers=2, batch_size=2)
+    assert (tmp_path / "workers.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
+    assert summary.images == 5 and [f for f, _ in summary.skipped] == ["broken.png"]
+
+
+def test_batches_hold_images_of_similar_shapes():
+    from fastmask_cli.inference import prepare
+    from fastmask_cli.propose import Loaded, similar_batches
+
+    shapes = [(96, 128), (128, 96), (96, 128), (128, 96), (96, 128), (128, 96), (96, 128), (128, 96), (64, 64)]
+    items = [Loaded(f"{i}.png", prepare(draw_scene(h, w, seed=i), 128)) for i, (h, w) in enumerate(shapes)]
+    items.insert(3, Loaded("bad.png", None, error="cannot decode"))
+    batches = list(similar_batches(iter(items), batch_size=2))
+    assert sorted(item.rel for batch in batches for item in batch) == sorted(item.rel for item in items)
+    assert ["bad.png"] in [[item.rel for item in batch] for batch in batches]  # alone, as soon as it comes
+    mixed = [b for b in batches if len({item.shape() for item in b}) > 1]
+    assert len(mixed) <= 1  # only the leftovers at the end may mix shapes
+    assert all(len(b) <= 2 for b in batches)

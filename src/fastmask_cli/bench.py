@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import platform
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -25,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import FastMaskError
-from .inference import Proposer, StageTimer
+from .inference import Proposer, StageTimer, pad_batch
 
 STAGES = ("network", "decode", "paste", "rle", "nms")
 
@@ -65,10 +67,28 @@ class BenchRow:
 
 
 @dataclass
+class FolderRow:
+    """`propose` over a folder, from image files on disk to the results file: what a dataset run gets."""
+
+    top_k: int
+    backend: str
+    images: int
+    images_per_second: float  # median over runs
+    seconds: list[float]  # wall time of each run
+    stages_s: dict[str, float]  # seconds per image in each stage of the model's work (median over runs)
+
+    @property
+    def other_s(self) -> float:
+        """Seconds per image outside the model's stages: reading, decoding, resizing, writing."""
+        return 1.0 / self.images_per_second - sum(self.stages_s.values())
+
+
+@dataclass
 class BenchReport:
     machine: dict[str, Any]
     settings: dict[str, Any]
     rows: list[BenchRow] = field(default_factory=list)
+    folder_rows: list[FolderRow] = field(default_factory=list)
 
     def _ratios(self, slow: Callable[[BenchConfig], BenchConfig | None]) -> dict[BenchConfig, tuple[float, float, float]]:
         """For each row whose `slow(config)` counterpart was timed: that one's latency / this one's, run by run
@@ -95,6 +115,7 @@ class BenchReport:
             return [{**asdict(c), "median": m, "min": lo, "max": hi} for c, (m, lo, hi) in ratios.items()]
 
         return {"machine": self.machine, "settings": self.settings, "rows": [asdict(r) for r in self.rows],
+                "folder_rows": [{**asdict(r), "other_s": r.other_s} for r in self.folder_rows],
                 "speedup_one_shot_vs_pyramid": table(self.speedup()), "speedup_onnx_vs_torch": table(self.backend_speedup())}
 
 
@@ -151,7 +172,7 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: i
 def network_flops(proposer: Proposer, image: np.ndarray) -> tuple[float, int]:
     """FLOPs of one forward of the proposer's network (multiply-add = 2), and the windows it scores.
     Counted on the eager network: the counter sees aten operators, which compiled kernels bypass."""
-    batch, _, _ = proposer._batch([image])
+    batch = pad_batch([proposer.prepare(image).image], proposer.device)
     with torch.inference_mode(), proposer._autocast(), FlopCounterMode(display=False) as counter:
         pyramid = proposer.network(eager=True)(batch, proposer.scales)
     return float(counter.get_total_flops()), pyramid.grid.num_windows
@@ -249,3 +270,44 @@ def bench(
         proposer.timer = None
         proposer.size, proposer.scales, proposer.multi_shot, proposer.top_k, proposer.backend = found
     return report
+
+
+def bench_folder(proposer: Proposer, report: BenchReport, folder: Path, runs: int, top_ks: list[int], backends: list[str],
+                 workers: int | None = None, batch_size: int = 1, on_run: Callable[[str], None] | None = None) -> None:
+    """Time `propose_folder` over every image of `folder` into a temporary results file, for each top-k and
+    backend (interleaved run by run, after one untimed run each), adding `report.folder_rows`."""
+    from .propose import propose_folder
+
+    found = (proposer.top_k, proposer.backend, proposer.timer)
+    configs = [(k, b) for k in top_ks for b in backends]
+    seconds: dict[tuple[int, str], list[float]] = {c: [] for c in configs}
+    stages: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
+    images = 0
+    timer = StageTimer(proposer.device)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fastmask-bench-") as tmp:
+            for i in range(runs + 1):
+                for config in configs:
+                    proposer.top_k, proposer.backend = config
+                    proposer.timer = timer
+                    timer.reset()
+                    start = time.perf_counter()
+                    summary = propose_folder(proposer, folder, Path(tmp) / f"run-{i}.json", weights_id="bench",
+                                             workers=workers, batch_size=batch_size)
+                    if i == 0:  # warm-up: caches, the exported graph, the file system
+                        continue
+                    seconds[config].append(time.perf_counter() - start)
+                    stages[config].append({k: v / max(summary.images, 1) for k, v in timer.reset().items()})
+                    images = summary.images
+                    if on_run:
+                        on_run(f"folder, top-{config[0]}, {config[1]}")
+    finally:
+        proposer.top_k, proposer.backend, proposer.timer = found
+    if images == 0:
+        raise FastMaskError(f"no readable images in {folder}")
+    for config in configs:
+        report.folder_rows.append(FolderRow(
+            top_k=config[0], backend=config[1], images=images, images_per_second=images / float(np.median(seconds[config])),
+            seconds=seconds[config],
+            stages_s={name: float(np.median([run.get(name, 0.0) for run in stages[config]])) for name in STAGES},
+        ))

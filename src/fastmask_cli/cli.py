@@ -107,7 +107,9 @@ SCALES = typer.Option(None, help="Pyramid levels (necks are weight-shared). Defa
 SIZE = typer.Option(None, help="Longer image side the network sees, in pixels. Default: the model's.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 PRECISION = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16.")
-BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass.")
+BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass (of similar shapes: a batch is padded to its largest).")
+WORKERS = typer.Option(None, "--workers", help="Processes that read, orient and resize images ahead of the model. "
+                       "Default: none on the CPU (the network uses every core), the cores less one (at most 8) on a GPU.")
 BACKEND = typer.Option("auto", help="Where the network runs: auto (ONNX Runtime on the CPU in fp32, its graph "
                        "exported once per weights into ~/.cache/fastmask; else PyTorch), onnx or torch.")
 INIT = typer.Option(None, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")
@@ -189,6 +191,7 @@ def propose(
     precision: str = PRECISION,
     backend: str = BACKEND,
     batch_size: int = BATCH_SIZE,
+    workers: Optional[int] = WORKERS,
     vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals "
                                        "(IMAGE_PATH.png: the folder structure and full file names are kept)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial (a finished one is not redone)."),
@@ -215,7 +218,7 @@ def propose(
     from .results_file import check_format
 
     options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
-                               "max_pixels": max_pixels, "fmt": check_format(fmt)}
+                               "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers}
     if shard:
         options["shard"] = parse_shard(shard)
     rank = torchrun_rank()
@@ -285,6 +288,7 @@ def eval_command(
     precision: str = PRECISION,
     backend: str = BACKEND,
     batch_size: int = BATCH_SIZE,
+    workers: Optional[int] = WORKERS,
     init: Optional[Path] = INIT,
 ) -> None:
     """Class-agnostic average recall (AR@10/100/1000, masks and boxes, small/medium/large) of RESULTS against GT."""
@@ -294,7 +298,7 @@ def eval_command(
     if images is not None:
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
                                        backend=backend)
-        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size)
+        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers)
     with Progress(TextColumn("evaluating {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         evaluation = evaluate(gt, results, iou_types, allow_missing,
@@ -476,14 +480,30 @@ def _ar_pair(val: dict | None, train: dict | None) -> str:
     return ", ".join(parts)
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The command as it ran, from the options typer parsed (JSON records say what produced them)."""
+    words = ["fastmask", ctx.info_name or ""]
+    for key, value in ctx.params.items():
+        flag = {"json_out": "--json"}.get(key, "--" + key.replace("_", "-"))
+        if value is True:
+            words.append(flag)
+        elif value not in (None, False):
+            words += [flag, str(value)]
+    return " ".join(words)
+
+
+def _examples_folder() -> Path:
+    folder = Path(__file__).resolve().parents[2] / "examples" / "images"
+    if not folder.is_dir():
+        raise FastMaskError("no example images found beside the package; pass --images DIR")
+    return folder
+
+
 def _bench_images(folder: Path | None) -> list:
     """The images to time on: --images, else the examples shipped with the repository."""
     from .images import ImageError, list_images, read_image
 
-    if folder is None:
-        folder = Path(__file__).resolve().parents[2] / "examples" / "images"
-        if not folder.is_dir():
-            raise FastMaskError("no example images found beside the package; pass --images DIR")
+    folder = folder or _examples_folder()
     files, _ = list_images(folder)
     images = []
     for rel in files[:16]:
@@ -549,6 +569,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @app.command("bench")
 @friendly_errors
 def bench_command(
+    ctx: typer.Context,
     scales: str = typer.Option("4", help="Scale count, or a list such as 2,4,6,8."),
     size: str = typer.Option("800x600", help="Input size WIDTHxHEIGHT every image is resized to."),
     pyramid: bool = typer.Option(False, "--pyramid", help="Also time the image-pyramid baseline and the one-shot speed-up."),
@@ -563,12 +584,16 @@ def bench_command(
     images: Optional[Path] = typer.Option(None, help="Folder of images to time on. Default: the shipped examples."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network first (compilation is not timed)."),
     wide: bool = typer.Option(False, "--wide", help="Show every column (p90, each stage, windows, memory): needs a wide terminal."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the tables and the machine as JSON."),
+    folder: bool = typer.Option(False, "--folder", help="Also time `fastmask propose` over the whole --images folder, from "
+                                "image files on disk to the results file (reading, batching and writing included)."),
+    workers: Optional[int] = WORKERS,
+    batch_size: int = BATCH_SIZE,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the tables, the machine and the command as JSON."),
 ) -> None:
     """Seconds per image of `propose` (network to RLE and suppression), for each scale count, top-k and
     network backend; with --pyramid, one shot against an image pyramid (§6.2). Configurations are timed in
     turn, run by run, so that machine drift moves them alike."""
-    from .bench import STAGES, bench, parse_scales, parse_size
+    from .bench import STAGES, bench, bench_folder, parse_scales, parse_size
 
     scale_counts, frame, top_ks = parse_scales(scales), parse_size(size), _int_list(top_k, "--top-k")
     proposer, info = load_proposer(weights, None, device=device, precision=precision, top_k=top_ks[0], compile=compile,
@@ -581,12 +606,16 @@ def bench_command(
     if not backends:
         raise FastMaskError("--backend needs at least one of auto, onnx, torch")
     frames = _bench_images(images)
-    total = len(scale_counts) * len(top_ks) * runs * (len(backends) + pyramid)
+    total = len(scale_counts) * len(top_ks) * runs * (len(backends) + pyramid) + folder * len(top_ks) * len(backends) * runs
     with Progress(TextColumn("timing {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
         report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid, top_ks=top_ks, backends=backends,
                        on_run=lambda what: progress.update(task, advance=1, description=what))
+        if folder:
+            bench_folder(proposer, report, images or _examples_folder(), runs, top_ks, backends, workers, batch_size,
+                         on_run=lambda what: progress.update(task, advance=1, description=what))
+    report.settings["command"] = _command_line(ctx)
     m = report.machine
     table = Table(title=f"fastmask bench: {info.name} ({report.settings['parameters_m']} M parameters, "
                   f"{report.rows[0].network_gflops:.1f} GFLOPs at {report.rows[0].scales} scales), {size}, {precision}, "
@@ -610,8 +639,19 @@ def bench_command(
     console.print(f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}" + (f", {m['gpu']}" if "gpu" in m else "")
                   + f"; measured matmul rate {m['matmul_gflops']} GFLOP/s (net/floor = network time / (FLOPs / that "
                   "rate)); s/img: one image from pixels in memory to encoded, suppressed proposals", highlight=False)
+    if report.folder_rows:
+        rows = report.folder_rows
+        title = (f"propose over {images or _examples_folder()} ({rows[0].images} images, files to results file), size "
+                 f"{proposer.size}, batch {batch_size}, {workers if workers is not None else 'default'} reader processes")
+        files = Table(title=title)
+        for column in ("top-k", "backend", "img/s", "s/img", "network", "decode", "paste", "rle", "nms", "other"):
+            files.add_column(column, justify="right")
+        for r in rows:
+            files.add_row(str(r.top_k), r.backend, f"{r.images_per_second:.2f}", f"{1 / r.images_per_second:.3f}",
+                          *[f"{r.stages_s[name]:.3f}" for name in STAGES], f"{r.other_s:.3f}")
+        console.print(files)
     for config, (ratio, low, high) in report.backend_speedup().items():
-        console.print(f"{config.scales} scales, top-{config.top_k}: ONNX Runtime is {ratio:.2f}x faster than PyTorch end to end "
+        console.print(f"{config.scales} scales, top-{config.top_k}: ONNX Runtime runs {ratio:.2f}x as fast as PyTorch end to end "
                       f"(runs side by side: {low:.2f}x to {high:.2f}x)", highlight=False)
     for config, (ratio, low, high) in report.speedup().items():
         console.print(f"{config.scales} scales, top-{config.top_k}, {config.backend}: one shot is {ratio:.2f}x faster than "

@@ -119,13 +119,15 @@ def resolve_device(device: str) -> torch.device:
 
 def pad_batch(images: list[np.ndarray], device: torch.device) -> Tensor:
     """(N, 3, H, W) float batch of RGB uint8 images padded bottom/right to a common size with the mean
-    colour, which is zero after the model normalises it."""
+    colour, which is zero after the model normalises it. For a GPU the batch is put together in pinned
+    memory and copied without blocking the host."""
     height, width = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
-    batch = torch.empty((len(images), height, width, 3), dtype=torch.uint8)
+    pinned = device.type == "cuda"
+    batch = torch.empty((len(images), height, width, 3), dtype=torch.uint8, pin_memory=pinned)
     batch[:] = torch.tensor([round(c) for c in IMAGENET_MEAN], dtype=torch.uint8)
     for i, im in enumerate(images):
         batch[i, : im.shape[0], : im.shape[1]] = torch.from_numpy(im)
-    return batch.to(device).permute(0, 3, 1, 2).float()
+    return batch.to(device, non_blocking=pinned).permute(0, 3, 1, 2).float()
 
 
 def resize_longer_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
@@ -135,6 +137,23 @@ def resize_longer_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation), scale
+
+
+@dataclass
+class Prepared:
+    """An image as the network takes it: resized so its longer side is the network's size (done by
+    `prepare`, in a DataLoader worker or in turn), with the original size that masks are pasted into."""
+
+    image: np.ndarray  # (h, w, 3) uint8 RGB, resized
+    scale: float  # resized / original
+    height: int  # of the original image
+    width: int
+
+
+def prepare(image: np.ndarray, size: int) -> Prepared:
+    """`image` (H, W, 3) uint8 RGB resized for a network of input size `size` (its longer side)."""
+    resized, scale = resize_longer_side(image, size)
+    return Prepared(resized, scale, image.shape[0], image.shape[1])
 
 
 class Proposer:
@@ -227,10 +246,9 @@ class Proposer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    def _batch(self, images: list[np.ndarray]) -> tuple[Tensor, list[float], list[tuple[int, int]]]:
-        """Resize each image to the network's size and pad them into one batch."""
-        resized, scales = zip(*(resize_longer_side(im, self.size) for im in images))
-        return pad_batch(list(resized), self.device), list(scales), [im.shape[:2] for im in resized]
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """`image` resized for this proposer's network (`propose_prepared` takes the result)."""
+        return prepare(image, self.size)
 
     def network(self, eager: bool = False) -> Callable[[Tensor, int], Pyramid]:
         """The forward pass in use: one shot (on ONNX Runtime with that backend), or the image-pyramid
@@ -251,14 +269,21 @@ class Proposer:
     @torch.inference_mode()
     def propose_batch(self, images: list[np.ndarray]) -> list[Proposals]:
         """Proposals for a list of RGB images, (H, W, 3) uint8, run through the network together."""
-        batch, scales, sizes = self._batch(images)
+        return self.propose_prepared([self.prepare(im) for im in images])
+
+    @torch.inference_mode()
+    def propose_prepared(self, prepared: list[Prepared]) -> list[Proposals]:
+        """Proposals for images already resized by `prepare`, run through the network together (padded
+        bottom/right to a common size), in their original sizes."""
+        batch = pad_batch([p.image for p in prepared], self.device)
         with self._autocast(), self._stage("network"):
             pyramid = self.network()(batch, self.scales)
         with self._autocast(), self._stage("decode"):
             flat_scores = pyramid.flat_scores().float()
             windows = pyramid.grid.boxes(torch.arange(pyramid.grid.num_windows, device=self.device))
             picks = []
-            for i, (h, w) in enumerate(sizes):
+            for i, p in enumerate(prepared):
+                h, w = p.image.shape[:2]
                 # windows lying wholly in the batch padding see no image: never propose them
                 outside = (windows[:, 0] >= w) | (windows[:, 1] >= h)
                 scores = flat_scores[i].masked_fill(outside, float("-inf"))
@@ -271,12 +296,12 @@ class Proposer:
         strides = torch.tensor([lv.stride for lv in pyramid.grid.levels], device=self.device)
         level = pyramid.grid.locate(flat)[0]
         results = []
-        for i, image in enumerate(images):
+        for i, p in enumerate(prepared):
             sel = image_index == i
             results.append(
                 self._finish(
-                    probs[sel], windows[flat[sel]] / scales[i], torch.sigmoid(flat_scores[i, flat[sel]]),
-                    strides[level[sel]], image.shape[0], image.shape[1],
+                    probs[sel], windows[flat[sel]] / p.scale, torch.sigmoid(flat_scores[i, flat[sel]]),
+                    strides[level[sel]], p.height, p.width,
                 )
             )
         return results

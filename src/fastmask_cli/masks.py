@@ -104,10 +104,12 @@ def paste_crops(masks: Tensor, boxes: Tensor, height: int, width: int, threshold
     area = extent[:, 0] * extent[:, 1]
     order = torch.argsort(area)
     order = order[area[order] > 0]  # nothing to paste: an empty mask
+    # the chunks' shapes are read on the host once, not synchronised chunk by chunk
+    host_extent, host_order = extent.cpu(), order.cpu()
     out = []
-    for start in range(0, order.numel(), chunk):
+    for start in range(0, host_order.numel(), chunk):
         idx = order[start : start + chunk]
-        crop_w, crop_h = int(extent[idx, 0].max()), int(extent[idx, 1].max())
+        crop_w, crop_h = (int(v) for v in host_extent[host_order[start : start + chunk]].max(dim=0).values)
         ys = crop[idx, 1, None] + torch.arange(crop_h, device=device)  # (k, h) image rows of each crop
         xs = crop[idx, 0, None] + torch.arange(crop_w, device=device)
         rows = _resize_weights(boxes[idx, 1], boxes[idx, 3], ys, height, mask_size)
@@ -147,28 +149,39 @@ def encode_crops(chunks: list[MaskCrops], count: int, height: int, width: int) -
     the full mask.
     """
     device = chunks[0].binary.device if chunks else torch.device("cpu")
-    masks, positions, xs, ys = [], [], [], []
-    for crops in chunks:
+    tight = torch.zeros((count, 4), device=device)
+    if not chunks:
+        return [None] * count, tight, np.zeros(count, dtype=np.int64)
+    # changes[m, x, j] of every chunk, one after the other in one buffer: the value at crop row j differs
+    # from the one above it (rows -1 and h are zero)
+    sizes = [c.binary.shape[0] * c.binary.shape[1] * (c.binary.shape[2] + 1) for c in chunks]
+    total = sum(sizes)
+    buffer = torch.zeros(total + (-total) % 8, dtype=torch.bool, device=device)
+    start = 0
+    for crops, size in zip(chunks, sizes):
         k, w, h = crops.binary.shape
-        size = k * w * (h + 1)
-        # changes[m, x, j]: the value at crop row j differs from the one above it (row -1 and h are zero)
-        buffer = torch.zeros(size + (-size) % 8, dtype=torch.bool, device=device)
-        changes = buffer[:size].view(k, w, h + 1)
+        changes = buffer[start : start + size].view(k, w, h + 1)
         changes[:, :, 0] = crops.binary[:, :, 0]
         torch.ne(crops.binary[:, :, 1:], crops.binary[:, :, :-1], out=changes[:, :, 1:h])
         changes[:, :, h] = crops.binary[:, :, h - 1]
-        flat = _sparse_nonzero(buffer)
-        m, rest = flat // (w * (h + 1)), flat % (w * (h + 1))
-        x, j = rest // (h + 1), rest % (h + 1)
-        masks.append(crops.index[m])
-        positions.append((crops.origin[m, 0] + x) * height + crops.origin[m, 1] + j)
-        xs.append(crops.origin[m, 0] + x)
-        ys.append(crops.origin[m, 1] + j)
-    tight = torch.zeros((count, 4), device=device)
-    if not masks:
+        start += size
+    flat = _sparse_nonzero(buffer)  # sorted: chunk by chunk, mask by mask, column by column
+    if flat.numel() == 0:  # cells came near the threshold, but no pixel reached it
         return [None] * count, tight, np.zeros(count, dtype=np.int64)
-    mask, position = torch.cat(masks), torch.cat(positions)
-    x, y = torch.cat(xs), torch.cat(ys)
+    # back to (chunk, mask, column x, row j)
+    shapes = torch.tensor([c.binary.shape for c in chunks], device=device)  # (chunks, 3): k, w, h
+    chunk_start = torch.tensor([0] + sizes, device=device).cumsum(0)[:-1]
+    mask_base = F.pad(shapes[:, 0].cumsum(0)[:-1], (1, 0))
+    which = torch.searchsorted(chunk_start, flat, right=True) - 1
+    local = flat - chunk_start[which]
+    column = shapes[which, 2] + 1
+    m, rest = local // (shapes[which, 1] * column), local % (shapes[which, 1] * column)
+    x, j = rest // column, rest % column
+    entry = mask_base[which] + m
+    origin = torch.cat([c.origin for c in chunks])[entry]
+    mask = torch.cat([c.index for c in chunks])[entry]
+    x, y = origin[:, 0] + x, origin[:, 1] + j
+    position = x * height + y
     # tight boxes: the first change of a column is where its first run of ones starts, the last where one ends
     nonempty = torch.zeros(count, dtype=torch.bool, device=device)
     nonempty[mask] = True

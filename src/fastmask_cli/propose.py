@@ -32,7 +32,7 @@ from .images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, gt_frame, list_image
 from .results_file import check_format, images_json_path, images_writer, read_run, results_writer
 
 if TYPE_CHECKING:
-    from .inference import Proposer
+    from .inference import Prepared, Proposals, Proposer
     from .merge import MergeSummary
 
 PARTIAL_FORMAT = "fastmask-partial-2"
@@ -202,32 +202,95 @@ class PartialLog:
                     yield rel, json.loads(f.read(entry.length))
 
 
-def _read_ahead(folder: Path, files: list[str], frames: dict[str, tuple[int, int]], max_pixels: int,
-                depth: int) -> Iterator[tuple[str, tuple[np.ndarray, str | None] | ImageError]]:
-    """Decode images `depth` ahead on worker threads while the model runs (OpenCV releases the GIL); in
-    turn when `depth` is 0. On a 2-core CPU the network's two threads leave no core idle, and reading
-    ahead was slower at top-100 (0.116 against 0.103 s/img on val), the same at top-1000; a GPU leaves the
-    CPU free while it runs."""
+@dataclass
+class Loaded:
+    """One image of a run as the reader hands it to the model."""
 
-    def read(rel: str) -> tuple[np.ndarray, str | None] | ImageError:
+    rel: str
+    prepared: Prepared | None  # resized for the network; None when the file cannot be used
+    note: str | None = None  # e.g. kept in the ground truth's frame
+    error: str | None = None  # why the file cannot be used
+    original: np.ndarray | None = None  # the image as read, for --vis overlays only
+
+    def shape(self) -> tuple[int, int]:
+        return self.prepared.image.shape[:2] if self.prepared is not None else (0, 0)
+
+
+class ImageFiles:
+    """The images of a run, read (EXIF-oriented, or in the ground truth's frame) and resized for the
+    network: a map-style dataset, so that DataLoader workers can read them in other processes."""
+
+    def __init__(self, folder: Path, files: list[str], frames: dict[str, tuple[int, int]], max_pixels: int, size: int,
+                 keep_original: bool) -> None:
+        self.folder, self.files, self.frames, self.max_pixels = folder, files, frames, max_pixels
+        self.size, self.keep_original = size, keep_original
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Loaded:
+        from .inference import prepare
+
+        rel = self.files[index]
         try:
-            return load_image(folder / rel, max_pixels, frames.get(rel))
+            image, note = load_image(self.folder / rel, self.max_pixels, self.frames.get(rel))
         except ImageError as exc:
-            return exc
+            return Loaded(rel, None, error=str(exc))
+        return Loaded(rel, prepare(image, self.size), note, original=image if self.keep_original else None)
 
-    if depth == 0:
-        yield from ((rel, read(rel)) for rel in files)
+
+def _as_is(item: Loaded) -> Loaded:
+    return item
+
+
+def _single_threaded_opencv(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one decoder per worker process: the workers are the parallelism
+
+
+def default_workers(device: str) -> int:
+    """Reader processes for `device`: none on the CPU, where the network's threads use every core (reading
+    ahead was slower there); on a GPU, the host's cores less one, shared among torchrun's local ranks, at most 8."""
+    if not device.startswith("cuda"):
+        return 0
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 2) // ranks - 1))
+
+
+def overlap_writes(device_type: str) -> bool:
+    """Whether results are written on a thread while the next batch runs: on a GPU, whose work leaves the
+    host free; not on the CPU, where the network's threads already use every core."""
+    return device_type == "cuda"
+
+
+def read_images(reader: ImageFiles, workers: int) -> Iterator[Loaded]:
+    """The images of `reader` in order, read in `workers` DataLoader processes (in turn when 0)."""
+    if workers == 0:
+        yield from (reader[i] for i in range(len(reader)))
         return
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: deque[tuple[str, Future]] = deque()
-        for rel in files:
-            pending.append((rel, pool.submit(read, rel)))
-            if len(pending) > depth:
-                rel0, fut = pending.popleft()
-                yield rel0, fut.result()
-        while pending:
-            rel0, fut = pending.popleft()
-            yield rel0, fut.result()
+    from torch.utils.data import DataLoader
+
+    yield from DataLoader(reader, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                          worker_init_fn=_single_threaded_opencv, prefetch_factor=4)
+
+
+def similar_batches(loaded: Iterator[Loaded], batch_size: int) -> Iterator[list[Loaded]]:
+    """Batches of images of similar shapes, since a batch is padded to its largest: a pool of four
+    batches' worth is sorted by shape and the first batch taken. Unreadable images come alone."""
+    pool: list[Loaded] = []
+    for item in loaded:
+        if item.prepared is None or batch_size == 1:
+            yield [item]
+            continue
+        pool.append(item)
+        if len(pool) >= 4 * batch_size:
+            pool.sort(key=Loaded.shape)
+            yield pool[:batch_size]
+            pool = pool[batch_size:]
+    pool.sort(key=Loaded.shape)
+    for start in range(0, len(pool), batch_size):
+        yield pool[start : start + batch_size]
 
 
 def overlay_path(vis_dir: Path, rel: str) -> Path:
@@ -248,6 +311,7 @@ def propose_folder(
     max_pixels: int = MAX_PIXELS,
     shard: tuple[int, int] | None = None,
     fmt: str = "coco",
+    workers: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[str], None] | None = None,
 ) -> ProposeSummary:
@@ -255,7 +319,9 @@ def propose_folder(
     them to `out` (`fmt`: coco or jsonl), with `<stem>.images.json` beside it.
 
     weights_id identifies the weights (e.g. their sha256), so that a resume with others is refused.
-    on_start(total images to do) and on_image(file) report progress.
+    `workers` DataLoader processes read and resize the images (default `default_workers`: none on the
+    CPU); a batch holds `batch_size` images of similar shapes. on_start(total images to do) and
+    on_image(file) report progress.
     """
     images_dir, out = Path(images_dir), Path(out)
     check_format(fmt)
@@ -285,36 +351,48 @@ def propose_folder(
     if vis_dir is not None:
         from .vis import save_overlay  # draws with the model's outputs: imports torch
 
-    started = time.perf_counter()
-    batch: list[tuple[str, np.ndarray, str | None]] = []
-
-    def flush() -> None:
-        for (rel, image, note), proposals in zip(batch, proposer.propose_batch([im for _, im, _ in batch])):
-            record = {"file": rel, "image_id": plan.ids[rel], "width": image.shape[1], "height": image.shape[0],
-                      "results": proposals.to_coco(plan.ids[rel])}
-            if note:
-                record["note"] = note
+    def write(batch: list[Loaded], proposals: list[Proposals]) -> None:
+        for item, found in zip(batch, proposals):
+            rel, prepared = item.rel, item.prepared
+            record = {"file": rel, "image_id": plan.ids[rel], "width": prepared.width, "height": prepared.height,
+                      "results": found.to_coco(plan.ids[rel])}
+            if item.note:
+                record["note"] = item.note
             log.append(record)
             if vis_dir is not None:
                 overlay = overlay_path(vis_dir, rel)
                 overlay.parent.mkdir(parents=True, exist_ok=True)
-                save_overlay(str(overlay), image, proposals)
+                save_overlay(str(overlay), item.original, found)
             if on_image:
                 on_image(rel)
-        batch.clear()
 
-    ahead = 2 * batch_size if proposer.device.type == "cuda" else 0
-    for rel, read in _read_ahead(images_dir, todo, plan.frames, max_pixels, depth=ahead):
-        if isinstance(read, ImageError):
-            log.append({"file": rel, "skipped": str(read)})
-            if on_image:
-                on_image(rel)
-            continue
-        batch.append((rel, *read))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+    started = time.perf_counter()
+    workers = default_workers(str(proposer.device)) if workers is None else workers
+    if workers < 0:
+        raise FastMaskError(f"--workers must be at least 0, not {workers}")
+    reader = ImageFiles(images_dir, todo, plan.frames, max_pixels, proposer.size, keep_original=vis_dir is not None)
+    def skip(item: Loaded) -> None:
+        log.append({"file": item.rel, "skipped": item.error})
+        if on_image:
+            on_image(item.rel)
+
+    # on a GPU the host writes one batch's results while the device runs the next (one writer: the log stays in order)
+    overlap = overlap_writes(proposer.device.type)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: deque[Future] = deque()
+        for batch in similar_batches(read_images(reader, workers), batch_size):
+            if batch[0].prepared is None:
+                task: tuple[Callable[..., None], tuple] = (skip, (batch[0],))
+            else:
+                task = (write, (batch, proposer.propose_prepared([item.prepared for item in batch])))
+            if not overlap:
+                task[0](*task[1])
+                continue
+            pending.append(writer.submit(task[0], *task[1]))
+            while len(pending) > 1:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
     summary.seconds = time.perf_counter() - started
 
     # Streamed in file order, so a resumed run writes exactly what an uninterrupted one would.
