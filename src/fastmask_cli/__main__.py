@@ -1,3 +1,4 @@
 from .cli import app
 
-app(prog_name="fastmask")
+if __name__ == "__main__":  # not again in a spawned worker process
+    app(prog_name="fastmask")

@@ -12,6 +12,7 @@ and encoding the full masks gives.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,15 +78,33 @@ def _reach(masks: Tensor, lo: Tensor, hi: Tensor, threshold: float, dim: int) ->
     return start, torch.where(found, end, start)
 
 
+def _chunks(extents: list[list[int]], most: int, pixels: int) -> Iterator[tuple[int, int, int, int]]:
+    """(start, stop, width, height) of consecutive chunks of crops of `extents` (w, h), sorted by longer
+    side: at most `most` crops, and at most `pixels` once padded to the chunk's widest and tallest (the
+    memory of one batched product), but at least one crop."""
+    start = 0
+    while start < len(extents):
+        width, height = extents[start]
+        stop = start + 1
+        while stop < len(extents) and stop - start < most:
+            w, h = max(width, extents[stop][0]), max(height, extents[stop][1])
+            if (stop - start + 1) * w * h > pixels:
+                break
+            width, height, stop = w, h, stop + 1
+        yield start, stop, width, height
+        start = stop
+
+
 def paste_crops(masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float,
-                chunk: int = 16) -> list[MaskCrops]:
+                chunk: int = 16, pixels: int = 8_000_000) -> list[MaskCrops]:
     """Masks resized to their boxes in a height x width image and thresholded (`>= threshold`), computed and
     kept only where they can be on.
 
     masks: (K, M, M) probabilities; boxes: (K, 4) window boxes (x0, y0, x1, y1) in image pixels, which may
     hang over the border. Each mask is pasted over a crop: its box, clipped to the image and to the part
-    its cells near the threshold can reach (`_reach`). Crops are sorted by size and pasted in chunks, each
-    padded to the largest crop of its chunk; nothing is written or read outside a crop (as
+    its cells near the threshold can reach (`_reach`). Crops are sorted by their longer side and pasted in
+    chunks of at most `chunk` crops and `pixels` padded pixels (`_chunks`), each padded to the largest
+    crop of its chunk; nothing is written or read outside a crop (as
     segment-anything's `amg.py` keeps mask batches cropped), on the masks' device. A pixel's value does not
     depend on the crop or chunk it is computed in, so the result is that of pasting every mask over the
     whole image.
@@ -101,15 +120,14 @@ def paste_crops(masks: Tensor, boxes: Tensor, height: int, width: int, threshold
                           crop[:, 2:].minimum(torch.stack([x_end, y_end], 1))], dim=1)
     crop = crop.long()
     extent = (crop[:, 2:] - crop[:, :2]).clamp(min=0)  # (K, 2) crop width, height
-    area = extent[:, 0] * extent[:, 1]
-    order = torch.argsort(area)
-    order = order[area[order] > 0]  # nothing to paste: an empty mask
-    # the chunks' shapes are read on the host once, not synchronised chunk by chunk
-    host_extent, host_order = extent.cpu(), order.cpu()
+    # by longer side: a chunk is padded to its widest and its tallest crop, and on COCO windows this
+    # wastes less than sorting by area (31 against 44 Mpx at top-1000 on a val photo, for 19 Mpx of crops)
+    side = extent.max(dim=1).values
+    order = torch.argsort(side, stable=True)
+    order = order[extent[order].min(dim=1).values > 0]  # nothing to paste: an empty mask
     out = []
-    for start in range(0, host_order.numel(), chunk):
-        idx = order[start : start + chunk]
-        crop_w, crop_h = (int(v) for v in host_extent[host_order[start : start + chunk]].max(dim=0).values)
+    for start, stop, crop_w, crop_h in _chunks(extent[order].cpu().tolist(), chunk, pixels):
+        idx = order[start:stop]
         ys = crop[idx, 1, None] + torch.arange(crop_h, device=device)  # (k, h) image rows of each crop
         xs = crop[idx, 0, None] + torch.arange(crop_w, device=device)
         rows = _resize_weights(boxes[idx, 1], boxes[idx, 3], ys, height, mask_size)

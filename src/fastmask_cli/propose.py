@@ -271,7 +271,8 @@ def read_images(reader: ImageFiles, workers: int) -> Iterator[Loaded]:
         return
     from torch.utils.data import DataLoader
 
-    yield from DataLoader(reader, batch_size=None, num_workers=workers, collate_fn=_as_is,
+    # spawned, not forked: OpenCV's thread pool does not survive a fork (a forked worker hung in it)
+    yield from DataLoader(reader, batch_size=None, num_workers=workers, collate_fn=_as_is, multiprocessing_context="spawn",
                           worker_init_fn=_single_threaded_opencv, prefetch_factor=4)
 
 
