@@ -109,7 +109,7 @@ def paste_crops(masks: Tensor, boxes: Tensor, height: int, width: int, threshold
     depend on the crop or chunk it is computed in, so the result is that of pasting every mask over the
     whole image.
     """
-    k, mask_size = masks.shape[0], masks.shape[-1]
+    mask_size = masks.shape[-1]
     device = masks.device
     limits = torch.tensor([width, height, width, height], device=boxes.device, dtype=torch.float32)
     crop = torch.stack([boxes[:, :2].floor(), boxes[:, 2:].ceil()], dim=1).flatten(1).clamp(min=0).minimum(limits)
