@@ -122,3 +122,35 @@ def test_the_default_preset_from_scratch_works_in_eval_mode_as_in_training(fit_s
         assert Proposer(model, device="cpu").backend == "onnx"  # and the shipped file runs on the default backend
     else:  # the old behaviour, kept for --bn-images 0: the run says so plainly
         assert eval_ar < 0.5 * batch_ar and "do not describe the weights" in summary.bn_warning
+
+
+def test_export_recomputes_only_what_training_let_train(fit_set: Path, tmp_path: Path) -> None:
+    """A run that kept its body's BatchNorms frozen (fine-tuning from ImageNet) ships them as they were;
+    the window norm, which trained, is recomputed."""
+    from fastmask_cli import save_checkpoint
+
+    from conftest import tiny_model
+
+    model = tiny_model()
+    settings = {**TrainSettings(freeze_bn=True, bn_images=4).to_dict()}
+    save_checkpoint(tmp_path / "run.pt", model, meta={"trained_on": str(fit_set / "gt.json"), "images": str(fit_set),
+                                                      "epochs": 1, "settings": settings})
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run.pt"), "--name", "tuned", "--weights-dir", str(tmp_path / "w"),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    shipped, _ = load_model(str(tmp_path / "w" / "tuned.pt"))
+    before, after = model.state_dict(), shipped.state_dict()
+    body = [k for k in before if k.startswith("body.") and k.endswith("running_mean")]
+    assert body and all(torch.equal(before[k], after[k]) for k in body)
+    assert not torch.equal(before["norm.bn.running_mean"], after["norm.bn.running_mean"])
+
+
+def test_auto_backend_falls_back_to_pytorch_when_the_graph_cannot_be_cached(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    from conftest import tiny_model
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FASTMASK_CACHE", str(blocker / "cache"))
+    proposer = Proposer(tiny_model(seed=6), device="cpu")
+    assert proposer.backend == "torch" and "FASTMASK_CACHE" in proposer.notes[0]

@@ -36,7 +36,10 @@ def load_proposer(weights: str | None, init: Path | None, **options: Any) -> tup
     from .weights import load_model
 
     model, info = load_model(weights, init)
-    return Proposer(model, **options), info
+    proposer = Proposer(model, **options)
+    for note in proposer.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    return proposer, info
 
 app = typer.Typer(
     help="FastMask: class-agnostic segment proposals for every object in an image, in one shot.",
@@ -523,7 +526,10 @@ def _recompute_bn_for_export(model: Any, meta: dict[str, Any], bn_images: Option
     from .inference import resolve_device
     from .precise_bn import training_batchnorms
 
-    count = bn_images if bn_images is not None else meta.get("settings", {}).get("bn_images", 64)
+    settings = meta.get("settings", {})
+    count = bn_images if bn_images is not None else settings.get("bn_images", 64)
+    # what training kept fixed stays fixed: a loaded model knows nothing of its run's freezing
+    model.body.freeze(settings.get("freeze_stages", 0), bool(settings.get("freeze_bn")))
     if count <= 0 or not training_batchnorms(model):
         return
     gt, images = meta.get("trained_on"), meta.get("images")
@@ -531,7 +537,9 @@ def _recompute_bn_for_export(model: Any, meta: dict[str, Any], bn_images: Option
         console.print(f"[yellow]note:[/] BatchNorm statistics shipped as saved: the training data ({gt}, {images}) is not here",
                       highlight=False)
         return
-    used = precise_bn(model, CocoInstances(Path(gt), Path(images)), count, resolve_device(device))
+    target = resolve_device(device)
+    used = precise_bn(model.to(target), CocoInstances(Path(gt), Path(images)), count, target)
+    model.cpu()
     console.print(f"BatchNorm statistics recomputed over {used} training images of {gt}", highlight=False)
 
 

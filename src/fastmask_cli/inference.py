@@ -189,6 +189,8 @@ class Proposer:
         for name, value, low in (("top-k", top_k, 1), ("scales", scales, 1), ("size", size, 32)):
             if value is not None and value < low:
                 raise FastMaskError(f"--{name} must be at least {low}, not {value}")
+        if mask_threshold is not None and not 0 < mask_threshold < 1:
+            raise FastMaskError(f"--mask-threshold must be between 0 and 1 (a probability), not {mask_threshold}")
         self.model = model.to(self.device).eval()
         self.precision = precision
         self.top_k = top_k
@@ -206,8 +208,15 @@ class Proposer:
         self.timer: StageTimer | None = None  # set by `fastmask bench` to split the time by stage
         self.backend = self.resolve_backend(backend)
         self._onnx: dict[int, OnnxNetwork] = {}
+        self.notes: list[str] = []  # what a user should know about how it runs (the CLI prints them)
         if self.backend == "onnx":
-            self._onnx_network(self.scales)  # export (or load the cached graph) now, not inside the first image
+            try:  # export (or load the cached graph) now, not inside the first image
+                self._onnx_network(self.scales)
+            except FastMaskError as exc:
+                if backend != "auto":
+                    raise
+                self.backend = "torch"  # auto: still works where the graph cannot be exported or cached
+                self.notes.append(f"{exc}; running the network in PyTorch instead")
 
     def resolve_backend(self, backend: str) -> str:
         """`auto`: ONNX Runtime for the CPU in fp32 (the fastest measured there), else PyTorch."""

@@ -62,6 +62,8 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, ...]],
         weight = torch.tensor([float(count)], device=norms[0].running_mean.device)
         total = weight.clone()
         dist.all_reduce(total)
+        if total.item() == 0:  # no process ran a batch: every one kept its statistics
+            return count
         for m in norms:  # weighted by the batches each process ran
             for stat in (m.running_mean, m.running_var):
                 stat.mul_(weight / total.clamp(min=1))

@@ -321,7 +321,8 @@ def propose_folder(
 
     weights_id identifies the weights (e.g. their sha256), so that a resume with others is refused.
     `workers` DataLoader processes read and resize the images (default `default_workers`: none on the
-    CPU); a batch holds `batch_size` images of similar shapes. on_start(total images to do) and
+    CPU; on a GPU they are spawned, so a script calling this there needs an `if __name__ == "__main__":`
+    guard, or `workers=0`); a batch holds `batch_size` images of similar shapes. on_start(total images to do) and
     on_image(file) report progress.
     """
     images_dir, out = Path(images_dir), Path(out)
