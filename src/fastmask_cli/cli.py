@@ -520,27 +520,15 @@ def _bench_images(folder: Path | None) -> list:
 
 
 def _recompute_bn_for_export(model: Any, meta: dict[str, Any], bn_images: Optional[int], device: str) -> None:
-    """Precise BN over the training images the checkpoint names, when they are here; a note otherwise."""
-    from .dataset import CocoInstances
-    from .engine import precise_bn
-    from .inference import resolve_device
-    from .precise_bn import training_batchnorms
+    """Precise BN over the training images the checkpoint names (`engine.precise_bn_of_run`), said in one line."""
+    from .engine import precise_bn_of_run
 
-    settings = meta.get("settings", {})
-    count = bn_images if bn_images is not None else settings.get("bn_images", 64)
-    # what training kept fixed stays fixed: a loaded model knows nothing of its run's freezing
-    model.body.freeze(settings.get("freeze_stages", 0), bool(settings.get("freeze_bn")))
-    if count <= 0 or not training_batchnorms(model):
-        return
-    gt, images = meta.get("trained_on"), meta.get("images")
-    if not gt or not images or not Path(gt).is_file() or not Path(images).is_dir():
-        console.print(f"[yellow]note:[/] BatchNorm statistics shipped as saved: the training data ({gt}, {images}) is not here",
-                      highlight=False)
-        return
-    target = resolve_device(device)
-    used = precise_bn(model.to(target), CocoInstances(Path(gt), Path(images)), count, target)
-    model.cpu()
-    console.print(f"BatchNorm statistics recomputed over {used} training images of {gt}", highlight=False)
+    used = precise_bn_of_run(model, meta, bn_images, device)
+    if used is None:
+        console.print(f"[yellow]note:[/] BatchNorm statistics shipped as saved: the training data ({meta.get('trained_on')}, "
+                      f"{meta.get('images')}) is not here", highlight=False)
+    elif used:
+        console.print(f"BatchNorm statistics recomputed over {used} training images of {meta['trained_on']}", highlight=False)
 
 
 def _export_onnx(source: str, path: Path, scales: Optional[int]) -> None:

@@ -35,7 +35,7 @@ from .errors import FastMaskError
 from .evaluate import Evaluation, evaluate
 from .files import atomic_path, read_json
 from .images import ImageError, gt_frame, read_image
-from .inference import Proposer, pad_batch, resize_longer_side, resolve_device
+from .inference import Proposer, pad_batch, prepare, resolve_device
 from .loss import FastMaskLoss, Target
 from .model import FastMask
 from .precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorms
@@ -209,9 +209,29 @@ def precise_bn(model: FastMask, dataset: CocoInstances, count: int, device: torc
                 image, _ = dataset.load(index)
             except ImageError:
                 continue
-            yield pad_batch([resize_longer_side(image, cfg.size)[0]], device), cfg.scales
+            yield pad_batch([prepare(image, cfg.size).image], device), cfg.scales
 
     return recompute_batchnorm(model, batches(), distributed=world > 1)
+
+
+def precise_bn_of_run(model: FastMask, meta: dict[str, Any], count: int | None = None, device: str = "cpu") -> int | None:
+    """`precise_bn` for a model loaded from a run's checkpoint, whose `meta` names its training data and
+    settings: what the run froze stays frozen (a loaded model does not know), `count` defaults to the
+    run's `bn_images`. Returns the images used (0 when nothing trains or `count` is 0), or None when
+    the training data is not here. The model comes back on the CPU."""
+    settings = meta.get("settings", {})
+    count = settings.get("bn_images", TrainSettings.bn_images) if count is None else count
+    model.body.freeze(settings.get("freeze_stages", 0), bool(settings.get("freeze_bn")))
+    if count <= 0 or not training_batchnorms(model):
+        return 0
+    gt, images = meta.get("trained_on"), meta.get("images")
+    if not gt or not images or not Path(gt).is_file() or not Path(images).is_dir():
+        return None
+    target = resolve_device(device)
+    try:
+        return precise_bn(model.to(target), CocoInstances(Path(gt), Path(images)), count, target)
+    finally:
+        model.cpu()
 
 
 def _flat(evaluation: Evaluation) -> dict[str, float | None]:
