@@ -67,7 +67,7 @@ def test_degenerate_polygons_unknown_ids_and_empty_images(shapes) -> None:
     dataset = CocoInstances(edit_gt(gt, spoil), images, NO_AUG)
     notes = " | ".join(dataset.report.notes)
     assert f"{len(first_image)} annotations skipped: degenerate polygon" in notes
-    assert "1 annotations skipped: unknown image" in notes and "1 annotations skipped: no mask" in notes
+    assert "1 annotations skipped: on an image id that no image has" in notes and "1 annotations skipped: no mask" in notes
     assert f"{already_empty + 1} images have no usable object" in notes  # image 1 lost all its shapes
     sample = dataset[0]
     assert sample.error is None and len(sample.masks) == 0  # still a negative-only training image

@@ -86,7 +86,7 @@ def export_onnx(model: FastMask, path: Path, scales: int) -> None:
     except Exception as exc:  # the exporter raises many kinds; the message says which
         raise FastMaskError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # OSError: for_model and the CLI say which folder
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

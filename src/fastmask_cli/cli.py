@@ -20,7 +20,7 @@ from rich.table import Table
 from . import __version__
 from .config import BODIES, DEFAULT_NMS, DEFAULT_NMS_IOU, PRESETS
 from .errors import FastMaskError
-from .files import write_json_atomic
+from .files import writable_folder, write_json_atomic
 from .images import MAX_PIXELS
 from .evaluate import IOU_TYPES, PAPER, evaluate
 from .plot import plot_recall
@@ -68,6 +68,10 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
             if os.environ.get("FASTMASK_DEBUG"):
                 raise
+            if isinstance(exc, OSError) and exc.filename:  # a path the user named (permissions, disk full): not our bug
+                console.print(f"[bold red]Error:[/] {escape(exc.strerror or type(exc).__name__)}: {escape(str(exc.filename))}",
+                              highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
             first = str(exc).splitlines()[0] if str(exc) else ""
             console.print(f"[bold red]Internal error:[/] {type(exc).__name__}: {first} (FASTMASK_DEBUG=1 shows the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -161,7 +165,8 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     skipped = merged.skipped if merged else summary.skipped
     table.add_row("skipped", str(len(skipped)))
     if summary.ignored:
-        table.add_row("ignored (not images)", str(len(summary.ignored)))
+        shown = ", ".join(summary.ignored[:3]) + (", ..." if len(summary.ignored) > 3 else "")
+        table.add_row("ignored (not images)", f"{len(summary.ignored)}: {shown}")
     table.add_row("results", summary.out if merged is None else str(out))
     table.add_row("image ids", summary.file_list if merged is None else merged.file_list)
     if options.get("vis_dir"):
@@ -257,7 +262,7 @@ def merge(
     """
     from .merge import merge_results
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(out.parent, "the merged results")
     with Progress(*_progress_columns(), console=console, transient=True) as progress:
         task = progress.add_task("merging", total=None)
         summary = merge_results(shards, out, fmt=fmt, allow_missing=allow_missing, on_image=lambda: progress.advance(task))

@@ -20,8 +20,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .errors import FastMaskError
-from .files import read_json
-from .images import ImageError, gt_frame, read_image
+from .coco import read_ground_truth
+from .images import ImageError, read_image
 
 MIN_VISIBLE = 0.5  # an object cut by a crop or covered by a pasted one below this fraction is ignored
 MIN_PIXELS = 4  # objects smaller than this after scaling carry no signal
@@ -70,83 +70,48 @@ class DatasetReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _polygons(segmentation: list) -> list[list[float]]:
-    """The usable rings of a polygon annotation: at least 3 points and a non-zero area."""
-    rings = []
-    for ring in segmentation:
-        if not isinstance(ring, list) or len(ring) < 6 or len(ring) % 2:
-            continue
-        pts = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
-        if not np.isfinite(pts).all():
-            continue
-        area = 0.5 * abs(np.dot(pts[:, 0], np.roll(pts[:, 1], 1)) - np.dot(pts[:, 1], np.roll(pts[:, 0], 1)))
-        if area > 0:
-            rings.append([float(v) for v in ring])
-    return rings
-
-
 class CocoInstances(torch.utils.data.Dataset):
-    """COCO instances for training. Yields `Sample`s; one whose image cannot be read carries `error`."""
+    """COCO instances for training. Yields `Sample`s; one whose image cannot be read carries `error`.
+
+    The ground truth is read by `coco.read_ground_truth` (the same checks and notes as `eval`) and
+    kept in its flat arrays, so that DataLoader workers share it without copying it page by page."""
 
     def __init__(self, gt_path: Path, images_dir: Path, augment: Augment | None = None, seed: int = 0) -> None:
         gt_path, images_dir = Path(gt_path), Path(images_dir)
         if not images_dir.is_dir():
             raise FastMaskError(f"images folder not found: {images_dir}")
-        data = read_json(gt_path, "ground truth")
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
-            raise FastMaskError(f"ground truth {gt_path} is not COCO (needs 'images' and 'annotations' lists)")
+        truth = read_ground_truth(gt_path)
         self.images_dir = images_dir
         self.augment = augment or Augment()
         self.seed = seed
         self.epoch = 0
-        self.report = DatasetReport()
+        self.report = DatasetReport(notes=list(truth.notes))
         notes = self.report.notes
 
-        images: dict[Any, dict] = {}
-        malformed = 0
-        for image in data["images"]:
-            if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
-                malformed += 1
-                continue
-            images[image["id"]] = image
-        if malformed:
-            notes.append(f"{malformed} image entries lack an 'id' or 'file_name' and were skipped")
-        missing = [im["file_name"] for im in images.values() if not (images_dir / im["file_name"]).is_file()]
-        if missing:
-            if len(missing) == len(images):
-                raise FastMaskError(f"none of the {len(images)} images of {gt_path.name} is in {images_dir} (first: {missing[0]})")
-            notes.append(f"{len(missing)} images listed in {gt_path.name} are not in {images_dir} and were skipped (first: {missing[0]})")
-            images = {k: v for k, v in images.items() if (images_dir / v["file_name"]).is_file()}
-        if not images:
-            raise FastMaskError(f"ground truth {gt_path} lists no images")
-
-        self.objects: dict[Any, list[tuple[Any, bool]]] = {k: [] for k in images}
-        dropped = {"unknown image": 0, "no mask": 0, "degenerate polygon": 0}
-        for ann in data["annotations"]:
-            if not isinstance(ann, dict) or ann.get("image_id") not in images:
-                dropped["unknown image"] += 1
-                continue
-            seg = ann.get("segmentation")
-            if isinstance(seg, list):
-                seg = _polygons(seg)
-                if not seg:
-                    dropped["degenerate polygon"] += 1
-                    continue
-            elif not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
-                dropped["no mask"] += 1
-                continue
-            crowd = bool(ann.get("iscrowd", 0))
-            self.objects[ann["image_id"]].append((seg, crowd))
-            self.report.crowds += crowd
-            self.report.objects += not crowd
-        for reason, count in dropped.items():
-            if count:
-                notes.append(f"{count} annotations skipped: {reason}")
-        empty = sum(1 for objs in self.objects.values() if not any(not crowd for _, crowd in objs))
+        named = [i for i in range(len(truth)) if truth.file_names[i] is not None]
+        if len(named) < len(truth):
+            notes.append(f"{len(truth) - len(named)} image entries lack a 'file_name' and were skipped")
+        present = [i for i in named if (images_dir / truth.file_names[i]).is_file()]
+        if len(present) < len(named):
+            first = next(truth.file_names[i] for i in named if not (images_dir / truth.file_names[i]).is_file())
+            if not present:
+                raise FastMaskError(f"none of the {len(named)} images of {gt_path.name} is in {images_dir} (first: {first})")
+            notes.append(f"{len(named) - len(present)} images listed in {gt_path.name} are not in {images_dir} and were skipped (first: {first})")
+        truth.index = {}  # ids are not looked up in training: keep the workers' copy small
+        self.gt = truth
+        listed = np.zeros(len(truth), dtype=bool)
+        listed[present] = True
+        used, masked = listed[truth.image], truth.kind > 0
+        if (used & ~masked).any():
+            notes.append(f"{int((used & ~masked).sum())} annotations skipped: no mask (boxes only)")
+        crowds = np.bincount(truth.image[used & masked & truth.crowd], minlength=len(truth))[present]
+        objects = np.bincount(truth.image[used & masked & ~truth.crowd], minlength=len(truth))[present]
+        self.report.objects, self.report.crowds = int(objects.sum()), int(crowds.sum())
+        empty = int((objects == 0).sum())
         if empty:
             notes.append(f"{empty} images have no usable object: they train as negatives only")
-        self.ids = sorted(images, key=lambda k: str(images[k]["file_name"]))
-        self.images = images
+        order = sorted(range(len(present)), key=lambda k: truth.file_names[present[k]])
+        self.ids = np.asarray([present[k] for k in order], dtype=np.int64)  # positions in the ground truth
         self.report.images = len(self.ids)
 
     def __len__(self) -> int:
@@ -155,14 +120,24 @@ class CocoInstances(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def file_name(self, index: int) -> str:
+        return self.gt.file_names[self.ids[index]]
+
     def load(self, index: int) -> tuple[np.ndarray, list[tuple[Any, bool]]]:
-        """The image (RGB) and its raw annotations; raises ImageError when the file cannot be used."""
-        info = self.images[self.ids[index]]
-        image = read_image(self.images_dir / info["file_name"], frame=gt_frame(info))  # annotations are in the GT's frame
-        height, width = info.get("height"), info.get("width")
-        if (height, width) != (None, None) and (height, width) != image.shape[:2]:
-            raise ImageError(f"{info['file_name']} is {image.shape[1]}x{image.shape[0]}, the ground truth says {width}x{height}")
-        return image, self.objects[self.ids[index]]
+        """The image (RGB) and its objects: (rings as float32 arrays, or a compressed RLE dict; crowd).
+        Raises ImageError when the file cannot be used."""
+        gt, i = self.gt, int(self.ids[index])
+        frame = gt.frame(i)
+        image = read_image(self.images_dir / gt.file_names[i], frame=frame)  # annotations are in the GT's frame
+        if frame is not None and frame != image.shape[1::-1]:
+            raise ImageError(f"{gt.file_names[i]} is {image.shape[1]}x{image.shape[0]}, the ground truth says {frame[0]}x{frame[1]}")
+        objects = []
+        for a in gt.annotations_of(i):
+            if gt.kind[a] == 1:
+                objects.append((gt.polygons(a), bool(gt.crowd[a])))
+            elif gt.kind[a] == 2:
+                objects.append((gt.mask_rle(a), bool(gt.crowd[a])))
+        return image, objects
 
     def draw(self, index: int, rng: np.random.Generator) -> Sample:
         """Scale, flip and crop image `index`, rasterising its objects at the drawn scale."""
@@ -176,11 +151,10 @@ class CocoInstances(torch.utils.data.Dataset):
         for seg, crowd in objects:
             if isinstance(seg, list):  # polygons rasterise directly at the new scale: sharp and cheap
                 xy_scale = np.array([new_w / width, new_h / height])
-                rings = [(np.asarray(ring).reshape(-1, 2) * xy_scale).ravel().tolist() for ring in seg]
+                rings = [(ring.reshape(-1, 2) * xy_scale).ravel().tolist() for ring in seg]
                 mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(rings, new_h, new_w)))
             else:
-                rle = mask_utils.frPyObjects(seg, *seg["size"]) if isinstance(seg["counts"], list) else seg
-                mask = cv2.resize(mask_utils.decode(rle), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+                mask = cv2.resize(mask_utils.decode(seg), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
             masks.append(mask)
             ignore.append(crowd)
             full_area.append(int(mask.sum()))
@@ -193,7 +167,7 @@ class CocoInstances(torch.utils.data.Dataset):
             x0 = int(rng.integers(0, max(new_w - crop, 0) + 1))
             image, masks_np = image[y0 : y0 + crop, x0 : x0 + crop], masks_np[:, y0 : y0 + crop, x0 : x0 + crop]
         sample = Sample(np.ascontiguousarray(image), np.ascontiguousarray(masks_np), np.array(ignore, dtype=bool),
-                        self.images[self.ids[index]]["file_name"])
+                        self.file_name(index))
         return _drop_hidden(sample, np.array(full_area))
 
     def __getitem__(self, index: int) -> Sample | None:
@@ -201,7 +175,7 @@ class CocoInstances(torch.utils.data.Dataset):
         try:
             sample = self.draw(index, rng)
         except ImageError as exc:
-            return Sample.broken(self.images[self.ids[index]]["file_name"], str(exc))
+            return Sample.broken(self.file_name(index), str(exc))
         if len(self) > 1 and rng.random() < self.augment.copy_paste:
             other = int(rng.integers(0, len(self) - 1))
             try:

@@ -30,11 +30,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .assign import AssignRule
 from .bodies import initialise, resolve_init
 from .config import FastMaskConfig
+from .coco import read_ground_truth
 from .dataset import Augment, CocoInstances, Sample
 from .errors import FastMaskError
 from .evaluate import Evaluation, evaluate
-from .files import atomic_path, read_json
-from .images import ImageError, gt_frame, read_image
+from .files import atomic_path, writable_folder
+from .images import ImageError, read_image
 from .inference import Proposer, pad_batch, prepare, resolve_device
 from .loss import FastMaskLoss, Target
 from .model import FastMask
@@ -181,17 +182,17 @@ def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100,
     training the weights change between validations, and an exported graph would serve one of them.
     `batch_statistics`: its training BatchNorms normalise each image with its own statistics, as in
     training (to see what the weights can do whatever the running statistics say)."""
-    gt = read_json(gt_path, "validation ground truth")
+    gt = read_ground_truth(gt_path, "validation ground truth")
     proposer = Proposer(model, device=device, top_k=top_k, backend=backend)
     results = []
     context = BatchStatistics(model) if batch_statistics else contextlib.nullcontext()
     with context:
-        for image in sorted(gt.get("images", []), key=lambda im: im["id"])[:limit]:
-            path = Path(images_dir) / image["file_name"]
+        for i in [i for i in range(len(gt)) if gt.file_names[i] is not None][:limit]:
             try:
-                results += proposer.propose(read_image(path, frame=gt_frame(image))).to_coco(image["id"])
+                image = read_image(Path(images_dir) / gt.file_names[i], frame=gt.frame(i))
             except ImageError:  # missing or unreadable: training reports these itself; AR covers the rest
                 continue
+            results += proposer.propose(image).to_coco(gt.ids[i])
     return evaluate(Path(gt_path), results, allow_missing=True)
 
 
@@ -309,7 +310,7 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
     elif resume:
         events.note(f"nothing to resume in {out}: starting a new run")
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        writable_folder(out, "the training run")
 
     augment = Augment(settings.size, settings.jitter, settings.crop, settings.flip, settings.copy_paste)
     dataset = CocoInstances(gt_path, images_dir, augment, seed=settings.seed)
@@ -497,7 +498,7 @@ def train(
     events = events or TrainEvents()
     out = Path(out)
     if val is not None:
-        read_json(val[0], "validation ground truth")  # fail now, not after the first epoch
+        read_ground_truth(val[0], "validation ground truth")  # fail now, not after the first epoch
         if not Path(val[1]).is_dir():
             raise FastMaskError(f"validation images folder not found: {val[1]}")
     run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .errors import FastMaskError
-from .files import read_json
+from .coco import check_results, read_ground_truth
 from .results_file import read_results
 
 MAX_DETS = (10, 100, 1000)
@@ -66,68 +65,6 @@ class Evaluation:
 
 def _quiet() -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(io.StringIO())  # pycocotools prints as it goes
-
-
-def load_ground_truth(path: Path) -> COCO:
-    data = read_json(path, "ground truth")
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
-        raise FastMaskError(f"ground truth {path} is not COCO (needs 'images' and 'annotations' lists)")
-    data.setdefault("categories", [{"id": 1, "name": "object"}])
-    gt = COCO()
-    gt.dataset = data
-    with _quiet():
-        gt.createIndex()
-    return gt
-
-
-def _check_results(results: list[dict], gt: COCO, allow_missing: bool, notes: list[str]) -> list[dict]:
-    if not all(isinstance(r, dict) for r in results):
-        raise FastMaskError("results entries must be JSON objects")
-    no_score = sum(1 for r in results if not isinstance(r.get("score"), (int, float)))
-    if no_score:
-        raise FastMaskError(f"{no_score} of {len(results)} results have no numeric 'score': proposals must be ranked")
-    no_id = sum(1 for r in results if "image_id" not in r)
-    if no_id:
-        raise FastMaskError(f"{no_id} of {len(results)} results have no 'image_id'")
-    unusable = sum(1 for r in results if "segmentation" not in r and "bbox" not in r)
-    if unusable:
-        raise FastMaskError(f"{unusable} of {len(results)} results have neither 'segmentation' nor 'bbox'")
-    _refuse_corruption(results, gt)
-    known = set(gt.getImgIds())
-    missing = {r["image_id"] for r in results} - known
-    if missing:
-        count = sum(1 for r in results if r["image_id"] in missing)
-        if not allow_missing:
-            raise FastMaskError(
-                f"{count} results refer to {len(missing)} image ids not in the ground truth "
-                "(use --allow-missing to evaluate on the images they share)"
-            )
-        results = [r for r in results if r["image_id"] in known]
-        notes.append(f"ignored {count} results on {len(missing)} image ids not in the ground truth")
-    # class-agnostic: one category; masks as compressed RLE whatever form another tool wrote them in.
-    # Entries are updated in place, as COCO.loadRes does: a copy of millions of results would double memory.
-    for r in results:
-        r["category_id"] = 1
-        if "segmentation" in r:
-            r["segmentation"] = _as_rle(r["segmentation"], gt.imgs[r["image_id"]])
-    return results
-
-
-def _refuse_corruption(results: list[dict], gt: COCO) -> None:
-    """Stop at the first result that COCOeval would score silently but wrongly: a score that is not a
-    finite number (it cannot be ranked), or an RLE mask of another size than its image in the ground
-    truth (pycocotools compares it with masks of another grid)."""
-    for n, r in enumerate(results):
-        if not math.isfinite(r["score"]):
-            raise FastMaskError(f"result {n} (image_id {r['image_id']}) has score {r['score']}: scores must be finite numbers")
-        segmentation, image = r.get("segmentation"), gt.imgs.get(r["image_id"])
-        if not isinstance(segmentation, dict) or image is None or "height" not in image or "width" not in image:
-            continue
-        size = segmentation.get("size")
-        if not isinstance(size, list) or len(size) != 2 or size != [image["height"], image["width"]]:
-            shown = f"{size[1]}x{size[0]}" if isinstance(size, list) and len(size) == 2 else repr(size)
-            raise FastMaskError(f"result {n} (image_id {r['image_id']}) has a {shown} RLE mask (width x height), "
-                                f"but image {r['image_id']} is {image['width']}x{image['height']} in the ground truth")
 
 
 def _recall(gt: COCO, results: list[dict], iou_type: str, image_ids: list[int],
@@ -175,11 +112,13 @@ def evaluate(
 
     A results list passed in is normalised in place (category, RLE, tight boxes), as COCO.loadRes does.
     """
-    gt = load_ground_truth(gt_path)
-    evaluation = Evaluation()
+    truth = read_ground_truth(gt_path)
+    evaluation = Evaluation(notes=list(truth.notes))
     raw = read_results(results) if isinstance(results, (str, Path)) else results
-    raw = _check_results(raw, gt, allow_missing, evaluation.notes)
-    image_ids = sorted(gt.getImgIds())
+    if not isinstance(raw, list):
+        raise FastMaskError(f"results are a {type(raw).__name__}, not a COCO results list")
+    raw = check_results(raw, truth, allow_missing, evaluation.notes)
+    image_ids = list(range(1, len(truth) + 1))
     if allow_missing and raw:
         image_ids = sorted({r["image_id"] for r in raw})
         evaluation.notes.append(f"evaluated on the {len(image_ids)} images the results cover")
@@ -191,8 +130,9 @@ def evaluate(
                 raise FastMaskError(f"{len(raw) - len(with_masks)} results have no 'segmentation': use --iou-type bbox")
             evaluation.notes.append("masks skipped: the results hold boxes only (no 'segmentation'), boxes evaluated")
             iou_types = tuple(t for t in iou_types if t != "segm")
-        elif any("segmentation" not in a for a in gt.dataset["annotations"]):
+        elif (truth.kind == 0).any():
             raise FastMaskError("the ground truth has annotations without 'segmentation': mask AR needs masks (use --iou-type bbox)")
+    gt = truth.to_coco(masks="segm" in iou_types)
     if on_start:
         on_start(len(image_ids) * len(iou_types))
     for iou_type in iou_types:
@@ -211,16 +151,3 @@ def evaluate(
         evaluation.notes.append("the results list is empty: every AR is 0")
     return evaluation
 
-
-def _as_rle(segmentation: Any, image: dict) -> dict:
-    """A result's mask as compressed RLE with str counts, from polygons, uncompressed or compressed RLE."""
-    try:
-        if isinstance(segmentation, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, image["height"], image["width"]))
-        elif isinstance(segmentation.get("counts"), list):
-            rle = mask_utils.frPyObjects(segmentation, *segmentation["size"])
-        else:
-            return segmentation
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError):
-        raise FastMaskError(f"a result for image {image.get('id')} has a malformed 'segmentation'") from None
-    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}

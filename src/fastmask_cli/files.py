@@ -24,6 +24,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def writable_folder(folder: Path, what: str) -> Path:
+    """Make `folder` (and its parents) and check that files can be created in it, before any work is
+    done; a FastMaskError naming it (`what` says what it is for) otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".fastmask-write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise FastMaskError(f"cannot write {what} in {folder}: {reason}") from None
+    return folder
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:

@@ -3,7 +3,7 @@
 The size lets a decompression bomb (say a 30000x30000 PNG of a few kilobytes) be refused before
 it is decoded into gigabytes. The orientation is EXIF tag 274, which phones use instead of
 rotating the pixels: viewers apply it, and so does fastmask by default (see `images.read_image`).
-Covers every format `images.IMAGE_SUFFIXES` accepts: JPEG, PNG, BMP, TIFF and WebP.
+Covers JPEG, PNG, BMP, TIFF and WebP; other formats are decoded without a header check.
 """
 
 from __future__ import annotations

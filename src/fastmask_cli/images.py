@@ -14,7 +14,14 @@ import numpy as np
 from .errors import FastMaskError
 from .image_header import read_header
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# Taken as images without opening them; any other file is one when OpenCV recognises its content.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+                            ".avif", ".gif", ".jp2", ".j2k", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras"})
+# Signatures of image formats, to name one that this OpenCV build cannot decode.
+_SIGNATURES = ((b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+               (b"\xffO\xffQ", "JPEG 2000"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+               (b"v/1\x01", "OpenEXR"), (b"8BPS", "Photoshop"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_ISO_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF"}
 MIN_SIDE = 8  # pixels; smaller images hold nothing a 160-px window could propose
 MAX_PIXELS = 64_000_000  # larger images would need gigabytes for 1000 full-resolution masks
 
@@ -24,7 +31,11 @@ class ImageError(FastMaskError):
 
 
 def list_images(folder: Path) -> tuple[list[str], list[str]]:
-    """Image files under `folder` (recursively, as sorted relative POSIX paths), and the other files."""
+    """Image files under `folder` (recursively, as sorted relative POSIX paths), and the other files.
+
+    A file is an image by its suffix (`IMAGE_SUFFIXES`) or, whatever its suffix, by its content: one
+    that the installed OpenCV recognises (`cv2.haveImageReader`), or one in an image format it cannot
+    decode (HEIC, JPEG XL, ...: listed, so that the run names it as skipped). Hidden files are left out."""
     if not folder.exists():
         raise FastMaskError(f"images folder not found: {folder}")
     if not folder.is_dir():
@@ -34,16 +45,9 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
         rel = path.relative_to(folder)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
-        (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(rel.as_posix())
+        is_image = path.suffix.lower() in IMAGE_SUFFIXES or cv2.haveImageReader(str(path)) or _announces_image(path)
+        (images if is_image else others).append(rel.as_posix())
     return images, others
-
-
-def gt_frame(image: dict) -> tuple[int, int] | None:
-    """(width, height) of a COCO ground-truth image entry, or None where it does not give both."""
-    width, height = image.get("width"), image.get("height")
-    if isinstance(width, (int, float)) and isinstance(height, (int, float)):
-        return int(width), int(height)
-    return None
 
 
 def orient(image: np.ndarray, orientation: int) -> np.ndarray:
@@ -83,7 +87,11 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] 
         _check_size(header.width, header.height, max_pixels)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # stored grid: EXIF orientation is applied below
     if image is None:
-        raise ImageError("not a decodable image (corrupt or not an image format)")
+        kind = image_format(memoryview(data))
+        if kind and not cv2.haveImageReader(str(path)):
+            raise ImageError(f"a {kind} file that the installed OpenCV cannot decode (an unsupported format)")
+        raise ImageError(f"not a decodable image (a corrupt {kind} file)" if kind else
+                         "not a decodable image (corrupt or not an image format)")
     _check_size(image.shape[1], image.shape[0], max_pixels)
     stored = _as_rgb(image)
     shown = orient(stored, header.orientation)
@@ -99,6 +107,24 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] 
 def read_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] | None = None) -> np.ndarray:
     """`load_image` without its note."""
     return load_image(path, max_pixels, frame)[0]
+
+
+def _announces_image(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return image_format(f.read(32)) is not None
+    except OSError:
+        return False
+
+
+def image_format(data: bytes | memoryview) -> str | None:
+    """The image format a file's first bytes announce (JPEG, AVIF, HEIC, ...), or None."""
+    head = bytes(data[:32])
+    if head[4:8] == b"ftyp" and head[8:12] in _ISO_BRANDS:
+        return _ISO_BRANDS[head[8:12]]
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .coco import id_key
 from .errors import FastMaskError
 from .results_file import check_format, images_json_path, images_writer, iter_results, read_run, results_writer
 
@@ -102,12 +103,13 @@ def _split_count(loaded: list[tuple[Path, dict, list]]) -> int:
 
 
 def _refuse_repeated_images(loaded: list[tuple[Path, dict, list]]) -> None:
-    seen: dict[int, Path] = {}
+    seen: dict[Any, Path] = {}
     for path, _, images in loaded:
         for image in images:
-            if image["id"] in seen:
-                raise FastMaskError(f"image {image['file_name']} (id {image['id']}) is in both {seen[image['id']].name} and {path.name}")
-            seen[image["id"]] = path
+            key = id_key(image["id"])
+            if key in seen:
+                raise FastMaskError(f"image {image['file_name']} (id {image['id']!r}) is in both {seen[key].name} and {path.name}")
+            seen[key] = path
 
 
 def _absent_images(run: dict[str, Any], absent: list[int], count: int) -> tuple[list[str], int]:
@@ -132,7 +134,7 @@ def _aligned(path: Path, images: list[dict[str, Any]]):
     pending = next(results_by_image, None)
     for image in images:
         results: list[dict[str, Any]] = []
-        if pending is not None and pending[0] == image["id"]:
+        if pending is not None and id_key(pending[0]) == id_key(image["id"]):
             results = pending[1]
             pending = next(results_by_image, None)
         if len(results) != image.get("proposals"):
@@ -140,4 +142,4 @@ def _aligned(path: Path, images: list[dict[str, Any]]):
                                 "(was it changed after fastmask wrote it?)")
         yield image, results
     if pending is not None:
-        raise FastMaskError(f"{path.name} holds results for image id {pending[0]}, which its image list does not name")
+        raise FastMaskError(f"{path.name} holds results for image id {pending[0]!r}, which its image list does not name")

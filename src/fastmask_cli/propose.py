@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .coco import read_ground_truth
 from .errors import FastMaskError
-from .files import read_json
-from .images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, gt_frame, list_images, load_image
+from .files import writable_folder
+from .images import MAX_PIXELS, ImageError, list_images, load_image
 from .results_file import check_format, images_json_path, images_writer, read_run, results_writer
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class ProposeSummary:
     proposals: int = 0
     seconds: float = 0.0  # wall time of this run
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    ignored: list[str] = field(default_factory=list)  # files without an image suffix
+    ignored: list[str] = field(default_factory=list)  # files that are not images
     notes: list[tuple[str, str]] = field(default_factory=list)  # (file, note): e.g. kept in the GT's frame
     file_list: str | None = None
     shard: tuple[int, int] | None = None
@@ -91,9 +92,9 @@ class ImagePlan:
     """The images of a run, before sharding: sorted relative paths, their ids, and the GT's frames."""
 
     files: list[str]
-    ids: dict[str, int]
+    ids: dict[str, Any]  # file -> image id: the GT's as written (any JSON scalar), else its position from 1
     frames: dict[str, tuple[int, int]]  # file -> (width, height) from --ann
-    ignored: list[str]  # files without an image suffix
+    ignored: list[str]  # files that are not images
     unlisted: list[str]  # images that --ann does not list
 
     def shard(self, k: int, n: int) -> list[str]:
@@ -101,7 +102,7 @@ class ImagePlan:
 
     def fingerprint(self) -> str:
         """Same for two runs exactly when they list the same files under the same ids (so shards fit)."""
-        text = "\n".join(f"{self.ids[f]}\t{f}" for f in self.files)
+        text = "\n".join(f"{json.dumps(self.ids[f])}\t{f}" for f in self.files)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -110,20 +111,28 @@ def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:
     1-based positions in the sorted list of every image in the folder (so shards never collide)."""
     files, others = list_images(images_dir)
     if not files:
-        raise FastMaskError(f"no images in {images_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        shown = f" ({len(others)} other files, such as {others[0]})" if others else ""
+        raise FastMaskError(f"no images in {images_dir}{shown}: no file there is one the installed OpenCV can decode")
     if ann is None:
         return ImagePlan(files, {rel: n + 1 for n, rel in enumerate(files)}, {}, others, [])
-    data = read_json(ann, "--ann file")
-    try:
-        by_name = {im["file_name"]: im for im in data["images"]}
-        by_base = {Path(name).name: im for name, im in by_name.items()}
-        listed = {rel: by_name.get(rel, by_base.get(Path(rel).name)) for rel in files}
-        ids = {rel: int(im["id"]) for rel, im in listed.items() if im is not None}
-    except (KeyError, TypeError, ValueError):
-        raise FastMaskError(f"--ann {ann} is not COCO ground truth (needs an 'images' list with file_name and id)") from None
+    gt = read_ground_truth(ann, "--ann file")
+    by_name: dict[str, int] = {}
+    for i, name in enumerate(gt.file_names):
+        if name is None:
+            continue
+        if name in by_name:
+            raise FastMaskError(f"--ann {ann} lists {name} twice (image ids {gt.ids[by_name[name]]!r} and {gt.ids[i]!r}): "
+                                "its proposals could not be given one id")
+        by_name[name] = i
+    names_by_base: dict[str, list[int]] = {}
+    for name, i in by_name.items():
+        names_by_base.setdefault(Path(name).name, []).append(i)
+    by_base = {base: found[0] for base, found in names_by_base.items() if len(found) == 1}  # unambiguous only
+    listed = {rel: by_name.get(rel, by_base.get(Path(rel).name)) for rel in files}
+    ids = {rel: gt.ids[i] for rel, i in listed.items() if i is not None}
     if not ids:
         raise FastMaskError(f"--ann {ann} lists none of the {len(files)} images in the folder (matched by file name)")
-    frames = {rel: frame for rel in ids if (frame := gt_frame(listed[rel])) is not None}
+    frames = {rel: frame for rel, i in listed.items() if i is not None and (frame := gt.frame(i)) is not None}
     return ImagePlan([f for f in files if f in ids], ids, frames, others, [f for f in files if f not in ids])
 
 
@@ -332,7 +341,9 @@ def propose_folder(
     plan = plan_images(images_dir, ann)
     if out.is_dir():
         raise FastMaskError(f"--out {out} is a folder; give a file name such as results.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(out.parent, "the results")
+    if vis_dir is not None:
+        writable_folder(Path(vis_dir), "overlays")
     mine = plan.shard(*shard) if shard else plan.files
     summary = ProposeSummary(out=str(out), ignored=plan.ignored, shard=shard, file_list=str(images_json_path(out)))
     if shard is None or shard[0] == 1:  # listed once over all shards

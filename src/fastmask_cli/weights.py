@@ -20,7 +20,7 @@ import torch
 from .bodies import LoadReport, initialise
 from .config import PRESETS, FastMaskConfig, preset
 from .errors import FastMaskError
-from .files import atomic_path
+from .files import atomic_path, writable_folder
 from .model import FastMask
 
 CHECKPOINT_FORMAT = "fastmask"
@@ -96,7 +96,7 @@ def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Pa
     training data, the commands that reproduce it. A default model displaces the previous default.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    writable_folder(directory, "the weights")
     path = directory / f"{name}.pt"
     save_checkpoint(path, model, meta)
     record = {"name": name, "file": path.name, "sha256": sha256_of(path), "default": default,

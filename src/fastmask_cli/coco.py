@@ -1,0 +1,620 @@
+"""One reading of COCO ground truth and results, checked and normalised once, for every command.
+
+`read_ground_truth` is what `eval`, `propose --ann`, `train` and validation read ground truth
+through. It keeps what pycocotools can score correctly and says, in one list of notes, what it
+skipped, derived or renumbered; what no reading can make right is refused in one line
+(`FastMaskError`). Annotations are held in flat arrays (all polygon coordinates in one float32
+array with offsets per ring and per annotation, RLE strings in one byte buffer), not in per-object
+Python lists: DataLoader workers then share them without copy-on-write growth (detectron2 serialises
+its dataset for the same reason).
+
+`GroundTruth.to_coco` hands pycocotools a clean copy with its own integer ids (image ids of any JSON
+scalar type, as written, stay ours: `GroundTruth.index`), and `check_results` refuses results that
+COCOeval would score silently but wrongly. Rules, per kind (README, "Bad input"):
+
+- image ids: any JSON scalar, kept as written (1 and 1.0 are one id, "1" another); duplicates refused;
+- annotation ids: duplicated, missing or not positive integers are renumbered with a note (pycocotools
+  keys annotations by id, and counts a match to id 0 as no match);
+- `area`, `bbox` missing or unusable: derived from the mask (exactly as COCO does) with a note;
+- degenerate polygon rings (< 3 points, odd length, not finite, zero area), empty masks, RLE of the
+  wrong size or that does not decode, boxes of no size without a mask: skipped and counted;
+- annotations on image ids that no image has: ignored and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from .errors import FastMaskError
+from .files import read_json
+
+_CHUNK = 1 << 16  # annotations whose coordinates are gathered in Python before becoming one array
+
+
+def id_key(value: Any) -> tuple[str, Any] | None:
+    """A dictionary key under which ids are equal exactly when JSON says so: 1 and 1.0 are one number,
+    "1" is a string and `true` a boolean (Python would confuse True with 1). None for a non-scalar."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return ("str", value)
+    if value is None:
+        return ("null", None)
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class GroundTruth:
+    """COCO ground truth, checked. Images keep their order in the file; annotations are grouped by image.
+
+    Images: `ids` (as written), `file_names` (None where absent), `widths`/`heights` (int32, -1 where
+    unknown). Annotations, A of them, in flat arrays: `image` (index into the images), `crowd`,
+    `area` (NaN: derive from the mask), `bbox` (A, 4) x, y, w, h (NaN: derive), `kind` (0 box only,
+    1 polygons, 2 RLE), `rings` (A+1 offsets into `ring_offsets`), `ring_offsets` (R+1 offsets into
+    `coords`, float32 x, y pairs), `rle` (A+1 offsets into `rle_bytes`, compressed RLE strings).
+    `image_anns` (I+1) offsets: image i's annotations are `image_anns[i]:image_anns[i + 1]`.
+    """
+
+    path: Path
+    ids: list[Any]
+    file_names: list[str | None]
+    widths: np.ndarray
+    heights: np.ndarray
+    image: np.ndarray
+    crowd: np.ndarray
+    area: np.ndarray
+    bbox: np.ndarray
+    kind: np.ndarray
+    rings: np.ndarray
+    ring_offsets: np.ndarray
+    coords: np.ndarray
+    rle: np.ndarray
+    rle_bytes: np.ndarray
+    image_anns: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # kind -> annotations skipped
+    index: dict[tuple, int] = field(default_factory=dict)  # id_key(image id) -> image index
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def find(self, image_id: Any) -> int | None:
+        """Index of the image with this id (any JSON scalar), or None."""
+        key = id_key(image_id)
+        return None if key is None else self.index.get(key)
+
+    def frame(self, i: int) -> tuple[int, int] | None:
+        """(width, height) of image i, or None where the file does not say."""
+        width, height = int(self.widths[i]), int(self.heights[i])
+        return (width, height) if width > 0 and height > 0 else None
+
+    def annotations_of(self, i: int) -> range:
+        return range(int(self.image_anns[i]), int(self.image_anns[i + 1]))
+
+    def polygons(self, a: int) -> list[np.ndarray]:
+        """The rings of annotation a, each (2P,) float32 x, y, ..."""
+        first, last = int(self.rings[a]), int(self.rings[a + 1])
+        offsets = self.ring_offsets[first : last + 1]
+        return [self.coords[offsets[r] : offsets[r + 1]] for r in range(last - first)]
+
+    def rle_counts(self, a: int) -> str:
+        return self.rle_bytes[self.rle[a] : self.rle[a + 1]].tobytes().decode("ascii")
+
+    def mask_rle(self, a: int, frame: tuple[int, int] | None = None) -> dict | None:
+        """Annotation a's mask as compressed RLE (pycocotools), in `frame` (width, height) or its image's;
+        None for a box-only annotation. Raises FastMaskError for polygons on an image of unknown size."""
+        kind = int(self.kind[a])
+        if kind == 2:
+            return {"size": [int(self.heights[self.image[a]]), int(self.widths[self.image[a]])],
+                    "counts": self.rle_counts(a).encode("ascii")}
+        if kind == 0:
+            return None
+        frame = frame or self.frame(int(self.image[a]))
+        if frame is None:
+            raise FastMaskError(f"image {self.ids[self.image[a]]!r} of {self.path.name} has no 'width' and 'height': "
+                                "they are needed to rasterise its polygons")
+        rings = [ring.astype(np.float64).tolist() for ring in self.polygons(a)]
+        return mask_utils.merge(mask_utils.frPyObjects(rings, frame[1], frame[0]))
+
+    def to_coco(self, masks: bool = True) -> COCO:
+        """A pycocotools COCO index of this ground truth: image i has id i + 1, annotations ids 1..A,
+        one category. Polygons go in as float64 lists of the float32 coordinates kept (the clean copy).
+        With `masks` False, segmentations are left out (box evaluation needs none)."""
+        images = []
+        for i, image_id in enumerate(self.ids):
+            entry: dict[str, Any] = {"id": i + 1, "file_name": self.file_names[i] or str(image_id)}
+            if self.frame(i):
+                entry |= {"width": int(self.widths[i]), "height": int(self.heights[i])}
+            images.append(entry)
+        annotations = []
+        for a in range(len(self.image)):
+            i = int(self.image[a])
+            entry = {"id": a + 1, "image_id": i + 1, "category_id": 1, "iscrowd": int(self.crowd[a])}
+            rle = None
+            if np.isnan(self.area[a]) or np.isnan(self.bbox[a]).any():
+                rle = self.mask_rle(a)
+            entry["area"] = float(mask_utils.area(rle)) if np.isnan(self.area[a]) else float(self.area[a])
+            bbox = mask_utils.toBbox(rle) if np.isnan(self.bbox[a]).any() else self.bbox[a]
+            entry["bbox"] = [float(v) for v in bbox]
+            if masks and self.kind[a] == 1:
+                if self.frame(i) is None:
+                    self.mask_rle(a)  # raises: the polygons cannot be rasterised
+                entry["segmentation"] = [ring.astype(np.float64).tolist() for ring in self.polygons(a)]
+            elif masks and self.kind[a] == 2:
+                entry["segmentation"] = {"size": [int(self.heights[i]), int(self.widths[i])], "counts": self.rle_counts(a)}
+            annotations.append(entry)
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it indexes
+            coco.createIndex()
+        return coco
+
+
+class _Builder:
+    """Accumulates annotations read one by one into flat arrays, a chunk at a time."""
+
+    def __init__(self) -> None:
+        self.image: list[int] = []
+        self.crowd: list[bool] = []
+        self.area: list[float] = []
+        self.bbox: list[list[float]] = []
+        self.kind: list[int] = []
+        self.ring_owners: list[np.ndarray] = []  # the annotation of each usable ring
+        self.ring_lengths: list[np.ndarray] = []
+        self.coords: list[np.ndarray] = []
+        self.rle: list[bytes] = []
+        self.rle_lengths: list[int] = []
+        self._pending: list[tuple[int, list]] = []  # (annotation index, rings) awaiting the vectorised check
+        self.usable = np.zeros(0, dtype=bool)  # after build: False for annotations with no usable ring
+
+    def add(self, image: int, crowd: bool, area: float, bbox: list[float], kind: int,
+            rings: list | None = None, rle: bytes = b"") -> None:
+        self.image.append(image)
+        self.crowd.append(crowd)
+        self.area.append(area)
+        self.bbox.append(bbox)
+        self.kind.append(kind)
+        self.rle.append(rle)
+        self.rle_lengths.append(len(rle))
+        if rings is not None:
+            self._pending.append((len(self.image) - 1, rings))
+            if len(self._pending) >= _CHUNK:
+                self.flush()
+
+    def flush(self) -> None:
+        """Check the pending polygons at once: rings of >= 3 points, even length, finite, non-zero area."""
+        if not self._pending:
+            return
+        owners, flat, lengths = [], [], []
+        for a, rings in self._pending:
+            for ring in rings:
+                if isinstance(ring, list) and len(ring) >= 6 and len(ring) % 2 == 0:
+                    owners.append(a)
+                    lengths.append(len(ring))
+                    flat.extend(ring)
+        self._pending = []
+        coords, good = _ring_coordinates(flat, lengths)
+        del flat
+        lengths_np = np.asarray(lengths, dtype=np.int64)
+        owners_np = np.asarray(owners, dtype=np.int64)
+        keep_points = np.repeat(good, lengths_np)
+        self.coords.append(coords[keep_points].astype(np.float32))
+        self.ring_lengths.append(lengths_np[good])
+        self.ring_owners.append(owners_np[good])
+
+    def build(self) -> dict[str, np.ndarray]:
+        self.flush()
+        kind = np.asarray(self.kind, dtype=np.int8)
+        owners = np.concatenate(self.ring_owners) if self.ring_owners else np.zeros(0, np.int64)
+        counts = np.bincount(owners, minlength=len(kind)).astype(np.int64)
+        self.usable = usable = (kind != 1) | (counts > 0)
+        # drop annotations whose every ring was degenerate (they hold no rings, so ring order is kept)
+        keep = np.flatnonzero(usable)
+        ring_lengths = np.concatenate(self.ring_lengths) if self.ring_lengths else np.zeros(0, np.int64)
+        rle_lengths = np.asarray(self.rle_lengths, dtype=np.int64)[keep]
+        return {
+            "image": np.asarray(self.image, dtype=np.int32)[keep],
+            "crowd": np.asarray(self.crowd, dtype=bool)[keep],
+            "area": np.asarray(self.area, dtype=np.float64)[keep],
+            "bbox": np.asarray(self.bbox, dtype=np.float64).reshape(-1, 4)[keep],
+            "kind": kind[keep],
+            "rings": np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64),
+            "ring_offsets": np.concatenate([[0], np.cumsum(ring_lengths)]).astype(np.int64),
+            "coords": np.concatenate(self.coords) if self.coords else np.zeros(0, np.float32),
+            "rle": np.concatenate([[0], np.cumsum(rle_lengths)]).astype(np.int64),
+            "rle_bytes": np.frombuffer(b"".join(r for r, k in zip(self.rle, usable) if k), dtype=np.uint8).copy(),
+        }
+
+
+def _ring_coordinates(flat: list, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(all coordinates as float64, which rings are usable): finite numbers with a non-zero area."""
+    lengths_np = np.asarray(lengths, dtype=np.int64)
+    try:
+        coords = np.asarray(flat, dtype=np.float64)
+        numeric = np.ones(len(lengths), dtype=bool)
+        if coords.ndim != 1:
+            raise ValueError
+    except (TypeError, ValueError):  # a ring holds something other than numbers: find which, ring by ring
+        coords = np.full(len(flat), np.nan)
+        numeric = np.ones(len(lengths), dtype=bool)
+        start = 0
+        for r, n in enumerate(lengths):
+            ring = flat[start : start + n]
+            if all(_number(v) for v in ring):
+                coords[start : start + n] = ring
+            else:
+                numeric[r] = False
+            start += n
+    if not len(lengths):
+        return coords, np.zeros(0, dtype=bool)
+    starts = np.concatenate([[0], np.cumsum(lengths_np)[:-1]])
+    finite = np.logical_and.reduceat(np.isfinite(coords), starts) & numeric
+    x, y = coords[0::2], coords[1::2]
+    point_starts, points = starts // 2, lengths_np // 2
+    following = np.arange(1, len(x) + 1)  # each point's next, wrapping to its ring's first point
+    following[np.cumsum(points) - 1] = point_starts
+    with np.errstate(invalid="ignore", over="ignore"):
+        cross = x * y[following] - x[following] * y
+        twice_area = np.add.reduceat(np.where(np.isfinite(cross), cross, 0.0), point_starts)
+    return coords, finite & (twice_area != 0)
+
+
+def read_ground_truth(path: Path, what: str = "ground truth") -> GroundTruth:
+    """Read and check a COCO instances file (`what` names it in messages). Raises FastMaskError in one
+    line for what cannot be read right: not COCO, duplicated image ids, an unusable `iscrowd`."""
+    path = Path(path)
+    data = read_json(path, what)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+        raise FastMaskError(f"{what} {path} is not COCO (needs 'images' and 'annotations' lists)")
+    notes: list[str] = []
+    skipped: Counter[str] = Counter()
+
+    ids, file_names, widths, heights, index = [], [], [], [], {}
+    malformed = 0
+    for entry in data["images"]:
+        key = id_key(entry.get("id", [])) if isinstance(entry, dict) else None
+        if key is None:
+            malformed += 1
+            continue
+        if key in index:
+            other = file_names[index[key]]
+            raise FastMaskError(f"{what} {path.name}: image id {entry['id']!r} is used by two images "
+                                f"({other} and {entry.get('file_name')}): results could not be tied to files")
+        index[key] = len(ids)
+        ids.append(entry["id"])
+        name = entry.get("file_name")
+        file_names.append(name if isinstance(name, str) and name else None)
+        width, height = entry.get("width"), entry.get("height")
+        sized = _positive_int(width) and _positive_int(height)
+        widths.append(width if sized else -1)
+        heights.append(height if sized else -1)
+    if malformed:
+        notes.append(f"{malformed} image entries without a usable 'id' (a JSON number or string) were skipped")
+    if not ids:
+        raise FastMaskError(f"{what} {path} lists no images")
+    widths_np, heights_np = np.asarray(widths, dtype=np.int32), np.asarray(heights, dtype=np.int32)
+
+    builder = _Builder()
+    ann_ids: list[Any] = []
+    derived: Counter[str] = Counter()
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict):
+            skipped["not a JSON object"] += 1
+            continue
+        key = id_key(ann.get("image_id", []))
+        i = index.get(key) if key is not None else None
+        if i is None:
+            skipped["on an image id that no image has"] += 1
+            continue
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1) or isinstance(crowd, float):
+            raise FastMaskError(f"{what} {path.name}: annotation {ann.get('id')!r} has iscrowd {crowd!r}: it must be 0 or 1")
+        bbox = ann.get("bbox")
+        good_box = (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
+                    and bbox[2] > 0 and bbox[3] > 0)
+        area = ann.get("area")
+        good_area = _number(area) and area >= 0
+        seg = ann.get("segmentation")
+        kind, rings, rle = 0, None, b""
+        if seg is None or seg == [] or seg == {}:
+            if seg is not None:
+                skipped["empty segmentation"] += 1
+                continue
+            if not good_box:  # box-only: the box is all there is
+                skipped["box of no size and no mask"] += 1
+                continue
+        elif isinstance(seg, list):
+            kind, rings = 1, seg
+        elif isinstance(seg, dict):
+            rle, reason = _rle_counts(seg, i, widths_np, heights_np)
+            if reason:
+                skipped[reason] += 1
+                continue
+            kind = 2
+        else:
+            skipped["malformed segmentation"] += 1
+            continue
+        if not good_area:
+            derived["area" if area is None else "unusable area"] += 1
+        if not good_box:
+            derived["bbox" if bbox is None else "box of no size"] += 1
+        ann_ids.append(ann.get("id"))
+        builder.add(i, bool(crowd), float(area) if good_area else math.nan,
+                    [float(v) for v in bbox] if good_box else [math.nan] * 4, kind, rings, rle)
+    del data
+
+    arrays = builder.build()
+    if not builder.usable.all():
+        skipped["degenerate polygon (fewer than 3 points, odd length, not finite or no area)"] += int((~builder.usable).sum())
+    kept_ids = [a for a, k in zip(ann_ids, builder.usable) if k]
+    bad_rle, empty = _bad_rles(arrays, widths_np, heights_np)
+    if bad_rle.any():
+        skipped["RLE that does not decode to its image's size"] += int(bad_rle.sum())
+    if empty.any():
+        skipped["empty mask"] += int(empty.sum())
+    drop = bad_rle | empty
+    if drop.any():
+        arrays = _without(arrays, np.flatnonzero(~drop))
+        kept_ids = [a for a, d in zip(kept_ids, drop) if not d]
+
+    order = np.argsort(arrays["image"], kind="stable")
+    if (order != np.arange(len(order))).any():
+        arrays = _without(arrays, order)
+    image_anns = np.searchsorted(arrays["image"], np.arange(len(ids) + 1)).astype(np.int64)
+
+    numbered = [a for a in kept_ids if _positive_int(a)]
+    if len(set(numbered)) < len(kept_ids):
+        repeats = len(numbered) - len(set(numbered))
+        notes.append(f"annotation ids renumbered ({repeats} repeated, {len(kept_ids) - len(numbered)} missing or not "
+                     "positive integers): pycocotools needs them unique")
+    for reason, count in skipped.items():
+        notes.append(f"{count} annotations skipped: {reason}")
+    for reason, count in derived.items():
+        notes.append(f"{count} annotations with {'no ' + reason if reason in ('area', 'bbox') else 'a ' + reason}: "
+                     "derived from the mask")
+    return GroundTruth(path, ids, file_names, widths_np, heights_np, image_anns=image_anns, notes=notes,
+                       skipped=dict(skipped), index=index, **arrays)
+
+
+def _without(arrays: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The annotations `keep` (indices, in that order) of flat `arrays`, rings and RLE bytes regathered."""
+    out = {name: arrays[name][keep] for name in ("image", "crowd", "area", "bbox", "kind")}
+    rings, ring_offsets, coords = arrays["rings"], arrays["ring_offsets"], arrays["coords"]
+    ring_index = _gather_ranges(rings, keep)
+    point_index = _gather_ranges(ring_offsets, ring_index)
+    out["rings"] = np.concatenate([[0], np.cumsum(rings[keep + 1] - rings[keep])]).astype(np.int64)
+    out["ring_offsets"] = np.concatenate([[0], np.cumsum(ring_offsets[ring_index + 1] - ring_offsets[ring_index])]).astype(np.int64)
+    out["coords"] = coords[point_index]
+    rle = arrays["rle"]
+    out["rle"] = np.concatenate([[0], np.cumsum(rle[keep + 1] - rle[keep])]).astype(np.int64)
+    out["rle_bytes"] = arrays["rle_bytes"][_gather_ranges(rle, keep)]
+    return out
+
+
+def _gather_ranges(offsets: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Concatenated arange(offsets[c], offsets[c + 1]) for each c in `chosen`."""
+    starts, ends = offsets[chosen], offsets[chosen + 1]
+    lengths = ends - starts
+    if lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(int(lengths.sum()), dtype=np.int64) + shift
+
+
+def _rle_counts(seg: dict, i: int, widths: np.ndarray, heights: np.ndarray) -> tuple[bytes, str | None]:
+    """Compressed counts of an RLE segmentation, or why it is skipped; sets the image's size from the
+    RLE where the image entry gives none."""
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
+        return b"", "malformed RLE (its 'size' is not [height, width])"
+    if widths[i] <= 0:
+        heights[i], widths[i] = size
+    if size != [int(heights[i]), int(widths[i])]:
+        return b"", "RLE that does not decode to its image's size"
+    if isinstance(counts, str):
+        return (counts.encode("ascii"), None) if counts.isascii() else (b"", "RLE that does not decode to its image's size")
+    if isinstance(counts, list) and counts and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+        if sum(counts) != size[0] * size[1]:
+            return b"", "RLE that does not decode to its image's size"
+        return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)["counts"], None
+    return b"", "malformed RLE (its 'counts' are neither a string nor non-negative integers)"
+
+
+def _bad_rles(arrays: dict[str, np.ndarray], widths: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(does not decode to its image's pixels, decodes to an empty mask) for each kept annotation."""
+    bad = np.zeros(len(arrays["image"]), dtype=bool)
+    empty = np.zeros(len(arrays["image"]), dtype=bool)
+    rows = np.flatnonzero(arrays["kind"] == 2)
+    if len(rows):
+        strings = [arrays["rle_bytes"][arrays["rle"][a] : arrays["rle"][a + 1]].tobytes() for a in rows]
+        image = arrays["image"][rows]
+        pixels = heights[image].astype(np.int64) * widths[image]
+        valid, area = check_rle_strings(strings, pixels)
+        bad[rows] = ~valid
+        empty[rows] = valid & (area == 0)
+    return bad, empty
+
+
+def decode_rle_strings(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run lengths of compressed RLE strings (pycocotools' `rleFrString` format), all at once.
+
+    Returns (counts, offsets, well_formed): string s's run lengths are `counts[offsets[s]:offsets[s + 1]]`
+    (int64, possibly negative when the string is garbage); `well_formed[s]` is False where a character is
+    outside the alphabet ('0'..'o'), the string ends inside a value, or a value is too long to be a
+    count. Source: pycocotools `maskApi.c`: 5 bits per character, 0x20 continues, 0x10 signs the last
+    character, and counts from the third on are stored as the difference to the count two before."""
+    n = len(strings)
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=n)
+    ends = np.cumsum(lengths)
+    char = np.frombuffer(b"".join(strings), dtype=np.uint8).astype(np.int64) - 48
+    owner = np.repeat(np.arange(n), lengths)
+    well_formed = lengths > 0
+    bad_char = (char < 0) | (char > 63)
+    np.logical_and.at(well_formed, owner[bad_char], False)
+    char = np.where(bad_char, 0, char)
+    last = np.zeros(len(char), dtype=bool)
+    last[ends[lengths > 0] - 1] = True
+    value_end = ((char & 0x20) == 0) | last
+    well_formed[owner[last & ((char & 0x20) != 0)]] = False  # the string stops inside a value
+    value_start = np.flatnonzero(np.concatenate([[True], value_end[:-1]])) if len(char) else np.zeros(0, np.int64)
+    value_of_char = np.cumsum(np.concatenate([[0], value_end[:-1]])) if len(char) else np.zeros(0, np.int64)
+    k = np.arange(len(char)) - value_start[value_of_char]
+    too_long = k > 6  # 35 bits: more than any image has pixels
+    np.logical_and.at(well_formed, owner[too_long], False)
+    k = np.minimum(k, 6)
+    chunk_value = (char & 0x1F) << (5 * k)
+    values = np.add.reduceat(chunk_value, value_start) if len(char) else np.zeros(0, np.int64)
+    final = np.flatnonzero(value_end)
+    signed = (char[final] & 0x10) != 0
+    values = values - np.where(signed, np.left_shift(1, 5 * (k[final] + 1)), 0)
+    # undo the difference coding: counts[j] = values[j] + counts[j - 2] for j > 2 (one chain per parity)
+    value_owner = owner[value_start] if len(char) else np.zeros(0, np.int64)
+    per_string = np.bincount(value_owner, minlength=n)
+    offsets = np.concatenate([[0], np.cumsum(per_string)]).astype(np.int64)
+    j = np.arange(len(values)) - offsets[value_owner]
+    chain = value_owner * 3 + np.where(j == 0, 0, np.where(j % 2 == 1, 1, 2))
+    order = np.argsort(chain, kind="stable")
+    sorted_values = values[order]
+    sorted_chain = chain[order]
+    total = np.cumsum(sorted_values)
+    chain_start = np.flatnonzero(np.concatenate([[True], sorted_chain[1:] != sorted_chain[:-1]])) if len(values) else np.zeros(0, np.int64)
+    before = np.repeat(np.concatenate([[0], total])[chain_start], np.diff(np.concatenate([chain_start, [len(values)]])))
+    counts = np.empty_like(values)
+    counts[order] = total - before
+    return counts, offsets, well_formed
+
+
+def check_rle_strings(strings: list[bytes], pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, area) per compressed RLE string: valid where it decodes, as pycocotools would, to exactly
+    `pixels` (height x width) pixels with no negative run; area is the number of foreground pixels."""
+    counts, offsets, valid = decode_rle_strings(strings)
+    n = len(strings)
+    owner = np.repeat(np.arange(n), np.diff(offsets))
+    negative = np.zeros(n, dtype=bool)
+    np.logical_or.at(negative, owner[counts < 0], True)
+    total = np.bincount(owner, weights=counts, minlength=n)  # float64: exact below 2**53
+    j = np.arange(len(counts)) - offsets[owner]
+    area = np.bincount(owner[j % 2 == 1], weights=counts[j % 2 == 1], minlength=n).astype(np.int64)
+    return valid & ~negative & (total == np.asarray(pixels)), area
+
+
+def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
+                  notes: list[str] | None = None) -> list[dict]:
+    """COCO results made ready for `gt.to_coco()`'s index, in place (a copy of millions would double
+    memory): image ids become pycocotools' (index + 1), masks compressed RLE with str counts, one category.
+
+    Refused in one line naming the first offending result (FastMaskError): an entry that is not an
+    object, a missing or unknown `image_id` (unknown ones are dropped with a note under `allow_missing`),
+    a score that is not a finite real number (booleans included), neither `segmentation` nor `bbox`,
+    a box that is not four finite numbers of non-negative size, an RLE that does not decode to its
+    image's size (pycocotools would score it as garbage, or crash). Polygon rings that are degenerate
+    are dropped (a result of only such rings is an empty mask), as in the ground truth."""
+    notes = notes if notes is not None else []
+    unknown: dict[tuple, int] = {}
+    strings: list[tuple[int, bytes, int]] = []
+    kept = []
+    for n, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise FastMaskError(f"result {n} is a JSON {type(r).__name__}, not an object")
+        if "image_id" not in r:
+            raise FastMaskError(f"result {n} has no 'image_id'")
+        i = gt.find(r["image_id"])
+        if i is None:
+            if not allow_missing:
+                raise FastMaskError(f"result {n} is on image id {r['image_id']!r}, which is not in the ground truth "
+                                    "(use --allow-missing to evaluate on the images they share)")
+            key = id_key(r["image_id"]) or ("other", repr(r["image_id"]))
+            unknown[key] = unknown.get(key, 0) + 1
+            continue
+        score = r.get("score")
+        if not _number(score):
+            raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has score {score!r}: "
+                                "proposals must be ranked by finite numbers")
+        if "segmentation" in r:
+            r["segmentation"] = _result_mask(r["segmentation"], gt, i, n, r["image_id"])
+            if isinstance(r["segmentation"]["counts"], bytes):  # compressed by the caller's tool: check it decodes
+                size = r["segmentation"]["size"]
+                strings.append((len(kept), r["segmentation"]["counts"], size[0] * size[1]))
+                r["segmentation"]["counts"] = r["segmentation"]["counts"].decode("ascii")
+        elif "bbox" in r:
+            box = r["bbox"]
+            if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box) and box[2] >= 0 and box[3] >= 0):
+                raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has bbox {box!r}: "
+                                    "it must be [x, y, width, height], finite, of non-negative size")
+        else:
+            raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has neither 'segmentation' nor 'bbox'")
+        r["image_id"] = i + 1
+        r["category_id"] = 1
+        r["_n"] = n
+        kept.append(r)
+    for start in range(0, len(strings), 100_000):  # bounded memory, one vectorised pass per block
+        block = strings[start : start + 100_000]
+        valid, _ = check_rle_strings([s for _, s, _ in block], np.asarray([p for _, _, p in block]))
+        if not valid.all():
+            first = kept[block[int(np.flatnonzero(~valid)[0])][0]]
+            shown = gt.ids[first["image_id"] - 1]
+            raise FastMaskError(f"result {first['_n']} (image_id {shown!r}) has RLE counts that do not decode to a "
+                                f"{first['segmentation']['size'][1]}x{first['segmentation']['size'][0]} mask "
+                                "(written as str(bytes)? counts must be the string itself)")
+    for r in kept:
+        del r["_n"]
+    if unknown:
+        notes.append(f"ignored {sum(unknown.values())} results on {len(unknown)} image ids not in the ground truth")
+    return kept
+
+
+def _result_mask(seg: Any, gt: GroundTruth, i: int, n: int, image_id: Any) -> dict:
+    """A result's mask as {'size', 'counts'}: counts bytes where the result wrote a compressed string
+    (to be checked), str where we encoded it here."""
+    frame = gt.frame(i)
+    where = f"result {n} (image_id {image_id!r})"
+    if isinstance(seg, list):
+        if frame is None:
+            raise FastMaskError(f"{where} is a polygon, but the ground truth gives no width and height for its image")
+        rings = [r for r in seg if isinstance(r, list) and len(r) >= 6 and len(r) % 2 == 0]
+        flat = [v for r in rings for v in r]
+        coords, good = _ring_coordinates(flat, [len(r) for r in rings])
+        starts = np.concatenate([[0], np.cumsum([len(r) for r in rings])]).astype(int)
+        usable = [coords[starts[k] : starts[k + 1]].tolist() for k in np.flatnonzero(good)]
+        if usable:
+            rle = mask_utils.merge(mask_utils.frPyObjects(usable, frame[1], frame[0]))
+        else:  # nothing but degenerate rings: an empty mask
+            rle = mask_utils.encode(np.zeros((frame[1], frame[0], 1), dtype=np.uint8, order="F"))[0]
+        return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    if not isinstance(seg, dict):
+        raise FastMaskError(f"{where} has a segmentation that is neither polygons nor RLE")
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
+        raise FastMaskError(f"{where} has an RLE 'size' of {size!r}, not [height, width]")
+    if frame is not None and size != [frame[1], frame[0]]:
+        raise FastMaskError(f"{where} has a {size[1]}x{size[0]} RLE mask (width x height), but image {image_id!r} is "
+                            f"{frame[0]}x{frame[1]} in the ground truth")
+    if isinstance(counts, str):
+        if not counts.isascii():
+            raise FastMaskError(f"{where} has RLE counts that are not a pycocotools string")
+        return {"size": size, "counts": counts.encode("ascii")}
+    if isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts) \
+            and sum(counts) == size[0] * size[1]:
+        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
+        return {"size": size, "counts": rle["counts"].decode("ascii")}
+    raise FastMaskError(f"{where} has uncompressed RLE counts that do not add up to its {size[1]}x{size[0]} mask")
