@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from typer.testing import CliRunner
 from fastmask_cli import load_model
 from fastmask_cli.cli import app
 from fastmask_cli.errors import FastMaskError
-from fastmask_cli.engine import TrainSettings, train, validate
+from fastmask_cli.engine import TrainEvents, TrainSettings, train, validate
 
 from conftest import SHARED_DATA, TINY
 from synthetic import write_shapes_dataset
@@ -179,3 +181,122 @@ def test_init_loads_an_imagenet_body_before_training(shapes, tmp_path: Path) -> 
     model, info = load_model(str(tmp_path / "run"))
     assert info.meta["init"] == str(tmp_path / "resnet18.pth") and info.meta["trained_on"] == str(gt)
     assert torch.allclose(model.body.layer3[0].conv1.weight, imagenet["layer3.0.conv1.weight"], atol=1e-6)
+
+
+class _StopAt(TrainEvents):
+    """Sends this process `signal` (or raises, for a crash) when iteration `at` has been taken."""
+
+    def __init__(self, at: int, how: str) -> None:
+        self.at, self.how = at, how
+
+    def step(self, metrics: dict[str, float]) -> None:
+        if metrics["iteration"] == self.at:
+            if self.how == "crash":
+                raise RuntimeError("the machine went away")
+            os.kill(os.getpid(), getattr(signal, self.how))
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    first, second = torch.load(a)["model"], torch.load(b)["model"]
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGUSR1", "crash"])
+def test_stopped_mid_epoch_the_run_resumes_bit_identical(shapes, tmp_path: Path, how: str) -> None:
+    """8 images, batch 2: 4 steps an epoch. Stopped in epoch 2 (by a signal at step 6, or by a crash at
+    step 7 with a periodic checkpoint at step 6), resumed, it ends with the unbroken run's weights."""
+    gt, images = shapes
+    run = settings(epochs=3, batch_size=2, copy_paste=0.5, checkpoint_every=3)
+    whole = train(gt, images, tmp_path / "whole", config=CONFIG, settings=run, device="cpu")
+    if how == "crash":
+        with pytest.raises(RuntimeError, match="went away"):
+            train(gt, images, tmp_path / "split", config=CONFIG, settings=run, device="cpu", events=_StopAt(7, how))
+    else:
+        stopped = train(gt, images, tmp_path / "split", config=CONFIG, settings=run, device="cpu", events=_StopAt(6, how))
+        assert stopped.stopped_by == how and stopped.iterations == 6
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["iteration"], state["midway"]["batches"]) == (1, 6, 2)
+    resumed = train(gt, images, tmp_path / "split", config=CONFIG, settings=run, device="cpu", resume=True)
+    assert resumed.stopped_by is None and resumed.iterations == whole.iterations == 12
+    assert _same_weights(tmp_path / "whole" / "model.pt", tmp_path / "split" / "model.pt")
+    epochs = [[r for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines()) if r["type"] == "epoch"]
+              for name in ("whole", "split")]
+    assert epochs[0] == epochs[1]  # the interrupted epoch's mean loss too
+
+
+def _ddp_script(tmp_path: Path, gt: Path, images: Path) -> Path:
+    script = tmp_path / "ddp_stop.py"
+    script.write_text(
+        "import os, signal, sys; sys.path.insert(0, %r)\n"
+        "from conftest import TINY\n"
+        "from fastmask_cli.engine import TrainEvents, TrainSettings, train\n"
+        "class Stop(TrainEvents):\n"
+        "    def step(self, m):\n"
+        "        if os.environ['RANK'] == '0' and m['iteration'] == int(os.environ.get('STOP_AT', 0)):\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)  # rank 0 only: rank 1 must stop at the same step\n"
+        "s = train(%r, %r, sys.argv[1], config=TINY.with_overrides(size=192), device='cpu', events=Stop(),\n"
+        "          resume=len(sys.argv) > 2, settings=TrainSettings(epochs=2, batch_size=1, size=192, workers=1,\n"
+        "          copy_paste=0.5, checkpoint_every=0))\n"
+        "print('stopped', s.stopped_by, 'at', s.iterations)\n" % (str(Path(__file__).parent), str(gt), str(images))
+    )
+    return script
+
+
+def _torchrun(script: Path, *args: str, stop_at: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AT": str(stop_at)}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+                           str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_two_processes_stopped_by_sigterm_mid_epoch_resume_bit_identical(shapes, tmp_path: Path) -> None:
+    """gloo on the CPU, 8 images over 2 processes at batch 1: 4 steps an epoch. SIGTERM reaches rank 0
+    alone at step 6; both stop there, rank 0 checkpoints, and the resumed pair ends as an unbroken pair."""
+    gt, images = shapes
+    script = _ddp_script(tmp_path, gt, images)
+    assert _torchrun(script, str(tmp_path / "whole")).stdout.count("stopped None at 8") == 2
+    stopped = _torchrun(script, str(tmp_path / "split"), stop_at=6)
+    assert stopped.stdout.count("stopped SIGTERM at 6") == 1 and stopped.stdout.count("stopped another process's signal at 6") == 1
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["midway"]["batches"] == 2
+    assert _torchrun(script, str(tmp_path / "split"), "--resume").stdout.count("stopped None at 8") == 2
+    assert _same_weights(tmp_path / "whole" / "model.pt", tmp_path / "split" / "model.pt")
+
+
+def test_sigterm_checkpoints_within_seconds_and_takes_the_workers_along(shapes, tmp_path: Path) -> None:
+    """As Slurm does it: SIGTERM to the training process (and to its DataLoader workers) mid-epoch."""
+    gt, images = shapes
+    script = tmp_path / "stop.py"
+    script.write_text(
+        "import sys; sys.path.insert(0, %r)\n"
+        "from conftest import TINY\n"
+        "from fastmask_cli.engine import TrainEvents, TrainSettings, train\n"
+        "class Say(TrainEvents):\n"
+        "    def step(self, m): print('step', m['iteration'], flush=True)\n"
+        "s = train(%r, %r, %r, config=TINY.with_overrides(size=192), device='cpu', events=Say(),\n"
+        "          settings=TrainSettings(epochs=50, batch_size=1, size=192, workers=2, checkpoint_every=0))\n"
+        "sys.exit(143 if s.stopped_by else 0)\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))
+    )
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in child.stdout:
+            if line.startswith("step 3"):
+                break
+        workers = [int(p) for p in Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()]
+        assert len(workers) == 2
+        started = time.monotonic()
+        for pid in [child.pid, *workers]:  # Slurm signals every process of the step
+            os.kill(pid, signal.SIGTERM)
+        assert child.wait(timeout=60) == 143
+        took = time.monotonic() - started
+    finally:
+        child.kill()
+    assert took < 10, took
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["midway"] is not None and state["iteration"] >= 3
+    time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]

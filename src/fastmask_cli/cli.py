@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -422,10 +423,16 @@ def train_command(
     device: str = DEVICE,
     precision: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16."),
     seed: int = typer.Option(0, help="Seed for initialisation, data order, augmentation and sampling."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last finished epoch."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint (mid-epoch too)."),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="Iterations between checkpoints within an epoch "
+                                         "(0: at epoch ends only). SIGTERM or SIGUSR1 also writes one, then stops."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
 ) -> None:
-    """Train FastMask on COCO-format data (paper §5.2). Under torchrun, trains on every GPU with DDP."""
+    """Train FastMask on COCO-format data (paper §5.2). Under torchrun, trains on every GPU with DDP.
+
+    Preemption-safe: on SIGTERM or SIGUSR1 (what Slurm sends) every process stops at the same step,
+    a checkpoint is written, and the exit status is 128 + the signal's number; --resume goes on
+    from there as an unbroken run would have."""
     from .config import preset
     from .engine import TrainEvents, TrainSettings, train
 
@@ -435,7 +442,8 @@ def train_command(
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, warmup_iters=warmup, size=size,
                              freeze_stages=freeze_stages, freeze_bn=freeze_bn, train_sample=train_sample, bn_images=bn_images,
                              jitter=_pair(jitter, "--jitter"), copy_paste=copy_paste, windows_per_image=windows_per_image,
-                             seed=seed, workers=workers, precision=precision, val_every=val_every)
+                             seed=seed, workers=workers, precision=precision, val_every=val_every,
+                             checkpoint_every=checkpoint_every)
     main_process = int(os.environ.get("RANK", "0")) == 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[losses]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -460,8 +468,13 @@ def train_command(
 
         summary = train(gt, images_dir, out, config=model_config, settings=settings, init=init,
                         val=(val_ann, val_images) if val_ann else None, resume=resume, device=device, events=Events())
+    stop_status = 128 + int(getattr(signal, summary.stopped_by, signal.SIGTERM)) if summary.stopped_by else 0
     if not main_process:
-        return
+        raise typer.Exit(stop_status)
+    if summary.stopped_by:
+        console.print(f"[yellow]Stopped by {summary.stopped_by}[/] at iteration {summary.iterations}: checkpoint written to "
+                      f"{out / 'checkpoint.pt'}. Run the same command with --resume to go on.", highlight=False)
+        raise typer.Exit(stop_status)
     table = Table(title="fastmask train", show_header=False)
     table.add_row("run", summary.out)
     table.add_row("epochs / iterations", f"{summary.epochs} / {summary.iterations}")

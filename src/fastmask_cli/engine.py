@@ -8,14 +8,24 @@ that resume exactly, validation AR through `evaluate`, and DistributedDataParall
 A run folder holds `checkpoint.pt` (everything needed to resume), `model.pt` (the latest weights, in
 the format `fastmask propose --weights` loads), `best.pt` (the best by validation mask AR@100) and
 `log.jsonl` (one JSON object per logged step, epoch and validation).
+
+Preemption: `checkpoint.pt` is also written every `checkpoint_every` iterations, and when SIGTERM or
+SIGUSR1 arrives (what Slurm sends before preempting or at the time limit): every process stops at the
+same iteration, rank 0 writes the checkpoint, and `train` returns with `summary.stopped_by` set.
+A resumed run continues mid-epoch with the data order, window sampling and weights an unbroken run
+would have had (bit-identical on the same number of processes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -77,6 +87,7 @@ class TrainSettings:
     train_sample: int = 8  # training images (unaugmented) evaluated beside val, to see under- or over-fitting
     bn_images: int = 64  # training images (unaugmented) that recompute BatchNorm statistics before validating
     log_every: int = 10  # iterations between log lines
+    checkpoint_every: int = 1000  # iterations between mid-epoch checkpoints (0: at epoch ends only)
 
     def __post_init__(self) -> None:
         if self.lr is None and self.optimizer in DEFAULT_LR:
@@ -94,6 +105,7 @@ class TrainSettings:
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
             (self.workers >= 0 and self.val_every >= 1 and self.log_every >= 1, "workers, val-every and log-every must be positive"),
             (self.bn_images >= 0, "--bn-images must be at least 0"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be at least 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -134,6 +146,7 @@ class TrainSummary:
     last_train_batch_statistics: dict[str, Any] | None = None  # the same with batch statistics (at the end)
     bn_warning: str | None = None  # eval mode far below batch statistics on the training sample
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable images and why
+    stopped_by: str | None = None  # "SIGTERM" or "SIGUSR1": checkpointed mid-run, resume to go on
     step_seconds: list[float] = field(default_factory=list, repr=False)
 
 
@@ -240,13 +253,74 @@ def _flat(evaluation: Evaluation) -> dict[str, float | None]:
 
 
 def _save_training_state(path: Path, model: FastMask, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                         settings: TrainSettings, epoch: int, iteration: int, best: dict | None, init: str | None) -> None:
+                         settings: TrainSettings, epoch: int, iteration: int, best: dict | None, init: str | None,
+                         midway: dict | None = None) -> None:
+    """`epoch` epochs finished; `midway` (steps, world, rng per rank, loss totals) where the next one is under way."""
     payload = {"format": TRAIN_FORMAT, "version": 1, "config": model.config.to_dict(), "settings": settings.to_dict(),
                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scaler": scaler.state_dict() if scaler is not None else None,
-               "epoch": epoch, "iteration": iteration, "best": best, "init": init}
+               "epoch": epoch, "iteration": iteration, "best": best, "init": init, "midway": midway}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 noted, not obeyed at once: the loop stops at the next step that every process
+    agrees on, after writing a checkpoint. Installed only from the main thread (signals go there)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers leave stopping to the main process (a worker killed by Slurm's SIGTERM would
+    fail the main process before it checkpoints), and die with it however it ends (PR_SET_PDEATHSIG)."""
+    for sig in (*StopSignals.SIGNALS, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
+
+
+class _SkipBatches(torch.utils.data.Sampler):
+    """`sampler` without its first `skip` indices: the rest of an epoch that a checkpoint interrupted."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _load_training_state(path: Path) -> dict[str, Any]:
@@ -279,6 +353,8 @@ class Run:
     start_epoch: int = 0
     iteration: int = 0
     best: dict | None = None
+    midway: dict | None = None  # where the interrupted epoch `start_epoch` stood: steps, this rank's rng, totals
+    stop: StopSignals = field(default_factory=StopSignals)
 
     @property
     def main(self) -> bool:
@@ -300,13 +376,20 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
         state = _load_training_state(out / CHECKPOINT)
         stored = TrainSettings.from_dict(state["settings"])
         config = FastMaskConfig.from_dict(state["config"])
-        given, settings = settings, replace(stored, epochs=settings.epochs, workers=settings.workers)
+        free = ("epochs", "workers", "checkpoint_every")  # may change on resume: they do not change the result
+        given, settings = settings, replace(stored, **{k: getattr(settings, k) for k in free})
         differ = [f"{k} {v!r} (given {getattr(given, k)!r})" for k, v in asdict(settings).items()
-                  if v != getattr(given, k) and k not in ("epochs", "workers")]
-        if differ and given != TrainSettings(epochs=given.epochs, workers=given.workers):
+                  if v != getattr(given, k) and k not in free]
+        if differ and given != TrainSettings(**{k: getattr(given, k) for k in free}):
             events.note("the run's own settings are kept: " + ", ".join(differ))
         init = state.get("init")
-        events.note(f"resuming {out} after epoch {state['epoch']} (iteration {state['iteration']})")
+        midway = state.get("midway")
+        if midway and midway["world"] != world:
+            events.note(f"the run was stopped in epoch {state['epoch'] + 1} on {midway['world']} processes, now {world}: "
+                        "that epoch starts again from its beginning")
+            state["midway"] = None
+        where = f"in epoch {state['epoch'] + 1}" if state.get("midway") else f"after epoch {state['epoch']}"
+        events.note(f"resuming {out} {where} (iteration {state['iteration']})")
     elif resume:
         events.note(f"nothing to resume in {out}: starting a new run")
     if rank == 0:
@@ -357,6 +440,10 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         run.start_epoch, run.iteration, run.best = state["epoch"], state["iteration"], state.get("best")
+        if state.get("midway"):
+            midway = state["midway"]
+            run.midway = {"batches": midway["batches"], "steps": midway["steps"], "rng": midway["rng"][rank],
+                          "totals": midway["totals"][rank]}
     return run
 
 
@@ -388,18 +475,52 @@ def train_step(run: Run, samples: list[Sample]) -> dict[str, float]:
     return values
 
 
-def train_one_epoch(run: Run, epoch: int, events: TrainEvents, summary: TrainSummary, log: Any) -> dict[str, Any]:
-    """One pass over this process's share of the data; returns the epoch's mean losses."""
+def _stop_agreed(run: Run) -> bool:
+    """Whether any process has been asked to stop; every process gets the same answer at the same step."""
+    asked = run.stop.received is not None
+    if run.world == 1:
+        return asked
+    flag = torch.tensor([float(asked)], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and run.stop.received is None:
+        run.stop.received = "another process's signal"
+    return bool(flag.item())
+
+
+def save_midway(run: Run, epoch: int, batches: int, steps: int, totals: dict[str, float]) -> None:
+    """checkpoint.pt in the middle of epoch `epoch` (0-based), `batches` of it read and `steps` taken:
+    every process sends its random state (window sampling differs per process), rank 0 writes."""
+    mine = {"rng": {k: v.cpu() for k, v in _rng_state(run.device).items()}, "totals": totals}
+    gathered = [mine]
+    if run.world > 1:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, mine)
+    if run.main:
+        midway = {"batches": batches, "steps": steps, "world": run.world,
+                  "rng": [g["rng"] for g in gathered], "totals": [g["totals"] for g in gathered]}
+        _save_training_state(run.out / CHECKPOINT, run.model, run.optimizer, run.scaler, run.settings, epoch,
+                             run.iteration, run.best, run.init, midway)
+    if run.world > 1:
+        dist.barrier()
+
+
+def train_one_epoch(run: Run, epoch: int, events: TrainEvents, summary: TrainSummary, log: Any) -> dict[str, Any] | None:
+    """One pass over this process's share of the data; returns the epoch's mean losses, or None when a
+    stop signal ended it (after a checkpoint). An epoch that a checkpoint interrupted goes on from there."""
     settings = run.settings
     torch.manual_seed(_epoch_seed(settings.seed, epoch))  # window sampling: same per epoch on resume
     run.dataset.set_epoch(epoch)
     run.sampler.set_epoch(epoch)
-    loader = DataLoader(run.dataset, batch_size=settings.batch_size, sampler=run.sampler, num_workers=settings.workers,
-                        collate_fn=_collate, persistent_workers=False)
+    midway, run.midway = run.midway, None
+    batches, steps, totals = (midway["batches"], midway["steps"], dict(midway["totals"])) if midway else (0, 0, {})
+    sampler = _SkipBatches(run.sampler, batches * settings.batch_size) if batches else run.sampler
+    loader = iter(DataLoader(run.dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
+                             collate_fn=_collate, persistent_workers=False, worker_init_fn=_worker_init))
+    if midway:  # after the loader has drawn its seed from the same generator, as it had when the state was saved
+        _set_rng_state(midway["rng"], run.device)
     events.epoch_start(epoch + 1, settings.epochs, run.iterations_per_epoch)
-    totals: dict[str, float] = {}
-    steps = 0
     for samples in loader:
+        batches += 1
         good = [s for s in samples if s.error is None]
         for s in samples:
             if s.error is not None and s.file not in summary.skipped:
@@ -424,6 +545,12 @@ def train_one_epoch(run: Run, epoch: int, events: TrainEvents, summary: TrainSum
         if log is not None and run.iteration % settings.log_every == 0:
             log.write(json.dumps({"type": "step", **metrics}) + "\n")
             log.flush()
+        stopping = _stop_agreed(run)
+        ending = batches == run.iterations_per_epoch  # the epoch's end writes its own checkpoint
+        if stopping or (settings.checkpoint_every and run.iteration % settings.checkpoint_every == 0 and not ending):
+            save_midway(run, epoch, batches, steps, totals)
+        if stopping:
+            return None
     return {"type": "epoch", "epoch": epoch + 1, "iteration": run.iteration, **{k: v / max(steps, 1) for k, v in totals.items()}}
 
 
@@ -506,31 +633,45 @@ def train(
     summary = TrainSummary(str(out), epochs=run.start_epoch, iterations=run.iteration, best=run.best)
     log = open(out / LOG, "a") if run.main else None
     try:
-        for epoch in range(run.start_epoch, settings.epochs):
-            record = train_one_epoch(run, epoch, events, summary, log)
-            summary.last_loss = record.get("loss", summary.last_loss)
-            last = epoch + 1 == settings.epochs
-            # without val, the training sample is measured at the end only: it is there to compare with val
-            validating = last or (val is not None and (epoch + 1) % settings.val_every == 0)
-            if validating and settings.bn_images > 0:  # every process: statistics are averaged over them
-                record["bn_images"] = precise_bn(run.model, run.dataset, settings.bn_images, run.device, run.rank, run.world)
-            if run.main:
-                if validating:
-                    evaluate_epoch(run, record, gt_path, images_dir, val, check_bn=last)
-                    if record.get("bn_warning"):
-                        events.note(record["bn_warning"])
-                save_epoch(run, record, gt_path, images_dir)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if run.world > 1:
-                dist.barrier()
-            summary.epochs, summary.iterations, summary.best = epoch + 1, run.iteration, run.best
-            summary.last_val, summary.last_train = record.get("val", summary.last_val), record.get("train", summary.last_train)
-            summary.last_train_batch_statistics = record.get("train_batch_statistics", summary.last_train_batch_statistics)
-            summary.bn_warning = record.get("bn_warning", summary.bn_warning)
-            events.epoch_end(record)
+        with run.stop:
+            _train_epochs(run, gt_path, images_dir, val, events, summary, log)
     finally:
         if log is not None:
             log.close()
+    summary.stopped_by = run.stop.received
     summary.seconds_per_iteration = float(np.median(summary.step_seconds)) if summary.step_seconds else 0.0
     return summary
+
+
+def _train_epochs(run: Run, gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None, events: TrainEvents,
+                  summary: TrainSummary, log: Any) -> None:
+    """The epochs from where the run stands; returns early (checkpoint written) when asked to stop."""
+    settings = run.settings
+    for epoch in range(run.start_epoch, settings.epochs):
+        if _stop_agreed(run):  # asked between epochs: the last epoch's checkpoint is already written
+            return
+        record = train_one_epoch(run, epoch, events, summary, log)
+        if record is None:
+            summary.iterations = run.iteration
+            return
+        summary.last_loss = record.get("loss", summary.last_loss)
+        last = epoch + 1 == settings.epochs
+        # without val, the training sample is measured at the end only: it is there to compare with val
+        validating = last or (val is not None and (epoch + 1) % settings.val_every == 0)
+        if validating and settings.bn_images > 0:  # every process: statistics are averaged over them
+            record["bn_images"] = precise_bn(run.model, run.dataset, settings.bn_images, run.device, run.rank, run.world)
+        if run.main:
+            if validating:
+                evaluate_epoch(run, record, gt_path, images_dir, val, check_bn=last)
+                if record.get("bn_warning"):
+                    events.note(record["bn_warning"])
+            save_epoch(run, record, gt_path, images_dir)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if run.world > 1:
+            dist.barrier()
+        summary.epochs, summary.iterations, summary.best = epoch + 1, run.iteration, run.best
+        summary.last_val, summary.last_train = record.get("val", summary.last_val), record.get("train", summary.last_train)
+        summary.last_train_batch_statistics = record.get("train_batch_statistics", summary.last_train_batch_statistics)
+        summary.bn_warning = record.get("bn_warning", summary.bn_warning)
+        events.epoch_end(record)
