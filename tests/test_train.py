@@ -300,3 +300,24 @@ def test_sigterm_checkpoints_within_seconds_and_takes_the_workers_along(shapes, 
     assert state["midway"] is not None and state["iteration"] >= 3
     time.sleep(0.5)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+
+
+def test_two_nodes_meet_through_a_rendezvous_endpoint(shapes, tmp_path: Path) -> None:
+    """`torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint HOST:PORT` as the README's Slurm script
+    runs it, with both "nodes" on this machine: the two agents meet, and rank 0 alone writes the run."""
+    gt, images = shapes
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "fastmask-test",
+               "-m", "fastmask_cli", "train", str(gt), str(images), "--out", str(tmp_path / "run"), "--resume",
+               "--epochs", "1", "--batch-size", "2", "--size", "128", "--workers", "0", "--train-sample", "0",
+               "--bn-images", "0", "--init", "none", "--body", "resnet18", "--config", "fast"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert sum("fastmask train" in out for out in outputs) == 1  # rank 0's summary only
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "log.jsonl", "model.pt"]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] == 2  # 8 images / 2 nodes / 2

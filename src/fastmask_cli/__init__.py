@@ -20,6 +20,7 @@ _EXPORTS = {
     "FastMaskError": "errors",
     "OnnxNetwork": "backend", "export_onnx": "backend",
     "Evaluation": "evaluate",
+    "GroundTruth": "coco", "read_ground_truth": "coco", "check_results": "coco",
     "read_image": "images",
     "Proposals": "inference", "Proposer": "inference",
     "FastMask": "model",

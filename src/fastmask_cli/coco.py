@@ -27,7 +27,9 @@ import contextlib
 import io
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from .errors import FastMaskError
-from .files import read_json
+from .files import no_gc, read_json, release_memory
 
 _CHUNK = 1 << 16  # annotations whose coordinates are gathered in Python before becoming one array
 
@@ -63,6 +65,28 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+class FlatStrings:
+    """A list of optional strings in one byte buffer with offsets: a million file names as two arrays,
+    not a million Python objects whose reference counts would copy their pages into every worker."""
+
+    def __init__(self, strings: list[str | None]) -> None:
+        encoded = [s.encode("utf-8") if s is not None else b"" for s in strings]
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
+        self.present = np.fromiter((s is not None for s in strings), dtype=bool, count=len(strings))
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def __getitem__(self, i: int) -> str | None:
+        if not self.present[i]:
+            return None
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str | None]:
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass
 class GroundTruth:
     """COCO ground truth, checked. Images keep their order in the file; annotations are grouped by image.
@@ -77,7 +101,7 @@ class GroundTruth:
 
     path: Path
     ids: list[Any]
-    file_names: list[str | None]
+    file_names: FlatStrings
     widths: np.ndarray
     heights: np.ndarray
     image: np.ndarray
@@ -96,7 +120,14 @@ class GroundTruth:
     index: dict[tuple, int] = field(default_factory=dict)  # id_key(image id) -> image index
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.widths)
+
+    def for_training(self) -> "GroundTruth":
+        """This ground truth without what training does not use: the per-image Python objects (ids and
+        their index), so that nothing per image or object is a Python object in the DataLoader workers,
+        and the stated areas and boxes (training boxes its masks)."""
+        unused = np.zeros(0, dtype=np.float64)
+        return replace(self, ids=[], index={}, area=unused, bbox=unused.reshape(0, 4))
 
     def find(self, image_id: Any) -> int | None:
         """Index of the image with this id (any JSON scalar), or None."""
@@ -151,6 +182,9 @@ class GroundTruth:
             i = int(self.image[a])
             entry = {"id": a + 1, "image_id": i + 1, "category_id": 1, "iscrowd": int(self.crowd[a])}
             rle = None
+            if self.kind[a] == 0 and np.isnan(self.area[a]):
+                raise FastMaskError(f"{self.path.name}: an annotation of image {self.ids[i]!r} has a box but neither a mask "
+                                    "nor an 'area' (the small/medium/large split needs its area)")
             if np.isnan(self.area[a]) or np.isnan(self.bbox[a]).any():
                 rle = self.mask_rle(a)
             entry["area"] = float(mask_utils.area(rle)) if np.isnan(self.area[a]) else float(self.area[a])
@@ -170,80 +204,74 @@ class GroundTruth:
         return coco
 
 
-class _Builder:
-    """Accumulates annotations read one by one into flat arrays, a chunk at a time."""
+def _polygon_arrays(pending: list[tuple[int, list]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coords float32, ring lengths, ring owners) of the usable rings of `pending` (annotation, rings)
+    polygons, checked at once: >= 3 points, even length, finite numbers, non-zero area."""
+    owners, flat, lengths = [], [], []
+    for a, rings in pending:
+        for ring in rings:
+            if type(ring) is list and len(ring) >= 6 and len(ring) % 2 == 0:
+                owners.append(a)
+                lengths.append(len(ring))
+                flat.extend(ring)
+    coords, good = _ring_coordinates(flat, lengths)
+    del flat
+    lengths_np = np.asarray(lengths, dtype=np.int64)
+    return coords[np.repeat(good, lengths_np)].astype(np.float32), lengths_np[good], np.asarray(owners, dtype=np.int64)[good]
 
-    def __init__(self) -> None:
-        self.image: list[int] = []
-        self.crowd: list[bool] = []
-        self.area: list[float] = []
-        self.bbox: list[list[float]] = []
-        self.kind: list[int] = []
-        self.ring_owners: list[np.ndarray] = []  # the annotation of each usable ring
-        self.ring_lengths: list[np.ndarray] = []
-        self.coords: list[np.ndarray] = []
-        self.rle: list[bytes] = []
-        self.rle_lengths: list[int] = []
-        self._pending: list[tuple[int, list]] = []  # (annotation index, rings) awaiting the vectorised check
-        self.usable = np.zeros(0, dtype=bool)  # after build: False for annotations with no usable ring
 
-    def add(self, image: int, crowd: bool, area: float, bbox: list[float], kind: int,
-            rings: list | None = None, rle: bytes = b"") -> None:
-        self.image.append(image)
-        self.crowd.append(crowd)
-        self.area.append(area)
-        self.bbox.append(bbox)
-        self.kind.append(kind)
-        self.rle.append(rle)
-        self.rle_lengths.append(len(rle))
-        if rings is not None:
-            self._pending.append((len(self.image) - 1, rings))
-            if len(self._pending) >= _CHUNK:
-                self.flush()
+_SEGMENTATION_KIND = {list: 1, dict: 2}  # a truthy segmentation of another type is malformed (-2)
 
-    def flush(self) -> None:
-        """Check the pending polygons at once: rings of >= 3 points, even length, finite, non-zero area."""
-        if not self._pending:
-            return
-        owners, flat, lengths = [], [], []
-        for a, rings in self._pending:
-            for ring in rings:
-                if isinstance(ring, list) and len(ring) >= 6 and len(ring) % 2 == 0:
-                    owners.append(a)
-                    lengths.append(len(ring))
-                    flat.extend(ring)
-        self._pending = []
-        coords, good = _ring_coordinates(flat, lengths)
-        del flat
-        lengths_np = np.asarray(lengths, dtype=np.int64)
-        owners_np = np.asarray(owners, dtype=np.int64)
-        keep_points = np.repeat(good, lengths_np)
-        self.coords.append(coords[keep_points].astype(np.float32))
-        self.ring_lengths.append(lengths_np[good])
-        self.ring_owners.append(owners_np[good])
 
-    def build(self) -> dict[str, np.ndarray]:
-        self.flush()
-        kind = np.asarray(self.kind, dtype=np.int8)
-        owners = np.concatenate(self.ring_owners) if self.ring_owners else np.zeros(0, np.int64)
-        counts = np.bincount(owners, minlength=len(kind)).astype(np.int64)
-        self.usable = usable = (kind != 1) | (counts > 0)
-        # drop annotations whose every ring was degenerate (they hold no rings, so ring order is kept)
-        keep = np.flatnonzero(usable)
-        ring_lengths = np.concatenate(self.ring_lengths) if self.ring_lengths else np.zeros(0, np.int64)
-        rle_lengths = np.asarray(self.rle_lengths, dtype=np.int64)[keep]
-        return {
-            "image": np.asarray(self.image, dtype=np.int32)[keep],
-            "crowd": np.asarray(self.crowd, dtype=bool)[keep],
-            "area": np.asarray(self.area, dtype=np.float64)[keep],
-            "bbox": np.asarray(self.bbox, dtype=np.float64).reshape(-1, 4)[keep],
-            "kind": kind[keep],
-            "rings": np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64),
-            "ring_offsets": np.concatenate([[0], np.cumsum(ring_lengths)]).astype(np.int64),
-            "coords": np.concatenate(self.coords) if self.coords else np.zeros(0, np.float32),
-            "rle": np.concatenate([[0], np.cumsum(rle_lengths)]).astype(np.int64),
-            "rle_bytes": np.frombuffer(b"".join(r for r, k in zip(self.rle, usable) if k), dtype=np.uint8).copy(),
-        }
+def _image_indices(image_ids: list, index: dict[tuple, int]) -> list[int | None]:
+    """The image index of each annotation's image id (None where no image has it), through `id_key`
+    rules; ints and strings, nearly all ids, by a plain dictionary lookup."""
+    plain = {value: i for (kind, value), i in index.items() if type(value) in (int, str)}
+    return [plain[v] if type(v) in (int, str) and v in plain else (index.get(k) if (k := id_key(v)) is not None else None)
+            for v in image_ids]
+
+
+def _boxes(raw: list) -> np.ndarray:
+    """(A, 4) float64 boxes; NaN rows where a box is missing, not four finite numbers, or of no size."""
+    nan = [math.nan] * 4
+    shaped = [b if type(b) is list and len(b) == 4 else nan for b in raw]
+    try:
+        boxes = np.array(shaped, dtype=np.float64).reshape(len(raw), 4)
+    except (TypeError, ValueError):  # something other than numbers inside a box: find it box by box
+        boxes = np.array([b if all(_number(v) for v in b) else nan for b in shaped], dtype=np.float64).reshape(len(raw), 4)
+    with np.errstate(invalid="ignore"):
+        boxes[~(np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0))] = math.nan
+    return boxes
+
+
+def _areas(raw: list) -> np.ndarray:
+    """(A,) float64 areas; NaN where missing, not a finite number, or negative."""
+    areas = np.array([v if type(v) in (int, float) else math.nan for v in raw], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        areas[~(areas >= 0) | ~np.isfinite(areas)] = math.nan
+    return areas
+
+
+def _flat_annotations(kind: list, image: list, crowd: list, boxes: np.ndarray, areas: np.ndarray, rle: list,
+                      polygons: list[tuple[np.ndarray, np.ndarray, np.ndarray]], usable: np.ndarray) -> dict[str, np.ndarray]:
+    """The annotations where `usable`, in flat arrays (see `GroundTruth`)."""
+    keep = np.flatnonzero(usable)
+    owners = np.concatenate([o for _, _, o in polygons]) if polygons else np.zeros(0, np.int64)
+    counts = np.bincount(owners, minlength=len(kind)).astype(np.int64)  # rings per annotation (none of unusable ones)
+    ring_lengths = np.concatenate([n for _, n, _ in polygons]) if polygons else np.zeros(0, np.int64)
+    rle_lengths = np.fromiter(map(len, rle), dtype=np.int64, count=len(rle))[keep]
+    return {
+        "image": np.asarray(image, dtype=np.int32)[keep],
+        "crowd": np.asarray(crowd, dtype=bool)[keep],
+        "area": areas[keep],
+        "bbox": boxes[keep],
+        "kind": np.asarray(kind, dtype=np.int8)[keep],
+        "rings": np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64),
+        "ring_offsets": np.concatenate([[0], np.cumsum(ring_lengths)]).astype(np.int64),
+        "coords": np.concatenate([c for c, _, _ in polygons]) if polygons else np.zeros(0, np.float32),
+        "rle": np.concatenate([[0], np.cumsum(rle_lengths)]).astype(np.int64),
+        "rle_bytes": np.frombuffer(b"".join(rle[k] for k in keep), dtype=np.uint8).copy(),
+    }
 
 
 def _ring_coordinates(flat: list, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -281,8 +309,15 @@ def _ring_coordinates(flat: list, lengths: list[int]) -> tuple[np.ndarray, np.nd
 
 def read_ground_truth(path: Path, what: str = "ground truth") -> GroundTruth:
     """Read and check a COCO instances file (`what` names it in messages). Raises FastMaskError in one
-    line for what cannot be read right: not COCO, duplicated image ids, an unusable `iscrowd`."""
-    path = Path(path)
+    line for what cannot be read right: not COCO, duplicated image ids, an unusable `iscrowd`.
+    COCO train2017's size (118k images, 860k polygons) reads in about 10 s (README, "Training at COCO scale")."""
+    with no_gc():
+        truth = _read_ground_truth(Path(path), what)
+    release_memory()  # the parsed JSON is garbage now: give its pages back before workers fork
+    return truth
+
+
+def _read_ground_truth(path: Path, what: str) -> GroundTruth:
     data = read_json(path, what)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise FastMaskError(f"{what} {path} is not COCO (needs 'images' and 'annotations' lists)")
@@ -314,59 +349,69 @@ def read_ground_truth(path: Path, what: str = "ground truth") -> GroundTruth:
         raise FastMaskError(f"{what} {path} lists no images")
     widths_np, heights_np = np.asarray(widths, dtype=np.int32), np.asarray(heights, dtype=np.int32)
 
-    builder = _Builder()
-    ann_ids: list[Any] = []
-    derived: Counter[str] = Counter()
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict):
-            skipped["not a JSON object"] += 1
-            continue
-        key = id_key(ann.get("image_id", []))
-        i = index.get(key) if key is not None else None
-        if i is None:
-            skipped["on an image id that no image has"] += 1
-            continue
-        crowd = ann.get("iscrowd", 0)
-        if crowd not in (0, 1) or isinstance(crowd, float):
-            raise FastMaskError(f"{what} {path.name}: annotation {ann.get('id')!r} has iscrowd {crowd!r}: it must be 0 or 1")
-        bbox = ann.get("bbox")
-        good_box = (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)
-                    and bbox[2] > 0 and bbox[3] > 0)
-        area = ann.get("area")
-        good_area = _number(area) and area >= 0
-        seg = ann.get("segmentation")
-        kind, rings, rle = 0, None, b""
-        if seg is None or seg == [] or seg == {}:
-            if seg is not None:
-                skipped["empty segmentation"] += 1
-                continue
-            if not good_box:  # box-only: the box is all there is
-                skipped["box of no size and no mask"] += 1
-                continue
-        elif isinstance(seg, list):
-            kind, rings = 1, seg
-        elif isinstance(seg, dict):
-            rle, reason = _rle_counts(seg, i, widths_np, heights_np)
+    # Column by column: COCO has a million annotations, and comprehensions cost a fraction of a loop body.
+    anns = data["annotations"]
+    del data
+    if not all(type(a) is dict for a in anns):
+        skipped["not a JSON object"] += sum(1 for a in anns if type(a) is not dict)
+        anns = [a for a in anns if type(a) is dict]
+    image = _image_indices([a.get("image_id", []) for a in anns], index)
+    crowd = [a.get("iscrowd", 0) for a in anns]
+    odd = next((n for n, c in enumerate(crowd) if c not in (0, 1) or type(c) is float), None)
+    if odd is not None:
+        raise FastMaskError(f"{what} {path.name}: annotation {anns[odd].get('id')!r} has iscrowd {crowd[odd]!r}: it must be 0 or 1")
+    segs = [a.get("segmentation") for a in anns]
+    kind = [_SEGMENTATION_KIND.get(type(s), -2) if s else (0 if s is None else -1) for s in segs]
+    rle: list[bytes] = [b""] * len(anns)
+    for n in [n for n, k in enumerate(kind) if k == 2]:  # RLE: crowds mostly, few
+        if image[n] is not None:
+            rle[n], reason = _rle_counts(segs[n], image[n], widths_np, heights_np)
             if reason:
                 skipped[reason] += 1
-                continue
-            kind = 2
-        else:
-            skipped["malformed segmentation"] += 1
-            continue
-        if not good_area:
-            derived["area" if area is None else "unusable area"] += 1
-        if not good_box:
-            derived["bbox" if bbox is None else "box of no size"] += 1
-        ann_ids.append(ann.get("id"))
-        builder.add(i, bool(crowd), float(area) if good_area else math.nan,
-                    [float(v) for v in bbox] if good_box else [math.nan] * 4, kind, rings, rle)
-    del data
+                kind[n] = -3
+    for code, reason in ((-1, "empty segmentation"), (-2, "malformed segmentation")):
+        count = sum(1 for n, k in enumerate(kind) if k == code and image[n] is not None)
+        if count:
+            skipped[reason] += count
+    unknown = sum(1 for i in image if i is None)
+    if unknown:
+        skipped["on an image id that no image has"] += unknown
+    keep = [i is not None and k >= 0 for i, k in zip(image, kind)]
+    if not all(keep):
+        anns, image, crowd, segs, kind, rle = (list(compress(column, keep)) for column in (anns, image, crowd, segs, kind, rle))
+    box_raw = [a.get("bbox") for a in anns]
+    area_raw = [a.get("area") for a in anns]
+    ann_ids = [a.get("id") for a in anns]
+    del anns
+    polygons = []
+    rows = [n for n, k in enumerate(kind) if k == 1]
+    for start in range(0, len(rows), _CHUNK):
+        polygons.append(_polygon_arrays([(n, segs[n]) for n in rows[start : start + _CHUNK]]))
+    del segs, rows
+    crowd = [bool(c) for c in crowd]
 
-    arrays = builder.build()
-    if not builder.usable.all():
-        skipped["degenerate polygon (fewer than 3 points, odd length, not finite or no area)"] += int((~builder.usable).sum())
-    kept_ids = [a for a, k in zip(ann_ids, builder.usable) if k]
+    boxes, areas = _boxes(box_raw), _areas(area_raw)
+    kind_np = np.asarray(kind, dtype=np.int8)
+    no_box = np.isnan(boxes[:, 0])
+    rings_of = np.bincount(np.concatenate([o for _, _, o in polygons]) if polygons else np.zeros(0, np.int64),
+                           minlength=len(kind))
+    degenerate = (kind_np == 1) & (rings_of == 0)
+    box_only_unusable = (kind_np == 0) & no_box
+    usable = ~degenerate & ~box_only_unusable
+    if degenerate.any():
+        skipped["degenerate polygon (fewer than 3 points, odd length, not finite or no area)"] += int(degenerate.sum())
+    if box_only_unusable.any():
+        skipped["box of no size and no mask"] += int(box_only_unusable.sum())
+    missing = np.fromiter((b is None for b in box_raw), dtype=bool, count=len(box_raw))
+    derived = Counter({"bbox": int((no_box & missing & usable).sum()), "box of no size": int((no_box & ~missing & usable).sum())})
+    missing = np.fromiter((v is None for v in area_raw), dtype=bool, count=len(area_raw))
+    no_area = np.isnan(areas) & usable
+    derived |= Counter({"area": int((no_area & missing).sum()), "unusable area": int((no_area & ~missing).sum())})
+    del box_raw, area_raw
+    arrays = _flat_annotations(kind, image, crowd, boxes, areas, rle, polygons, usable)
+    del kind, image, crowd, rle, polygons
+    kept_ids = [a for a, k in zip(ann_ids, usable) if k]
+    del ann_ids
     bad_rle, empty = _bad_rles(arrays, widths_np, heights_np)
     if bad_rle.any():
         skipped["RLE that does not decode to its image's size"] += int(bad_rle.sum())
@@ -382,17 +427,17 @@ def read_ground_truth(path: Path, what: str = "ground truth") -> GroundTruth:
         arrays = _without(arrays, order)
     image_anns = np.searchsorted(arrays["image"], np.arange(len(ids) + 1)).astype(np.int64)
 
-    numbered = [a for a in kept_ids if _positive_int(a)]
+    numbered = [a for a in kept_ids if type(a) is int and a > 0]
     if len(set(numbered)) < len(kept_ids):
         repeats = len(numbered) - len(set(numbered))
         notes.append(f"annotation ids renumbered ({repeats} repeated, {len(kept_ids) - len(numbered)} missing or not "
                      "positive integers): pycocotools needs them unique")
     for reason, count in skipped.items():
         notes.append(f"{count} annotations skipped: {reason}")
-    for reason, count in derived.items():
+    for reason, count in (+derived).items():
         notes.append(f"{count} annotations with {'no ' + reason if reason in ('area', 'bbox') else 'a ' + reason}: "
                      "derived from the mask")
-    return GroundTruth(path, ids, file_names, widths_np, heights_np, image_anns=image_anns, notes=notes,
+    return GroundTruth(path, ids, FlatStrings(file_names), widths_np, heights_np, image_anns=image_anns, notes=notes,
                        skipped=dict(skipped), index=index, **arrays)
 
 

@@ -10,7 +10,7 @@ whichever worker loads it, and a resumed run sees the data an unbroken one would
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .errors import FastMaskError
-from .coco import read_ground_truth
+from .coco import GroundTruth, read_ground_truth
 from .images import ImageError, read_image
 
 MIN_VISIBLE = 0.5  # an object cut by a crop or covered by a pasted one below this fraction is ignored
@@ -88,17 +88,17 @@ class CocoInstances(torch.utils.data.Dataset):
         self.report = DatasetReport(notes=list(truth.notes))
         notes = self.report.notes
 
-        named = [i for i in range(len(truth)) if truth.file_names[i] is not None]
+        names = list(truth.file_names)  # decoded once here; the dataset keeps them flat
+        named = [i for i in range(len(truth)) if names[i] is not None]
         if len(named) < len(truth):
             notes.append(f"{len(truth) - len(named)} image entries lack a 'file_name' and were skipped")
-        present = [i for i in named if (images_dir / truth.file_names[i]).is_file()]
+        present = [i for i in named if (images_dir / names[i]).is_file()]
         if len(present) < len(named):
-            first = next(truth.file_names[i] for i in named if not (images_dir / truth.file_names[i]).is_file())
+            first = next(names[i] for i in named if not (images_dir / names[i]).is_file())
             if not present:
                 raise FastMaskError(f"none of the {len(named)} images of {gt_path.name} is in {images_dir} (first: {first})")
             notes.append(f"{len(named) - len(present)} images listed in {gt_path.name} are not in {images_dir} and were skipped (first: {first})")
-        truth.index = {}  # ids are not looked up in training: keep the workers' copy small
-        self.gt = truth
+        self.gt = _in_shared_memory(truth.for_training())
         listed = np.zeros(len(truth), dtype=bool)
         listed[present] = True
         used, masked = listed[truth.image], truth.kind > 0
@@ -110,7 +110,7 @@ class CocoInstances(torch.utils.data.Dataset):
         empty = int((objects == 0).sum())
         if empty:
             notes.append(f"{empty} images have no usable object: they train as negatives only")
-        order = sorted(range(len(present)), key=lambda k: truth.file_names[present[k]])
+        order = sorted(range(len(present)), key=lambda k: names[present[k]])
         self.ids = np.asarray([present[k] for k in order], dtype=np.int64)  # positions in the ground truth
         self.report.images = len(self.ids)
 
@@ -183,6 +183,21 @@ class CocoInstances(torch.utils.data.Dataset):
             except ImageError:
                 pass  # that image is reported when its own turn comes
         return sample
+
+
+def _shared(array: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(np.ascontiguousarray(array)).share_memory_().numpy() if array.size else array
+
+
+def _in_shared_memory(truth: GroundTruth) -> GroundTruth:
+    """The ground truth's flat arrays moved into shared memory. Forked DataLoader workers then map their
+    pages only as they read them, instead of inheriting (and counting in their PSS) all of them; at COCO
+    scale that is 200 MB per worker (README, "Training at COCO scale")."""
+    arrays = {f.name: _shared(getattr(truth, f.name)) for f in fields(truth) if isinstance(getattr(truth, f.name), np.ndarray)}
+    names = truth.file_names
+    for attribute in ("buffer", "offsets", "present"):
+        setattr(names, attribute, _shared(getattr(names, attribute)))
+    return replace(truth, **arrays)
 
 
 def _drop_hidden(sample: Sample, full_area: np.ndarray) -> Sample:

@@ -1,13 +1,19 @@
-"""Atomic file writing: a reader never sees a half-written file, whatever interrupts the writer."""
+"""Files: written atomically (a reader never sees a half-written file, whatever interrupts the writer),
+JSON read fast at any size, and memory handed back after a big read."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .errors import FastMaskError
 
@@ -47,13 +53,46 @@ def write_json_atomic(path: Path, data: Any) -> None:
             os.fsync(f.fileno())
 
 
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file; a missing or malformed file is a one-line FastMaskError naming `what` it is."""
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: while millions of containers are created (a COCO-size JSON
+    file), its full passes rescan all of them again and again (3x the time of the parse itself)."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        return json.loads(Path(path).read_text())
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc's malloc_trim), so that processes
+    forked afterwards (DataLoader workers) do not map, and count in their PSS, what is already garbage."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line FastMaskError naming `what` it is.
+
+    orjson parses (about 1.5x faster than the standard library on COCO-size files); what it refuses
+    and Python's json reads (NaN and Infinity, which Python and other tools write) is read by json."""
+    try:
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise FastMaskError(f"{what} not found: {path}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise FastMaskError(f"{what} {path} is not JSON") from None
+    except IsADirectoryError:
+        raise FastMaskError(f"{what} {path} is a folder, not a JSON file") from None
     except OSError as exc:
         raise FastMaskError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with no_gc():
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise FastMaskError(f"{what} {path} is not JSON") from None
