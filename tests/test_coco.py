@@ -130,6 +130,26 @@ def _bad_boxes(data, results):
     data["annotations"][3]["bbox"] = [5, 5, 0, 0]
 
 
+def _boxes_of_other_types(data, results):
+    data["annotations"][0]["bbox"] = [str(v) for v in data["annotations"][0]["bbox"]]  # strings are not numbers
+    data["annotations"][1]["bbox"] = [True, True] + data["annotations"][1]["bbox"][2:]
+
+
+def _mask_results_with_odd_boxes(data, results):
+    results[0]["bbox"] = [1, 2, 3]  # pycocotools reads every result's box when the first has one
+    results[1]["bbox"] = None
+    results[2]["bbox"] = ["1", "2", "3", "4"]
+
+
+def _size_only_in_rle(data, results):
+    """No width or height: the size comes from the image's RLE objects, not from a broken one before them."""
+    for item in data["images"]:
+        del item["width"], item["height"]
+        data["annotations"].insert(0, {"id": 900 + item["id"], "image_id": item["id"], "iscrowd": 0,
+                                       "segmentation": {"size": [100, 100], "counts": "garbage"}})
+    data["annotations"] = [a for a in data["annotations"] if not isinstance(a["segmentation"], list)]
+
+
 def _no_iscrowd_and_no_categories(data, results):
     for a in data["annotations"]:
         if not a["iscrowd"]:
@@ -138,13 +158,21 @@ def _no_iscrowd_and_no_categories(data, results):
     del data["categories"]
 
 
+def _float_ids_and_sizes(data, results):
+    for item in data["images"]:  # 1.0 is the number 1 to JSON; 160.0 a width of 160
+        item.update(id=float(item["id"]), width=float(item["width"]), height=float(item["height"]))
+
+
 @pytest.mark.parametrize("spoil,note", [
+    (_float_ids_and_sizes, None),
     (_ids_per_image, "annotation ids renumbered"),
     (_id_zero, "annotation ids renumbered"),
     (_string_image_ids, None),
-    (_no_area, "with no area: derived from the mask"),
+    (_no_area, "without a usable 'area': derived from the mask"),
     (_bad_boxes, "derived from the mask"),
     (_no_iscrowd_and_no_categories, None),
+    (_boxes_of_other_types, "without a usable 'bbox': derived from the mask"),
+    (_mask_results_with_odd_boxes, None),
 ])
 def test_fixable_ground_truth_gives_the_clean_files_ar(tmp_path, spoil, note):
     data, results = clean_scene()
@@ -163,6 +191,9 @@ BROKEN_ANNOTATIONS = {
         {"segmentation": [[10, 10, 20, 10, 20, 20, 10]]},  # odd length
         {"segmentation": [[10, 10, 20, "x", 20, 20]]},  # not numbers
         {"segmentation": [[10, 10, 20, 10, float("nan"), 20]]},  # not finite
+        {"segmentation": [[10, 10, 1e9, 10, 50, 50]]},  # finite, but pycocotools' rasteriser would exhaust memory
+        {"segmentation": [[10, 10, True, 10, 20, 20]]},  # a boolean is not a coordinate
+        {"segmentation": [["10", "10", "20", "10", "20", "20"]]},  # nor is a string
     ],
     "empty segmentation": [{"segmentation": []}],
     "RLE that does not decode": [
@@ -170,7 +201,11 @@ BROKEN_ANNOTATIONS = {
         {"segmentation": {"size": [H, W], "counts": "b'" + _rle(np.ones((H, W)))["counts"] + "'"}},  # str(bytes)
         {"segmentation": {"size": [H, W], "counts": [5, 10]}},  # runs that do not fill the image
     ],
-    "empty mask": [{"segmentation": _rle(np.zeros((H, W)))}],
+    "empty mask": [
+        {"segmentation": _rle(np.zeros((H, W)))},
+        {"segmentation": [[500, 500, 520, 500, 520, 520]]},  # wholly outside the image
+        {"segmentation": [[10.1, 10.1, 10.4, 10.1, 10.4, 10.4]]},  # within one pixel: no pixel's centre
+    ],
     "on an image id that no image has": [{"image_id": 999, "segmentation": [[1, 1, 30, 1, 30, 30]]}],
     "box of no size and no mask": [{"segmentation": None, "bbox": [3, 3, 0, 5]}],
     "not a JSON object": [["id", 7]],
@@ -383,3 +418,66 @@ def test_out_in_a_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_pat
     lines = out.output.strip().splitlines()
     assert out.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: cannot write the results in")
     assert str(out_path.parent) in out.flat and "Internal error" not in out.output
+
+
+def test_an_image_list_alone_serves_propose_ann_and_null_segmentations_are_boxes(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_image(folder / "a.png", draw_scene())
+    (tmp_path / "info.json").write_text(json.dumps({"images": [{"id": "test-1", "file_name": "a.png"}]}))  # no annotations
+    out = propose(folder, tmp_path / "r.json", tiny_checkpoint, "--ann", tmp_path / "info.json")
+    assert out.exit_code == 0, out.output
+    assert {r["image_id"] for r in json.loads((tmp_path / "r.json").read_text())} == {"test-1"}
+
+    data, results = clean_scene(images=1)
+    boxes = [{"image_id": 1, "bbox": mask_utils.toBbox(mask_utils.frPyObjects(a["segmentation"], H, W)
+                                                        if isinstance(a["segmentation"], list) else
+                                                        {**a["segmentation"], "counts": a["segmentation"]["counts"].encode()}
+                                                        ).ravel()[:4].tolist(), "score": 0.9, "segmentation": None}
+             for a in data["annotations"][:1]]
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    evaluation = evaluate(tmp_path / "gt.json", boxes)
+    assert list(evaluation.results) == ["bbox"]
+
+
+def test_polygons_on_an_image_without_a_usable_size_are_refused_by_eval(tmp_path):
+    data, results = clean_scene(images=1)
+    data["images"][0]["width"] = "160"  # a string: not a size
+    (tmp_path / "both.json").write_text(json.dumps(data))  # its RLE objects give the size: evaluated
+    assert run("eval", tmp_path / "both.json", _write(tmp_path / "r0.json", results)).exit_code == 0
+    data["annotations"] = [a for a in data["annotations"] if isinstance(a["segmentation"], list)]  # polygons only
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    out = run("eval", tmp_path / "gt.json", tmp_path / "r.json")
+    assert out.exit_code == 1 and "has no usable 'width' and 'height'" in out.flat and len(out.output.strip().splitlines()) == 1
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_size_from_rle_objects_and_polygons_as_written(tmp_path):
+    """The size of an image without width and height comes from its good RLE objects (a broken one first
+    is skipped, not believed); polygon coordinates are kept exactly (a float32 copy rasterises a quarter
+    of COCO-style polygons differently); a self-crossing ring whose signed areas cancel covers pixels."""
+    data, results = clean_scene()
+    clean = copy.deepcopy(data)
+    clean["annotations"] = [a for a in clean["annotations"] if not isinstance(a["segmentation"], list)]
+    reference = pycocotools_metrics(clean, results)
+    _size_only_in_rle(data, results)
+    ours, notes = our_metrics(tmp_path, data, results)
+    assert_same(ours, reference)
+    assert any("RLE that does not decode" in n for n in notes)
+
+    data, _ = clean_scene(seed=5, images=2)
+    bowtie = [20, 20, 80, 80, 80, 20, 20, 80]  # a box with its corners in Z order: signed area 0
+    rle = mask_utils.merge(mask_utils.frPyObjects([bowtie], H, W))
+    data["annotations"].append({"id": 999, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [bowtie],
+                                "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist()})
+    exact = [{"image_id": a["image_id"], "score": 1.0 - 0.001 * n,
+              "segmentation": _rle(mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], H, W))))}
+             for n, a in enumerate(data["annotations"]) if isinstance(a["segmentation"], list)]
+    ours, _ = our_metrics(tmp_path, data, exact)
+    assert_same(ours, pycocotools_metrics(data, exact))
+    assert mask_utils.area(rle) > 0 and ours["segm"]["AR@1000"] > 0.5

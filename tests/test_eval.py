@@ -122,7 +122,7 @@ def test_box_only_results_and_other_mask_encodings(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ("{not json", "not JSON"),
     ('{"a": 1}', "not a COCO results list"),
-    ('[{"image_id": 1, "bbox": [0, 0, 5, 5]}]', "has score None"),
+    ('[{"image_id": 1, "bbox": [0, 0, 5, 5]}]', "has no 'score'"),
     ('[{"image_id": 99, "bbox": [0, 0, 5, 5], "score": 1}]', "not in the ground truth"),
     ('[{"image_id": 1, "score": 1}]', "neither 'segmentation' nor 'bbox'"),
 ])

@@ -116,12 +116,12 @@ def test_torchrun_two_processes_train_together(shapes, tmp_path: Path) -> None:
     gt, images = shapes
     script = tmp_path / "ddp.py"
     script.write_text(
-        "import sys; sys.path.insert(0, %r)\n"
+        "import os, sys; sys.path.insert(0, %r)\n"
         "from conftest import TINY\n"
         "from fastmask_cli.engine import TrainSettings, train\n"
         "s = train(%r, %r, %r, config=TINY.with_overrides(size=192), device='cpu',\n"
         "          settings=TrainSettings(epochs=1, batch_size=2, size=192, workers=0))\n"
-        "print('iterations', s.iterations)\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))
+        "os.write(1, f'iterations {s.iterations}\\n'.encode())  # one write: the two processes share a pipe\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with socket.socket() as probe:  # a free port: a fixed one may still be held by an earlier run
@@ -237,7 +237,7 @@ def _ddp_script(tmp_path: Path, gt: Path, images: Path) -> Path:
         "s = train(%r, %r, sys.argv[1], config=TINY.with_overrides(size=192), device='cpu', events=Stop(),\n"
         "          resume=len(sys.argv) > 2, settings=TrainSettings(epochs=2, batch_size=1, size=192, workers=1,\n"
         "          copy_paste=0.5, checkpoint_every=0))\n"
-        "print('stopped', s.stopped_by, 'at', s.iterations)\n" % (str(Path(__file__).parent), str(gt), str(images))
+        "os.write(1, f'stopped {s.stopped_by} at {s.iterations}\\n'.encode())  # one write: the processes share a pipe\n" % (str(Path(__file__).parent), str(gt), str(images))
     )
     return script
 

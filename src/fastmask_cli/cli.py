@@ -21,7 +21,7 @@ from rich.table import Table
 from . import __version__
 from .config import BODIES, DEFAULT_NMS, DEFAULT_NMS_IOU, PRESETS
 from .errors import FastMaskError
-from .files import writable_folder, write_json_atomic
+from .files import writable_file, writable_folder, write_json_atomic
 from .images import MAX_PIXELS
 from .evaluate import IOU_TYPES, PAPER, evaluate
 from .plot import plot_recall
@@ -304,6 +304,9 @@ def eval_command(
     iou_types = {"both": IOU_TYPES, "segm": ("segm",), "bbox": ("bbox",)}.get(iou_type)
     if iou_types is None:
         raise FastMaskError(f"--iou-type must be segm, bbox or both, not {iou_type!r}")
+    for path, what in ((json_out, "--json"), (plot, "--plot")):  # fail now, not after the evaluation
+        if path is not None:
+            writable_file(path, what)
     if images is not None:
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
                                        backend=backend)

@@ -3,7 +3,7 @@
 `read_ground_truth` is what `eval`, `propose --ann`, `train` and validation read ground truth
 through. It keeps what pycocotools can score correctly and says, in one list of notes, what it
 skipped, derived or renumbered; what no reading can make right is refused in one line
-(`FastMaskError`). Annotations are held in flat arrays (all polygon coordinates in one float32
+(`FastMaskError`). Annotations are held in flat arrays (all polygon coordinates in one float64
 array with offsets per ring and per annotation, RLE strings in one byte buffer), not in per-object
 Python lists: DataLoader workers then share them without copy-on-write growth (detectron2 serialises
 its dataset for the same reason).
@@ -16,8 +16,9 @@ COCOeval would score silently but wrongly. Rules, per kind (README, "Bad input")
 - annotation ids: duplicated, missing or not positive integers are renumbered with a note (pycocotools
   keys annotations by id, and counts a match to id 0 as no match);
 - `area`, `bbox` missing or unusable: derived from the mask (exactly as COCO does) with a note;
-- degenerate polygon rings (< 3 points, odd length, not finite, zero area), empty masks, RLE of the
-  wrong size or that does not decode, boxes of no size without a mask: skipped and counted;
+- degenerate polygon rings (< 3 points, odd length, not numbers, not finite, far outside any image,
+  all on one line), masks covering no pixel of their image, RLE of the wrong size or that does not
+  decode, boxes of no size without a mask: skipped and counted;
 - annotations on image ids that no image has: ignored and counted.
 """
 
@@ -29,7 +30,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from itertools import compress
+from itertools import chain, compress
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ def id_key(value: Any) -> tuple[str, Any] | None:
     "1" is a string and `true` a boolean (Python would confuse True with 1). None for a non-scalar."""
     if isinstance(value, bool):
         return ("bool", value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return ("number", value)
+    if isinstance(value, float):
         return ("number", value) if math.isfinite(value) else None
     if isinstance(value, str):
         return ("str", value)
@@ -58,11 +61,17 @@ def id_key(value: Any) -> tuple[str, Any] | None:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (not a boolean, not a string), that a float can hold."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) is int and abs(value) < 1e300
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _pixels(value: Any) -> int:
+    """A width or height: a positive integer, or a float that is one (640.0); else -1 (unknown)."""
+    if _number(value) and value > 0 and float(value).is_integer():
+        return int(value)
+    return -1
 
 
 class FlatStrings:
@@ -95,7 +104,7 @@ class GroundTruth:
     unknown). Annotations, A of them, in flat arrays: `image` (index into the images), `crowd`,
     `area` (NaN: derive from the mask), `bbox` (A, 4) x, y, w, h (NaN: derive), `kind` (0 box only,
     1 polygons, 2 RLE), `rings` (A+1 offsets into `ring_offsets`), `ring_offsets` (R+1 offsets into
-    `coords`, float32 x, y pairs), `rle` (A+1 offsets into `rle_bytes`, compressed RLE strings).
+    `coords`, float64 x, y pairs as written; float32 in `for_training`), `rle` (A+1 offsets into `rle_bytes`, compressed RLE strings).
     `image_anns` (I+1) offsets: image i's annotations are `image_anns[i]:image_anns[i + 1]`.
     """
 
@@ -125,9 +134,10 @@ class GroundTruth:
     def for_training(self) -> "GroundTruth":
         """This ground truth without what training does not use: the per-image Python objects (ids and
         their index), so that nothing per image or object is a Python object in the DataLoader workers,
-        and the stated areas and boxes (training boxes its masks)."""
+        and the stated areas and boxes (training boxes its masks); coordinates in float32 (half the memory;
+        a training sample is rescaled anyway)."""
         unused = np.zeros(0, dtype=np.float64)
-        return replace(self, ids=[], index={}, area=unused, bbox=unused.reshape(0, 4))
+        return replace(self, ids=[], index={}, area=unused, bbox=unused.reshape(0, 4), coords=self.coords.astype(np.float32))
 
     def find(self, image_id: Any) -> int | None:
         """Index of the image with this id (any JSON scalar), or None."""
@@ -143,7 +153,7 @@ class GroundTruth:
         return range(int(self.image_anns[i]), int(self.image_anns[i + 1]))
 
     def polygons(self, a: int) -> list[np.ndarray]:
-        """The rings of annotation a, each (2P,) float32 x, y, ..."""
+        """The rings of annotation a, each (2P,) x, y, ..."""
         first, last = int(self.rings[a]), int(self.rings[a + 1])
         offsets = self.ring_offsets[first : last + 1]
         return [self.coords[offsets[r] : offsets[r + 1]] for r in range(last - first)]
@@ -162,14 +172,14 @@ class GroundTruth:
             return None
         frame = frame or self.frame(int(self.image[a]))
         if frame is None:
-            raise FastMaskError(f"image {self.ids[self.image[a]]!r} of {self.path.name} has no 'width' and 'height': "
-                                "they are needed to rasterise its polygons")
+            raise FastMaskError(f"image {self.ids[self.image[a]]!r} of {self.path.name} has no usable 'width' and 'height' "
+                                "(positive integers): they are needed to rasterise its polygons")
         rings = [ring.astype(np.float64).tolist() for ring in self.polygons(a)]
         return mask_utils.merge(mask_utils.frPyObjects(rings, frame[1], frame[0]))
 
     def to_coco(self, masks: bool = True) -> COCO:
         """A pycocotools COCO index of this ground truth: image i has id i + 1, annotations ids 1..A,
-        one category. Polygons go in as float64 lists of the float32 coordinates kept (the clean copy).
+        one category. Polygons go in with the coordinates as written (the clean copy).
         With `masks` False, segmentations are left out (box evaluation needs none)."""
         images = []
         for i, image_id in enumerate(self.ids):
@@ -205,7 +215,7 @@ class GroundTruth:
 
 
 def _polygon_arrays(pending: list[tuple[int, list]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coords float32, ring lengths, ring owners) of the usable rings of `pending` (annotation, rings)
+    """(coords float64, ring lengths, ring owners) of the usable rings of `pending` (annotation, rings)
     polygons, checked at once: >= 3 points, even length, finite numbers, non-zero area."""
     owners, flat, lengths = [], [], []
     for a, rings in pending:
@@ -217,7 +227,7 @@ def _polygon_arrays(pending: list[tuple[int, list]]) -> tuple[np.ndarray, np.nda
     coords, good = _ring_coordinates(flat, lengths)
     del flat
     lengths_np = np.asarray(lengths, dtype=np.int64)
-    return coords[np.repeat(good, lengths_np)].astype(np.float32), lengths_np[good], np.asarray(owners, dtype=np.int64)[good]
+    return coords[np.repeat(good, lengths_np)], lengths_np[good], np.asarray(owners, dtype=np.int64)[good]
 
 
 _SEGMENTATION_KIND = {list: 1, dict: 2}  # a truthy segmentation of another type is malformed (-2)
@@ -235,9 +245,11 @@ def _boxes(raw: list) -> np.ndarray:
     """(A, 4) float64 boxes; NaN rows where a box is missing, not four finite numbers, or of no size."""
     nan = [math.nan] * 4
     shaped = [b if type(b) is list and len(b) == 4 else nan for b in raw]
-    try:
-        boxes = np.array(shaped, dtype=np.float64).reshape(len(raw), 4)
-    except (TypeError, ValueError):  # something other than numbers inside a box: find it box by box
+    boxes = None
+    if set(map(type, chain.from_iterable(shaped))) <= {int, float}:
+        with contextlib.suppress(OverflowError):  # an int too large for a float: found box by box below
+            boxes = np.array(shaped, dtype=np.float64).reshape(len(raw), 4)
+    if boxes is None:  # something other than numbers (a string, a boolean) inside a box: find it box by box
         boxes = np.array([b if all(_number(v) for v in b) else nan for b in shaped], dtype=np.float64).reshape(len(raw), 4)
     with np.errstate(invalid="ignore"):
         boxes[~(np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0))] = math.nan
@@ -246,7 +258,7 @@ def _boxes(raw: list) -> np.ndarray:
 
 def _areas(raw: list) -> np.ndarray:
     """(A,) float64 areas; NaN where missing, not a finite number, or negative."""
-    areas = np.array([v if type(v) in (int, float) else math.nan for v in raw], dtype=np.float64)
+    areas = np.array([v if _number(v) else math.nan for v in raw], dtype=np.float64)
     with np.errstate(invalid="ignore"):
         areas[~(areas >= 0) | ~np.isfinite(areas)] = math.nan
     return areas
@@ -268,57 +280,64 @@ def _flat_annotations(kind: list, image: list, crowd: list, boxes: np.ndarray, a
         "kind": np.asarray(kind, dtype=np.int8)[keep],
         "rings": np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64),
         "ring_offsets": np.concatenate([[0], np.cumsum(ring_lengths)]).astype(np.int64),
-        "coords": np.concatenate([c for c, _, _ in polygons]) if polygons else np.zeros(0, np.float32),
+        "coords": np.concatenate([c for c, _, _ in polygons]) if polygons else np.zeros(0),
         "rle": np.concatenate([[0], np.cumsum(rle_lengths)]).astype(np.int64),
         "rle_bytes": np.frombuffer(b"".join(rle[k] for k in keep), dtype=np.uint8).copy(),
     }
 
 
+MAX_COORDINATE = 1e5  # px from the origin: a ring beyond is no object of any image (and exhausts pycocotools' rasteriser)
+
+
 def _ring_coordinates(flat: list, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(all coordinates as float64, which rings are usable): finite numbers with a non-zero area."""
+    """(all coordinates as float64, which rings are usable): numbers (not strings or booleans), finite,
+    within MAX_COORDINATE, and not all on one line (a ring of no area in any sense; a self-crossing
+    ring whose signed areas cancel is kept: it covers pixels)."""
+    if not lengths:
+        return np.zeros(0), np.zeros(0, dtype=bool)
     lengths_np = np.asarray(lengths, dtype=np.int64)
-    try:
-        coords = np.asarray(flat, dtype=np.float64)
-        numeric = np.ones(len(lengths), dtype=bool)
-        if coords.ndim != 1:
-            raise ValueError
-    except (TypeError, ValueError):  # a ring holds something other than numbers: find which, ring by ring
-        coords = np.full(len(flat), np.nan)
-        numeric = np.ones(len(lengths), dtype=bool)
-        start = 0
-        for r, n in enumerate(lengths):
+    starts = np.concatenate([[0], np.cumsum(lengths_np)[:-1]])
+    numeric = np.ones(len(lengths), dtype=bool)
+    coords = None
+    if set(map(type, flat)) <= {int, float}:
+        with contextlib.suppress(OverflowError):  # an int too large for a float: found ring by ring below
+            coords = np.asarray(flat, dtype=np.float64)
+    if coords is None:  # something other than numbers in some ring: find which, ring by ring
+        coords = np.zeros(len(flat))
+        for r, (start, n) in enumerate(zip(starts, lengths)):
             ring = flat[start : start + n]
             if all(_number(v) for v in ring):
                 coords[start : start + n] = ring
             else:
                 numeric[r] = False
-            start += n
-    if not len(lengths):
-        return coords, np.zeros(0, dtype=bool)
-    starts = np.concatenate([[0], np.cumsum(lengths_np)[:-1]])
-    finite = np.logical_and.reduceat(np.isfinite(coords), starts) & numeric
+    with np.errstate(invalid="ignore"):
+        bounded = np.logical_and.reduceat(np.isfinite(coords) & (np.abs(coords) <= MAX_COORDINATE), starts) & numeric
     x, y = coords[0::2], coords[1::2]
     point_starts, points = starts // 2, lengths_np // 2
     following = np.arange(1, len(x) + 1)  # each point's next, wrapping to its ring's first point
     following[np.cumsum(points) - 1] = point_starts
+    x0, y0 = np.repeat(x[point_starts], points), np.repeat(y[point_starts], points)
     with np.errstate(invalid="ignore", over="ignore"):
-        cross = x * y[following] - x[following] * y
-        twice_area = np.add.reduceat(np.where(np.isfinite(cross), cross, 0.0), point_starts)
-    return coords, finite & (twice_area != 0)
+        cross = (x - x0) * (y[following] - y0) - (x[following] - x0) * (y - y0)
+        spread = np.maximum.reduceat(np.where(np.isfinite(cross), np.abs(cross), 0.0), point_starts)
+    return coords, bounded & (spread > 0)
 
 
-def read_ground_truth(path: Path, what: str = "ground truth") -> GroundTruth:
+def read_ground_truth(path: Path, what: str = "ground truth", annotations: bool = True) -> GroundTruth:
     """Read and check a COCO instances file (`what` names it in messages). Raises FastMaskError in one
     line for what cannot be read right: not COCO, duplicated image ids, an unusable `iscrowd`.
+    With `annotations` False, an image list alone will do (COCO's image_info files for test sets).
     COCO train2017's size (118k images, 860k polygons) reads in about 10 s (README, "Training at COCO scale")."""
     with no_gc():
-        truth = _read_ground_truth(Path(path), what)
+        truth = _read_ground_truth(Path(path), what, annotations)
     release_memory()  # the parsed JSON is garbage now: give its pages back before workers fork
     return truth
 
 
-def _read_ground_truth(path: Path, what: str) -> GroundTruth:
+def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundTruth:
     data = read_json(path, what)
+    if isinstance(data, dict) and not need_annotations and not isinstance(data.get("annotations"), list):
+        data["annotations"] = []
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise FastMaskError(f"{what} {path} is not COCO (needs 'images' and 'annotations' lists)")
     notes: list[str] = []
@@ -339,8 +358,8 @@ def _read_ground_truth(path: Path, what: str) -> GroundTruth:
         ids.append(entry["id"])
         name = entry.get("file_name")
         file_names.append(name if isinstance(name, str) and name else None)
-        width, height = entry.get("width"), entry.get("height")
-        sized = _positive_int(width) and _positive_int(height)
+        width, height = _pixels(entry.get("width")), _pixels(entry.get("height"))
+        sized = width > 0 and height > 0
         widths.append(width if sized else -1)
         heights.append(height if sized else -1)
     if malformed:
@@ -356,8 +375,8 @@ def _read_ground_truth(path: Path, what: str) -> GroundTruth:
         skipped["not a JSON object"] += sum(1 for a in anns if type(a) is not dict)
         anns = [a for a in anns if type(a) is dict]
     image = _image_indices([a.get("image_id", []) for a in anns], index)
-    crowd = [a.get("iscrowd", 0) for a in anns]
-    odd = next((n for n, c in enumerate(crowd) if c not in (0, 1) or type(c) is float), None)
+    crowd = [a.get("iscrowd") or 0 for a in anns]  # missing or null: not a crowd, as pycocotools reads it
+    odd = next((n for n, c in enumerate(crowd) if c not in (0, 1) or type(c) not in (int, float, bool)), None)
     if odd is not None:
         raise FastMaskError(f"{what} {path.name}: annotation {anns[odd].get('id')!r} has iscrowd {crowd[odd]!r}: it must be 0 or 1")
     segs = [a.get("segmentation") for a in anns]
@@ -391,36 +410,27 @@ def _read_ground_truth(path: Path, what: str) -> GroundTruth:
     crowd = [bool(c) for c in crowd]
 
     boxes, areas = _boxes(box_raw), _areas(area_raw)
+    del box_raw, area_raw
     kind_np = np.asarray(kind, dtype=np.int8)
-    no_box = np.isnan(boxes[:, 0])
     rings_of = np.bincount(np.concatenate([o for _, _, o in polygons]) if polygons else np.zeros(0, np.int64),
                            minlength=len(kind))
     degenerate = (kind_np == 1) & (rings_of == 0)
-    box_only_unusable = (kind_np == 0) & no_box
+    box_only_unusable = (kind_np == 0) & np.isnan(boxes[:, 0])
     usable = ~degenerate & ~box_only_unusable
     if degenerate.any():
-        skipped["degenerate polygon (fewer than 3 points, odd length, not finite or no area)"] += int(degenerate.sum())
+        skipped["degenerate polygon (fewer than 3 points, odd length, not numbers, not finite, far outside "
+                "any image, or on one line)"] += int(degenerate.sum())
     if box_only_unusable.any():
         skipped["box of no size and no mask"] += int(box_only_unusable.sum())
-    missing = np.fromiter((b is None for b in box_raw), dtype=bool, count=len(box_raw))
-    derived = Counter({"bbox": int((no_box & missing & usable).sum()), "box of no size": int((no_box & ~missing & usable).sum())})
-    missing = np.fromiter((v is None for v in area_raw), dtype=bool, count=len(area_raw))
-    no_area = np.isnan(areas) & usable
-    derived |= Counter({"area": int((no_area & missing).sum()), "unusable area": int((no_area & ~missing).sum())})
-    del box_raw, area_raw
     arrays = _flat_annotations(kind, image, crowd, boxes, areas, rle, polygons, usable)
     del kind, image, crowd, rle, polygons
     kept_ids = [a for a, k in zip(ann_ids, usable) if k]
     del ann_ids
-    bad_rle, empty = _bad_rles(arrays, widths_np, heights_np)
-    if bad_rle.any():
-        skipped["RLE that does not decode to its image's size"] += int(bad_rle.sum())
+    empty = _empty_polygons(arrays, widths_np, heights_np)
     if empty.any():
         skipped["empty mask"] += int(empty.sum())
-    drop = bad_rle | empty
-    if drop.any():
-        arrays = _without(arrays, np.flatnonzero(~drop))
-        kept_ids = [a for a, d in zip(kept_ids, drop) if not d]
+        arrays = _without(arrays, np.flatnonzero(~empty))
+        kept_ids = [a for a, e in zip(kept_ids, empty) if not e]
 
     order = np.argsort(arrays["image"], kind="stable")
     if (order != np.arange(len(order))).any():
@@ -434,9 +444,9 @@ def _read_ground_truth(path: Path, what: str) -> GroundTruth:
                      "positive integers): pycocotools needs them unique")
     for reason, count in skipped.items():
         notes.append(f"{count} annotations skipped: {reason}")
-    for reason, count in (+derived).items():
-        notes.append(f"{count} annotations with {'no ' + reason if reason in ('area', 'bbox') else 'a ' + reason}: "
-                     "derived from the mask")
+    for field_name, values in (("area", arrays["area"]), ("bbox", arrays["bbox"][:, 0])):
+        if np.isnan(values).any():
+            notes.append(f"{int(np.isnan(values).sum())} annotations without a usable '{field_name}': derived from the mask")
     return GroundTruth(path, ids, FlatStrings(file_names), widths_np, heights_np, image_anns=image_anns, notes=notes,
                        skipped=dict(skipped), index=index, **arrays)
 
@@ -467,37 +477,56 @@ def _gather_ranges(offsets: np.ndarray, chosen: np.ndarray) -> np.ndarray:
 
 
 def _rle_counts(seg: dict, i: int, widths: np.ndarray, heights: np.ndarray) -> tuple[bytes, str | None]:
-    """Compressed counts of an RLE segmentation, or why it is skipped; sets the image's size from the
-    RLE where the image entry gives none."""
+    """Compressed counts of an RLE segmentation, or why it is skipped. Where the image entry gives no
+    size, a good RLE's size becomes the image's."""
     size, counts = seg.get("size"), seg.get("counts")
-    if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
+    size = [_pixels(v) for v in size] if isinstance(size, list) and len(size) == 2 else [-1, -1]
+    if min(size) <= 0:
         return b"", "malformed RLE (its 'size' is not [height, width])"
-    if widths[i] <= 0:
-        heights[i], widths[i] = size
-    if size != [int(heights[i]), int(widths[i])]:
+    if widths[i] > 0 and size != [int(heights[i]), int(widths[i])]:
         return b"", "RLE that does not decode to its image's size"
     if isinstance(counts, str):
-        return (counts.encode("ascii"), None) if counts.isascii() else (b"", "RLE that does not decode to its image's size")
-    if isinstance(counts, list) and counts and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+        encoded = counts.encode("ascii") if counts.isascii() else b""
+        valid, area = check_rle_strings([encoded], np.array([size[0] * size[1]]))
+        if not valid[0]:
+            return b"", "RLE that does not decode to its image's size"
+    elif isinstance(counts, list) and counts and all(type(v) is int and v >= 0 for v in counts):
         if sum(counts) != size[0] * size[1]:
             return b"", "RLE that does not decode to its image's size"
-        return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)["counts"], None
-    return b"", "malformed RLE (its 'counts' are neither a string nor non-negative integers)"
+        encoded, area = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)["counts"], [sum(counts[1::2])]
+    else:
+        return b"", "malformed RLE (its 'counts' are neither a string nor non-negative integers)"
+    if area[0] == 0:
+        return b"", "empty mask"
+    if widths[i] <= 0:
+        heights[i], widths[i] = size
+    return encoded, None
 
 
-def _bad_rles(arrays: dict[str, np.ndarray], widths: np.ndarray, heights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(does not decode to its image's pixels, decodes to an empty mask) for each kept annotation."""
-    bad = np.zeros(len(arrays["image"]), dtype=bool)
+def _empty_polygons(arrays: dict[str, np.ndarray], widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """Polygon annotations that rasterise to no pixel of their image (wholly outside it, or thinner than a
+    pixel), where the image's size is known. Only those that might be are rasterised (pycocotools)."""
     empty = np.zeros(len(arrays["image"]), dtype=bool)
-    rows = np.flatnonzero(arrays["kind"] == 2)
-    if len(rows):
-        strings = [arrays["rle_bytes"][arrays["rle"][a] : arrays["rle"][a + 1]].tobytes() for a in rows]
-        image = arrays["image"][rows]
-        pixels = heights[image].astype(np.int64) * widths[image]
-        valid, area = check_rle_strings(strings, pixels)
-        bad[rows] = ~valid
-        empty[rows] = valid & (area == 0)
-    return bad, empty
+    rows = np.flatnonzero(arrays["kind"] == 1)
+    if not len(rows):
+        return empty
+    coords, ring_offsets, rings = arrays["coords"], arrays["ring_offsets"], arrays["rings"]
+    first_point = ring_offsets[rings[rows]] // 2  # an annotation's rings are contiguous: its points too
+    x, y = coords[0::2], coords[1::2]
+    bounds = [np.minimum.reduceat(x, first_point), np.maximum.reduceat(x, first_point),
+              np.minimum.reduceat(y, first_point), np.maximum.reduceat(y, first_point)]
+    # reduceat runs to the next start: the last annotation's run ends where the points end, as it should
+    x0, x1, y0, y1 = bounds
+    image = arrays["image"][rows]
+    width, height = widths[image], heights[image]
+    suspect = (width > 0) & ((x1 <= 0) | (y1 <= 0) | (x0 >= width) | (y0 >= height) | (x1 - x0 < 2) | (y1 - y0 < 2))
+    for k in np.flatnonzero(suspect):
+        a = rows[k]
+        first, last = int(rings[a]), int(rings[a + 1])
+        polygon = [coords[ring_offsets[r] : ring_offsets[r + 1]].tolist() for r in range(first, last)]
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygon, int(height[k]), int(width[k])))
+        empty[a] = mask_utils.area(rle) == 0
+    return empty
 
 
 def decode_rle_strings(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -592,10 +621,15 @@ def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
             unknown[key] = unknown.get(key, 0) + 1
             continue
         score = r.get("score")
+        if "score" not in r:
+            raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has no 'score': proposals must be ranked")
         if not _number(score):
             raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has score {score!r}: "
                                 "proposals must be ranked by finite numbers")
+        if r.get("segmentation", []) is None:  # null: a box result, as if the key were absent
+            del r["segmentation"]
         if "segmentation" in r:
+            r.pop("bbox", None)  # a mask is boxed by its tight box (and pycocotools reads every box if the first has one)
             r["segmentation"] = _result_mask(r["segmentation"], gt, i, n, r["image_id"])
             if isinstance(r["segmentation"]["counts"], bytes):  # compressed by the caller's tool: check it decodes
                 size = r["segmentation"]["size"]
@@ -649,8 +683,9 @@ def _result_mask(seg: Any, gt: GroundTruth, i: int, n: int, image_id: Any) -> di
     if not isinstance(seg, dict):
         raise FastMaskError(f"{where} has a segmentation that is neither polygons nor RLE")
     size, counts = seg.get("size"), seg.get("counts")
-    if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
+    if not (isinstance(size, list) and len(size) == 2 and min(_pixels(v) for v in size) > 0):
         raise FastMaskError(f"{where} has an RLE 'size' of {size!r}, not [height, width]")
+    size = [_pixels(v) for v in size]
     if frame is not None and size != [frame[1], frame[0]]:
         raise FastMaskError(f"{where} has a {size[1]}x{size[0]} RLE mask (width x height), but image {image_id!r} is "
                             f"{frame[0]}x{frame[1]} in the ground truth")
@@ -658,8 +693,7 @@ def _result_mask(seg: Any, gt: GroundTruth, i: int, n: int, image_id: Any) -> di
         if not counts.isascii():
             raise FastMaskError(f"{where} has RLE counts that are not a pycocotools string")
         return {"size": size, "counts": counts.encode("ascii")}
-    if isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts) \
-            and sum(counts) == size[0] * size[1]:
+    if isinstance(counts, list) and all(type(v) is int and v >= 0 for v in counts) and sum(counts) == size[0] * size[1]:
         rle = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
         return {"size": size, "counts": rle["counts"].decode("ascii")}
     raise FastMaskError(f"{where} has uncompressed RLE counts that do not add up to its {size[1]}x{size[0]} mask")

@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 
 from .errors import FastMaskError
 from .coco import GroundTruth, read_ground_truth
+from .files import release_memory
 from .images import ImageError, read_image
 
 MIN_VISIBLE = 0.5  # an object cut by a crop or covered by a pasted one below this fraction is ignored
@@ -113,6 +114,8 @@ class CocoInstances(torch.utils.data.Dataset):
         order = sorted(range(len(present)), key=lambda k: names[present[k]])
         self.ids = np.asarray([present[k] for k in order], dtype=np.int64)  # positions in the ground truth
         self.report.images = len(self.ids)
+        del truth, names
+        release_memory()  # the full reading (float64, ids) is garbage now: handed back before DataLoader workers fork
 
     def __len__(self) -> int:
         return len(self.ids)

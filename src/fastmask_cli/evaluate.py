@@ -128,7 +128,8 @@ def evaluate(
         if raw and len(with_masks) < len(raw):
             if iou_types == ("segm",):
                 raise FastMaskError(f"{len(raw) - len(with_masks)} results have no 'segmentation': use --iou-type bbox")
-            evaluation.notes.append("masks skipped: the results hold boxes only (no 'segmentation'), boxes evaluated")
+            evaluation.notes.append(f"masks not evaluated: {len(raw) - len(with_masks)} of {len(raw)} results are boxes "
+                                    "only (no 'segmentation'); boxes evaluated")
             iou_types = tuple(t for t in iou_types if t != "segm")
         elif (truth.kind == 0).any():
             raise FastMaskError("the ground truth has annotations without 'segmentation': mask AR needs masks (use --iou-type bbox)")

@@ -34,6 +34,9 @@ def writable_folder(folder: Path, what: str) -> Path:
     """Make `folder` (and its parents) and check that files can be created in it, before any work is
     done; a FastMaskError naming it (`what` says what it is for) otherwise."""
     folder = Path(folder)
+    in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        raise FastMaskError(f"cannot write {what} in {folder}: {in_the_way} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".fastmask-write-test.{os.getpid()}"
@@ -43,6 +46,16 @@ def writable_folder(folder: Path, what: str) -> Path:
         reason = exc.strerror or type(exc).__name__
         raise FastMaskError(f"cannot write {what} in {folder}: {reason}") from None
     return folder
+
+
+def writable_file(path: Path, what: str) -> Path:
+    """Check, before any work, that `path` can be written: its folder made and writable, and `path`
+    itself not a folder. A FastMaskError naming it otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise FastMaskError(f"{what} {path} is a folder; give a file name such as results.json")
+    writable_folder(path.parent, what)
+    return path
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .coco import read_ground_truth
 from .errors import FastMaskError
-from .files import writable_folder
+from .files import writable_file, writable_folder
 from .images import MAX_PIXELS, ImageError, list_images, load_image
 from .results_file import check_format, images_json_path, images_writer, read_run, results_writer
 
@@ -115,7 +115,7 @@ def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:
         raise FastMaskError(f"no images in {images_dir}{shown}: no file there is one the installed OpenCV can decode")
     if ann is None:
         return ImagePlan(files, {rel: n + 1 for n, rel in enumerate(files)}, {}, others, [])
-    gt = read_ground_truth(ann, "--ann file")
+    gt = read_ground_truth(ann, "--ann file", annotations=False)  # only its images are needed
     by_name: dict[str, int] = {}
     for i, name in enumerate(gt.file_names):
         if name is None:
@@ -339,9 +339,7 @@ def propose_folder(
     if batch_size < 1:
         raise FastMaskError(f"--batch-size must be at least 1, not {batch_size}")
     plan = plan_images(images_dir, ann)
-    if out.is_dir():
-        raise FastMaskError(f"--out {out} is a folder; give a file name such as results.json")
-    writable_folder(out.parent, "the results")
+    writable_file(out, "the results")
     if vis_dir is not None:
         writable_folder(Path(vis_dir), "overlays")
     mine = plan.shard(*shard) if shard else plan.files
