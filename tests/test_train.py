@@ -201,13 +201,24 @@ def _same_weights(a: Path, b: Path) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+STOPPABLE = dict(epochs=3, batch_size=2, copy_paste=0.5, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def unbroken(shapes, tmp_path_factory) -> tuple[Path, object]:
+    """The run the stopped ones are compared with, trained once for all of them."""
+    gt, images = shapes
+    out = tmp_path_factory.mktemp("unbroken") / "whole"
+    return out, train(gt, images, out, config=CONFIG, settings=settings(**STOPPABLE), device="cpu")
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGUSR1", "crash"])
-def test_stopped_mid_epoch_the_run_resumes_bit_identical(shapes, tmp_path: Path, how: str) -> None:
+def test_stopped_mid_epoch_the_run_resumes_bit_identical(shapes, unbroken, tmp_path: Path, how: str) -> None:
     """8 images, batch 2: 4 steps an epoch. Stopped in epoch 2 (by a signal at step 6, or by a crash at
     step 7 with a periodic checkpoint at step 6), resumed, it ends with the unbroken run's weights."""
     gt, images = shapes
-    run = settings(epochs=3, batch_size=2, copy_paste=0.5, checkpoint_every=3)
-    whole = train(gt, images, tmp_path / "whole", config=CONFIG, settings=run, device="cpu")
+    run = settings(**STOPPABLE)
+    whole_dir, whole = unbroken
     if how == "crash":
         with pytest.raises(RuntimeError, match="went away"):
             train(gt, images, tmp_path / "split", config=CONFIG, settings=run, device="cpu", events=_StopAt(7, how))
@@ -218,9 +229,9 @@ def test_stopped_mid_epoch_the_run_resumes_bit_identical(shapes, tmp_path: Path,
     assert (state["epoch"], state["iteration"], state["midway"]["batches"]) == (1, 6, 2)
     resumed = train(gt, images, tmp_path / "split", config=CONFIG, settings=run, device="cpu", resume=True)
     assert resumed.stopped_by is None and resumed.iterations == whole.iterations == 12
-    assert _same_weights(tmp_path / "whole" / "model.pt", tmp_path / "split" / "model.pt")
-    epochs = [[r for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines()) if r["type"] == "epoch"]
-              for name in ("whole", "split")]
+    assert _same_weights(whole_dir / "model.pt", tmp_path / "split" / "model.pt")
+    epochs = [[r for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if r["type"] == "epoch"]
+              for folder in (whole_dir, tmp_path / "split")]
     assert epochs[0] == epochs[1]  # the interrupted epoch's mean loss too
 
 
