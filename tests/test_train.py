@@ -113,23 +113,11 @@ def test_cli_train_rejects_bad_ground_truth(tmp_path: Path, shapes, content: str
 
 def test_torchrun_two_processes_train_together(shapes, tmp_path: Path) -> None:
     """DDP on the CPU (gloo): both processes step together; rank 0 alone writes the run."""
-    gt, images = shapes
-    script = tmp_path / "ddp.py"
-    script.write_text(
-        "import os, sys; sys.path.insert(0, %r)\n"
-        "from conftest import TINY\n"
-        "from fastmask_cli.engine import TrainSettings, train\n"
-        "s = train(%r, %r, %r, config=TINY.with_overrides(size=192), device='cpu',\n"
-        "          settings=TrainSettings(epochs=1, batch_size=2, size=192, workers=0))\n"
-        "os.write(1, f'iterations {s.iterations}\\n'.encode())  # one write: the two processes share a pipe\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as probe:  # a free port: a fixed one may still be held by an earlier run
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, str(script)],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
+    script = _training_script(tmp_path / "ddp.py", *shapes,
+                              "s = train(GT, IMAGES, sys.argv[1], config=TINY.with_overrides(size=192), device='cpu',\n"
+                              "          settings=TrainSettings(epochs=1, batch_size=2, size=192, workers=0))\n"
+                              "os.write(1, f'iterations {s.iterations}\\n'.encode())  # one write: the processes share a pipe\n")
+    done = _torchrun(script, str(tmp_path / "run"))
     assert done.stdout.count("iterations 2") == 2  # 8 images / 2 processes / batch 2
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "log.jsonl", "model.pt"]
 
@@ -236,30 +224,38 @@ def test_stopped_mid_epoch_the_run_resumes_bit_identical(shapes, unbroken, tmp_p
 
 
 def _ddp_script(tmp_path: Path, gt: Path, images: Path) -> Path:
-    script = tmp_path / "ddp_stop.py"
-    script.write_text(
-        "import os, signal, sys; sys.path.insert(0, %r)\n"
-        "from conftest import TINY\n"
-        "from fastmask_cli.engine import TrainEvents, TrainSettings, train\n"
+    return _training_script(
+        tmp_path / "ddp_stop.py", gt, images,
         "class Stop(TrainEvents):\n"
         "    def step(self, m):\n"
         "        if os.environ['RANK'] == '0' and m['iteration'] == int(os.environ.get('STOP_AT', 0)):\n"
         "            os.kill(os.getpid(), signal.SIGTERM)  # rank 0 only: rank 1 must stop at the same step\n"
-        "s = train(%r, %r, sys.argv[1], config=TINY.with_overrides(size=192), device='cpu', events=Stop(),\n"
+        "s = train(GT, IMAGES, sys.argv[1], config=TINY.with_overrides(size=192), device='cpu', events=Stop(),\n"
         "          resume=len(sys.argv) > 2, settings=TrainSettings(epochs=2, batch_size=1, size=192, workers=1,\n"
         "          copy_paste=0.5, checkpoint_every=0))\n"
-        "os.write(1, f'stopped {s.stopped_by} at {s.iterations}\\n'.encode())  # one write: the processes share a pipe\n" % (str(Path(__file__).parent), str(gt), str(images))
-    )
-    return script
+        "os.write(1, f'stopped {s.stopped_by} at {s.iterations}\\n'.encode())  # one write: the processes share a pipe\n")
+
+
+def _training_script(path: Path, gt: Path, images: Path, body: str) -> Path:
+    """A script that trains the tiny config on `gt`/`images` (as GT, IMAGES) in a process of its own."""
+    path.write_text(f"import os, signal, sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                    "from conftest import TINY\n"
+                    "from fastmask_cli.engine import TrainEvents, TrainSettings, train\n"
+                    f"GT, IMAGES = {str(gt)!r}, {str(images)!r}\n" + body)
+    return path
+
+
+def _free_port() -> int:
+    """A free port: a fixed one may still be held by an earlier run."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _torchrun(script: Path, *args: str, stop_at: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AT": str(stop_at)}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-                           str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(_free_port()), str(script), *args], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
@@ -279,19 +275,13 @@ def test_two_processes_stopped_by_sigterm_mid_epoch_resume_bit_identical(shapes,
 
 def test_sigterm_checkpoints_within_seconds_and_takes_the_workers_along(shapes, tmp_path: Path) -> None:
     """As Slurm does it: SIGTERM to the training process (and to its DataLoader workers) mid-epoch."""
-    gt, images = shapes
-    script = tmp_path / "stop.py"
-    script.write_text(
-        "import sys; sys.path.insert(0, %r)\n"
-        "from conftest import TINY\n"
-        "from fastmask_cli.engine import TrainEvents, TrainSettings, train\n"
-        "class Say(TrainEvents):\n"
-        "    def step(self, m): print('step', m['iteration'], flush=True)\n"
-        "s = train(%r, %r, %r, config=TINY.with_overrides(size=192), device='cpu', events=Say(),\n"
-        "          settings=TrainSettings(epochs=50, batch_size=1, size=192, workers=2, checkpoint_every=0))\n"
-        "sys.exit(143 if s.stopped_by else 0)\n" % (str(Path(__file__).parent), str(gt), str(images), str(tmp_path / "run"))
-    )
-    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+    script = _training_script(tmp_path / "stop.py", *shapes,
+                              "class Say(TrainEvents):\n"
+                              "    def step(self, m): print('step', m['iteration'], flush=True)\n"
+                              "s = train(GT, IMAGES, sys.argv[1], config=TINY.with_overrides(size=192), device='cpu', events=Say(),\n"
+                              "          settings=TrainSettings(epochs=50, batch_size=1, size=192, workers=2, checkpoint_every=0))\n"
+                              "sys.exit(143 if s.stopped_by else 0)\n")
+    child = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         for line in child.stdout:
@@ -317,11 +307,8 @@ def test_two_nodes_meet_through_a_rendezvous_endpoint(shapes, tmp_path: Path) ->
     """`torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint HOST:PORT` as the README's Slurm script
     runs it, with both "nodes" on this machine: the two agents meet, and rank 0 alone writes the run."""
     gt, images = shapes
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "fastmask-test",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "fastmask-test",
                "-m", "fastmask_cli", "train", str(gt), str(images), "--out", str(tmp_path / "run"), "--resume",
                "--epochs", "1", "--batch-size", "2", "--size", "128", "--workers", "0", "--train-sample", "0",
                "--bn-images", "0", "--init", "none", "--body", "resnet18", "--config", "fast"]

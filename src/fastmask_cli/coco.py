@@ -265,11 +265,10 @@ def _areas(raw: list) -> np.ndarray:
 
 
 def _flat_annotations(kind: list, image: list, crowd: list, boxes: np.ndarray, areas: np.ndarray, rle: list,
-                      polygons: list[tuple[np.ndarray, np.ndarray, np.ndarray]], usable: np.ndarray) -> dict[str, np.ndarray]:
-    """The annotations where `usable`, in flat arrays (see `GroundTruth`)."""
+                      polygons: list[tuple[np.ndarray, np.ndarray, np.ndarray]], counts: np.ndarray,
+                      usable: np.ndarray) -> dict[str, np.ndarray]:
+    """The annotations where `usable`, in flat arrays (see `GroundTruth`); `counts`: usable rings per annotation."""
     keep = np.flatnonzero(usable)
-    owners = np.concatenate([o for _, _, o in polygons]) if polygons else np.zeros(0, np.int64)
-    counts = np.bincount(owners, minlength=len(kind)).astype(np.int64)  # rings per annotation (none of unusable ones)
     ring_lengths = np.concatenate([n for _, n, _ in polygons]) if polygons else np.zeros(0, np.int64)
     rle_lengths = np.fromiter(map(len, rle), dtype=np.int64, count=len(rle))[keep]
     return {
@@ -413,7 +412,7 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
     del box_raw, area_raw
     kind_np = np.asarray(kind, dtype=np.int8)
     rings_of = np.bincount(np.concatenate([o for _, _, o in polygons]) if polygons else np.zeros(0, np.int64),
-                           minlength=len(kind))
+                           minlength=len(kind)).astype(np.int64)
     degenerate = (kind_np == 1) & (rings_of == 0)
     box_only_unusable = (kind_np == 0) & np.isnan(boxes[:, 0])
     usable = ~degenerate & ~box_only_unusable
@@ -422,7 +421,7 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
                 "any image, or on one line)"] += int(degenerate.sum())
     if box_only_unusable.any():
         skipped["box of no size and no mask"] += int(box_only_unusable.sum())
-    arrays = _flat_annotations(kind, image, crowd, boxes, areas, rle, polygons, usable)
+    arrays = _flat_annotations(kind, image, crowd, boxes, areas, rle, polygons, rings_of, usable)
     del kind, image, crowd, rle, polygons
     kept_ids = [a for a, k in zip(ann_ids, usable) if k]
     del ann_ids
@@ -491,9 +490,9 @@ def _rle_counts(seg: dict, i: int, widths: np.ndarray, heights: np.ndarray) -> t
         if not valid[0]:
             return b"", "RLE that does not decode to its image's size"
     elif isinstance(counts, list) and counts and all(type(v) is int and v >= 0 for v in counts):
-        if sum(counts) != size[0] * size[1]:
+        encoded, area = _compressed(counts, size), [sum(counts[1::2])]
+        if encoded is None:
             return b"", "RLE that does not decode to its image's size"
-        encoded, area = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)["counts"], [sum(counts[1::2])]
     else:
         return b"", "malformed RLE (its 'counts' are neither a string nor non-negative integers)"
     if area[0] == 0:
@@ -501,6 +500,14 @@ def _rle_counts(seg: dict, i: int, widths: np.ndarray, heights: np.ndarray) -> t
     if widths[i] <= 0:
         heights[i], widths[i] = size
     return encoded, None
+
+
+def _compressed(counts: list, size: list[int]) -> bytes | None:
+    """Uncompressed RLE run lengths as pycocotools' compressed string, or None where they are not
+    non-negative integers that add up to exactly size[0] x size[1] pixels."""
+    if not (counts and all(type(v) is int and v >= 0 for v in counts) and sum(counts) == size[0] * size[1]):
+        return None
+    return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)["counts"]
 
 
 def _empty_polygons(arrays: dict[str, np.ndarray], widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
@@ -670,11 +677,8 @@ def _result_mask(seg: Any, gt: GroundTruth, i: int, n: int, image_id: Any) -> di
     if isinstance(seg, list):
         if frame is None:
             raise FastMaskError(f"{where} is a polygon, but the ground truth gives no width and height for its image")
-        rings = [r for r in seg if isinstance(r, list) and len(r) >= 6 and len(r) % 2 == 0]
-        flat = [v for r in rings for v in r]
-        coords, good = _ring_coordinates(flat, [len(r) for r in rings])
-        starts = np.concatenate([[0], np.cumsum([len(r) for r in rings])]).astype(int)
-        usable = [coords[starts[k] : starts[k + 1]].tolist() for k in np.flatnonzero(good)]
+        coords, lengths, _ = _polygon_arrays([(0, seg)])
+        usable = [ring.tolist() for ring in np.split(coords, np.cumsum(lengths)[:-1])] if len(lengths) else []
         if usable:
             rle = mask_utils.merge(mask_utils.frPyObjects(usable, frame[1], frame[0]))
         else:  # nothing but degenerate rings: an empty mask
@@ -693,7 +697,7 @@ def _result_mask(seg: Any, gt: GroundTruth, i: int, n: int, image_id: Any) -> di
         if not counts.isascii():
             raise FastMaskError(f"{where} has RLE counts that are not a pycocotools string")
         return {"size": size, "counts": counts.encode("ascii")}
-    if isinstance(counts, list) and all(type(v) is int and v >= 0 for v in counts) and sum(counts) == size[0] * size[1]:
-        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, *size)
-        return {"size": size, "counts": rle["counts"].decode("ascii")}
+    encoded = _compressed(counts, size) if isinstance(counts, list) else None
+    if encoded is not None:
+        return {"size": size, "counts": encoded.decode("ascii")}
     raise FastMaskError(f"{where} has uncompressed RLE counts that do not add up to its {size[1]}x{size[0]} mask")
