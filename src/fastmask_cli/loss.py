@@ -9,6 +9,11 @@ as more negatives are sampled (or fewer positives exist); dividing them by P kee
 fixed whatever the sampling (measured: 1024 windows per image then fit as well as 128; see README).
 `FastMaskLoss` wraps the model so that one forward call is one training step's loss, which is what
 DistributedDataParallel needs to see.
+
+Objectness "iou" (an option; "binary" is the paper's): a positive window's confidence target is the IoU
+of its own predicted mask with its object's, not 1, so that the score learns how well the window cuts
+its object out, a localisation quality, which generalises across categories better than an
+object-vs-background class (OLN, Kim et al. 2022, §3).
 """
 
 from __future__ import annotations
@@ -44,14 +49,29 @@ def sample_windows(labels: Tensor, count: int) -> tuple[Tensor, Tensor]:
     return positives, negatives
 
 
+OBJECTNESS = ("binary", "iou")
+
+
+def mask_iou(logits: Tensor, targets: Tensor) -> Tensor:
+    """(K,) IoU of predicted masks (logits (K, M, M) above 0) with soft targets (K, M, M) taken at 0.5;
+    0 where both are empty."""
+    predicted, target = logits > 0, targets >= 0.5
+    union = (predicted | target).sum((1, 2))
+    return (predicted & target).sum((1, 2)) / union.clamp(min=1)
+
+
 class FastMaskLoss(nn.Module):
     """The model plus its objective: forward(images, targets) -> loss and its components."""
 
-    def __init__(self, model: FastMask, windows_per_image: int = 64, rule: AssignRule = AssignRule()) -> None:
+    def __init__(self, model: FastMask, windows_per_image: int = 64, rule: AssignRule = AssignRule(),
+                 objectness: str = "binary") -> None:
         super().__init__()
+        if objectness not in OBJECTNESS:
+            raise ValueError(f"objectness must be one of {', '.join(OBJECTNESS)}, not {objectness!r}")
         self.model = model
         self.windows_per_image = windows_per_image
         self.rule = rule
+        self.objectness = objectness
 
     def forward(self, images: Tensor, targets: list[Target]) -> dict[str, Tensor]:
         model = self.model
@@ -61,27 +81,29 @@ class FastMaskLoss(nn.Module):
         scores = pyramid.flat_scores().float()
         windows = grid.boxes(torch.arange(grid.num_windows, device=images.device))
 
-        conf_logits, conf_labels, pos_image, pos_flat, seg_targets, att_targets = [], [], [], [], [], []
+        pos_logits, neg_logits, pos_image, pos_flat, seg_targets, att_targets = [], [], [], [], [], []
         for i, target in enumerate(targets):
             labels = assign_windows(grid, target.boxes, target.ignore, self.rule)
             positives, negatives = sample_windows(labels, self.windows_per_image)
-            sampled = torch.cat([positives, negatives])
-            conf_logits.append(scores[i, sampled])
-            conf_labels.append((labels[sampled] >= 0).float())
+            pos_logits.append(scores[i, positives])
+            neg_logits.append(scores[i, negatives])
             if positives.numel():
                 seg, att = window_targets(target.masks, target.boxes, labels[positives], windows[positives], cfg.mask_size, cfg.window)
                 pos_image.append(torch.full_like(positives, i))
                 pos_flat.append(positives)
                 seg_targets.append(seg)
                 att_targets.append(att)
-        logits = torch.cat(conf_logits)
-        count = max(logits.numel(), 1)
-        positive_count = sum(p.numel() for p in pos_flat)
+        pos_logits, neg_logits = torch.cat(pos_logits), torch.cat(neg_logits)
+        count = max(pos_logits.numel() + neg_logits.numel(), 1)
+        positive_count = pos_logits.numel()
         positives = max(positive_count, 1)
-        conf = F.binary_cross_entropy_with_logits(logits, torch.cat(conf_labels), reduction="sum")
+        conf = F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits), reduction="sum")
+        pos_labels = torch.ones_like(pos_logits)
 
         if pos_flat:
             mask_logits, att_logits = model.decode(pyramid, torch.cat(pos_image), torch.cat(pos_flat))
+            if self.objectness == "iou":
+                pos_labels = mask_iou(mask_logits.detach().float(), torch.cat(seg_targets))
             seg = F.binary_cross_entropy_with_logits(mask_logits.float(), torch.cat(seg_targets), reduction="none").mean((1, 2)).sum()
             att = (F.binary_cross_entropy_with_logits(att_logits.float(), torch.cat(att_targets), reduction="none").mean((1, 2)).sum()
                    if att_logits is not None else scores.new_zeros(()))
@@ -90,6 +112,7 @@ class FastMaskLoss(nn.Module):
             mask_logits, att_logits = model.decode(pyramid, zero, zero)
             seg = mask_logits.float().sum() * 0.0
             att = att_logits.float().sum() * 0.0 if att_logits is not None else scores.new_zeros(())
+        conf = conf + F.binary_cross_entropy_with_logits(pos_logits, pos_labels, reduction="sum")
         return {
             "loss": conf / count + (seg + att) / positives,
             "conf": conf.detach() / count,

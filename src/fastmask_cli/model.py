@@ -1,5 +1,9 @@
 """FastMask (paper Fig. 2): body -> shared neck, applied recursively -> 1x1 reduce -> window norm -> head.
 
+With `config.stride8`, the body's stride-8 map is one more level, below the stride-16 one: its own 1x1
+reduce (its channels differ), then the same norm and head. Its 10-cell windows span 80 px, half the
+smallest of the paper's pyramid, for objects of 32-64 px (at the input size).
+
 `FastMask.forward` runs the network once (one shot) and returns a `Pyramid`: every level's normalised,
 padded feature map and the confidence logit of every window. `FastMask.decode` then cuts out the
 features of chosen windows only (the top-k, §5.3) and decodes their masks.
@@ -17,7 +21,7 @@ from .bodies import build_body
 from .config import FastMaskConfig
 from .head import build_head
 from .neck import build_neck
-from .windows import BASE_STRIDES, Level, WindowGrid, level_strides, stream_and_depth
+from .windows import BASE_STRIDES, FINE_STRIDE, Level, WindowGrid, level_strides, stream_and_depth
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -62,6 +66,8 @@ class FastMask(nn.Module):
         channels = self.body.out_channels
         self.neck = build_neck(config.neck, channels, config.neck_width)
         self.reduce = nn.Conv2d(channels, config.reduce_channels, 1)
+        if config.stride8:
+            self.reduce8 = nn.Conv2d(self.body.stride8_channels, config.reduce_channels, 1)
         self.norm = WindowNorm(config.reduce_channels)
         self.head = build_head(
             config.head, config.reduce_channels, config.window, config.score_hidden, config.mask_hidden, config.mask_size
@@ -70,7 +76,7 @@ class FastMask(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def strides(self, scales: int | None = None) -> list[int]:
-        return level_strides(self.config.streams, scales or self.config.scales)
+        return level_strides(self.config.streams, scales or self.config.scales, self.config.stride8)
 
     def normalize(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) RGB in [0, 255] -> ImageNet-normalised input."""
@@ -80,15 +86,20 @@ class FastMask(nn.Module):
     def forward(self, images: Tensor, scales: int | None = None) -> Pyramid:
         """One shot. images: (N, 3, H, W) RGB in [0, 255]; scales: number of pyramid levels (default: config)."""
         strides = self.strides(scales)
-        streams = self.body(self.normalize(images), streams=1 + any(stream_and_depth(s)[0] == 1 for s in strides))
-        by_stride = {}
-        for stream, feature in enumerate(streams):
-            depths = [stream_and_depth(s)[1] for s in strides if stream_and_depth(s)[0] == stream]
-            for depth in range(max(depths) + 1):
-                by_stride[BASE_STRIDES[stream] * 2**depth] = feature
-                if depth < max(depths):
+        coarse = [s for s in strides if s != FINE_STRIDE]
+        depths: dict[int, int] = {}  # body stream base stride -> necks applied on it
+        for s in coarse:
+            stream, depth = stream_and_depth(s)
+            depths[BASE_STRIDES[stream]] = max(depth, depths.get(BASE_STRIDES[stream], 0))
+        body = self.body(self.normalize(images), tuple(depths) + ((FINE_STRIDE,) if FINE_STRIDE in strides else ()))
+        by_stride = {FINE_STRIDE: self.reduce8(body[FINE_STRIDE])} if FINE_STRIDE in strides else {}
+        for base, deepest in depths.items():
+            feature = body[base]
+            for depth in range(deepest + 1):
+                by_stride[base * 2**depth] = self.reduce(feature)
+                if depth < deepest:
                     feature = self.neck(feature)  # the same neck weights at every level
-        return self.pyramid([self.reduce(by_stride[s]) for s in strides], strides)
+        return self.pyramid([by_stride[s] for s in strides], strides)
 
     def image_pyramid(self, images: Tensor, scales: int | None = None) -> Pyramid:
         """The multi-shot baseline of §6.2 (DeepMask-style): no neck; the body's stride-16 stream runs once
@@ -98,9 +109,11 @@ class FastMask(nn.Module):
         height, width = images.shape[-2:]
         for stride in strides:
             size = (max(1, round(height * BASE_STRIDES[0] / stride)), max(1, round(width * BASE_STRIDES[0] / stride)))
-            # area averaging: anti-aliased at any factor (CUDA's antialiased bilinear fails beyond about 1/64)
-            scaled = images if stride == BASE_STRIDES[0] else F.interpolate(images, size=size, mode="area")
-            levels.append(self.reduce(self.body(self.normalize(scaled), streams=1)[0]))
+            # area averaging: anti-aliased at any factor (CUDA's antialiased bilinear fails beyond about 1/64);
+            # the stride-8 level's image is up-sampled, by bilinear interpolation
+            scaled = images if stride == BASE_STRIDES[0] else F.interpolate(
+                images, size=size, mode="area" if stride > BASE_STRIDES[0] else "bilinear", align_corners=None)
+            levels.append(self.reduce(self.body(self.normalize(scaled), (BASE_STRIDES[0],))[BASE_STRIDES[0]]))
         return self.pyramid(levels, strides)
 
     def pyramid(self, levels: list[Tensor], strides: list[int]) -> Pyramid:

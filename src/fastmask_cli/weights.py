@@ -154,20 +154,10 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
             model = FastMask(preset(weights))
         report = initialise(model.body, model.config.body, init)[0] if init else None
         return model.eval(), ModelInfo(weights, trained=False, body_init=report)
-    entry = next((m for m in shipped if m["name"] == weights), None)
-    if entry is not None:
-        path = weights_dir() / entry["file"]
-        digest = sha256_of(path) if path.is_file() else None
-        if digest is not None and digest != entry["sha256"]:
-            raise FastMaskError(f"shipped weights {path} do not match their sha256 in {MANIFEST}: damaged file")
-    else:
-        path = Path(weights)
-        if path.is_dir():  # a `fastmask train` run folder: its best model, else its latest
-            path = next((path / f for f in ("best.pt", "model.pt") if (path / f).is_file()), path / "model.pt")
-        if not path.exists():
-            names = ", ".join([m["name"] for m in shipped] + list(PRESETS))
-            raise FastMaskError(f"--weights {weights!r} is neither a file nor a known name ({names})")
-        digest = None
+    path = find_weights(weights, shipped)
+    if path is None:
+        names = ", ".join([m["name"] for m in shipped] + list(PRESETS))
+        raise FastMaskError(f"--weights {weights!r} is neither a file nor a known name ({names})")
     config, state, meta = load_checkpoint(path)
     model = FastMask(config)
     try:
@@ -176,4 +166,55 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise FastMaskError(f"{path} does not fit its own config: {first}") from None
     trained = not meta.get("untrained", False)  # tests and smoke runs save random models too
-    return model.eval(), ModelInfo(weights, trained, path=str(path), sha256=digest or sha256_of(path), meta=meta)
+    return model.eval(), ModelInfo(weights, trained, path=str(path), sha256=sha256_of(path), meta=meta)
+
+
+def find_weights(weights: str | Path, shipped: list[dict[str, Any]] | None = None) -> Path | None:
+    """The checkpoint file named by `weights`: a shipped name (its sha256 checked), a `fastmask train`
+    run folder (its best.pt, else model.pt), or a file; None when it names nothing known or existing."""
+    shipped = read_manifest() if shipped is None else shipped
+    entry = next((m for m in shipped if m["name"] == str(weights)), None)
+    if entry is not None:
+        path = weights_dir() / entry["file"]
+        if path.is_file() and sha256_of(path) != entry["sha256"]:
+            raise FastMaskError(f"shipped weights {path} do not match their sha256 in {MANIFEST}: damaged file")
+        return path  # a missing shipped file is load_checkpoint's "not found", naming the path
+    path = Path(weights)
+    if path.is_dir():
+        path = next((path / f for f in ("best.pt", "model.pt") if (path / f).is_file()), path / "model.pt")
+    return path if path.exists() else None
+
+
+def starting_checkpoint(init: str | Path) -> tuple[Path, FastMaskConfig, dict[str, torch.Tensor]] | None:
+    """What `train --init` names when it is a whole trained network (a shipped name, a run folder or a
+    fastmask checkpoint) rather than a body's state dict: its path, config and weights; else None."""
+    if str(init) in ("auto", "imagenet", "none"):
+        return None
+    path = find_weights(init)
+    if path is None or not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not ours to judge: the body loader names the problem
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        return None
+    config, state, _ = load_checkpoint(path)
+    return path, config, state
+
+
+def load_network(model: FastMask, state: dict[str, torch.Tensor], source: Path) -> list[str]:
+    """Fine-tuning start: load a trained network's `state` into `model`, whose config may add parts
+    (a stride-8 level's reduction). Returns the modules that start fresh; a weight whose shape differs,
+    or one `model` has no place for, is a FastMaskError naming it."""
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise FastMaskError(f"{source} has weights this configuration has no place for ({unknown[0]}, ...): "
+                            "give the --config it was trained with")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise FastMaskError(f"{source}: {key} is {tuple(value.shape)}, this configuration's is "
+                                f"{tuple(own[key].shape)}: give the --config it was trained with")
+    model.load_state_dict(state, strict=False)
+    return sorted({key.rsplit(".", 1)[0] for key in set(own) - set(state)})

@@ -18,20 +18,22 @@ import torch
 from torch import Tensor
 
 BASE_STRIDES = (16, 24)  # stride of the first level of each body stream (§5.1)
+FINE_STRIDE = 8  # the optional finest level, straight from the body's stride-8 map (no neck)
 
 
-def level_strides(streams: int, scales: int) -> list[int]:
+def level_strides(streams: int, scales: int, stride8: bool = False) -> list[int]:
     """Strides of the first `scales` pyramid levels, ascending.
 
     One stream gives 16, 32, 64, ...; two streams interleave 16·2^d and 24·2^d:
     16, 24, 32, 48, 64, 96, 128, 192 for 8 scales (7 scales = 4 levels on one stream, 3 on the other).
+    With `stride8`, a level of stride 8 comes first and counts as one of the `scales`.
     """
     per_stream = [[base * 2**d for d in range(scales)] for base in BASE_STRIDES[:streams]]
-    return sorted(s for strides in per_stream for s in strides)[:scales]
+    return ([FINE_STRIDE] if stride8 else []) + sorted(s for strides in per_stream for s in strides)[: scales - stride8]
 
 
 def stream_and_depth(stride: int) -> tuple[int, int]:
-    """Which body stream a level comes from, and how many necks were applied to reach it."""
+    """Which body stream a level comes from, and how many necks were applied to reach it (not for stride 8)."""
     for stream, base in enumerate(BASE_STRIDES):
         depth = math.log2(stride / base)
         if depth >= 0 and depth == int(depth):

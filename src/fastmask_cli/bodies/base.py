@@ -19,9 +19,11 @@ def scaled(channels: int, width: int, standard: int = 64) -> int:
 
 
 class Body(nn.Module):
-    """Base of every body: subclasses build `bottom`, `top` and `out_channels`, and list `stages()`."""
+    """Base of every body: subclasses build `bottom`, `top`, `out_channels` (of `top`) and
+    `stride8_channels` (of `bottom`), and list `stages()`."""
 
     out_channels: int
+    stride8_channels: int
 
     def __init__(self, streams: int) -> None:
         super().__init__()
@@ -39,14 +41,16 @@ class Body(nn.Module):
         """The body's stages in input order, the stem first: the units `freeze` counts."""
         raise NotImplementedError
 
-    def forward(self, images: Tensor, streams: int | None = None) -> list[Tensor]:
-        """Normalised images -> [stride-16 feature, stride-24 feature (two streams only)].
-        `streams` may ask for fewer streams than built, when no stride-24 level is needed."""
+    def forward(self, images: Tensor, strides: tuple[int, ...] = (16, 24)) -> dict[int, Tensor]:
+        """Normalised images (N, 3, H, W) -> {stride: feature (N, C, ceil(H/stride), ceil(W/stride))} for the
+        asked strides: 16 (the first stream) and 24 (the second, in a two-stream body only), both
+        `out_channels`; 8, the bottom's own map (`stride8_channels`), for a stride-8 level."""
         stride8 = self.bottom(images)
-        pooled = [F.avg_pool2d(stride8, 2, 2, ceil_mode=True, count_include_pad=False)]
-        if min(streams or self.streams, self.streams) == 2:
-            pooled.append(F.avg_pool2d(stride8, 3, 3, ceil_mode=True, count_include_pad=False))
-        return [self.top(p) for p in pooled]
+        features = {8: stride8} if 8 in strides else {}
+        for stride, factor in ((16, 2), (24, 3))[: self.streams]:
+            if stride in strides:
+                features[stride] = self.top(F.avg_pool2d(stride8, factor, factor, ceil_mode=True, count_include_pad=False))
+        return features
 
     def freeze(self, stages: int = 0, batchnorm: bool = False) -> None:
         """Fix the first `stages` stages (the stem counts as one) and, with `batchnorm`, every BatchNorm.

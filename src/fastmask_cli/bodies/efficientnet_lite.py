@@ -79,6 +79,8 @@ class EfficientNetLiteBody(Body):
                 blocks.append(MBConvBlock(cin, cout, expansion, kernel, stride if r == 0 else 1))
                 cin = cout
             self._stage_ends.append(len(blocks))
+            if index == BOTTOM_STAGES - 1:
+                self.stride8_channels = cout
         self._blocks = nn.ModuleList(blocks)
         self.out_channels = cin
 

@@ -74,6 +74,7 @@ class ResNetBody(Body):
         self._cin = width
         self.layer1 = self._make_layer(block, width, depths[0], stride=1)
         self.layer2 = self._make_layer(block, width * 2, depths[1], stride=2)
+        self.stride8_channels = width * 2 * block.expansion
         # torchvision strides layer3 by 2; here the stream pooling does it, so the top stride is removed.
         self.layer3 = self._make_layer(block, width * 4, depths[2], stride=1, downsample_always=True)
         self.out_channels = width * 4 * block.expansion
