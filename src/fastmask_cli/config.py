@@ -58,7 +58,10 @@ class FastMaskConfig:
                 raise FastMaskError(f"invalid model config: {message}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.stride8:  # unchanged for models without the level: older versions read them, caches stay valid
+            del data["stride8"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FastMaskConfig":
@@ -71,13 +74,12 @@ class FastMaskConfig:
     def with_overrides(self, **overrides: Any) -> "FastMaskConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
-    def with_stride8(self, on: bool = True) -> "FastMaskConfig":
-        """The same pyramid with the stride-8 level added (or removed): one level more (or fewer), in
-        training and at inference, so that every coarser level is kept."""
-        if on == self.stride8:
+    def with_stride8(self) -> "FastMaskConfig":
+        """The same pyramid with the stride-8 level added: one level more, in training and at inference,
+        so that every coarser level is kept."""
+        if self.stride8:
             return self
-        step = 1 if on else -1
-        return replace(self, stride8=on, scales=self.scales + step, train_scales=self.train_scales + step)
+        return replace(self, stride8=True, scales=self.scales + 1, train_scales=self.train_scales + 1)
 
 
 PRESETS: dict[str, FastMaskConfig] = {

@@ -50,9 +50,9 @@ from .inference import Proposer, pad_batch, prepare, resolve_device
 from .loss import OBJECTNESS, FastMaskLoss, Target
 from .model import FastMask
 from .precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorms
-from .weights import load_network, save_checkpoint, sha256_of, starting_checkpoint
+from .weights import TRAINING_FORMAT, load_network, save_checkpoint, sha256_of, starting_checkpoint
 
-TRAIN_FORMAT = "fastmask-train"
+TRAIN_FORMAT = TRAINING_FORMAT
 CHECKPOINT, MODEL, BEST, LOG = "checkpoint.pt", "model.pt", "best.pt", "log.jsonl"
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 
@@ -414,7 +414,8 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
         if start is not None:  # fine-tuning a whole trained network
             path, _, weights = start
             fresh = load_network(model, weights, path)
-            init = f"{init} (sha256 {sha256_of(path)[:12]})"  # as given: a shipped name stays a name
+            # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
+            init = f"{path if Path(str(init)).exists() else init} (sha256 {sha256_of(path)[:12]})"
             events.note(f"network initialised from {init}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
         else:
             report, init = initialise(model.body, config.body, init)

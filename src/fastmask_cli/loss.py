@@ -11,9 +11,10 @@ fixed whatever the sampling (measured: 1024 windows per image then fit as well a
 DistributedDataParallel needs to see.
 
 Objectness "iou" (an option; "binary" is the paper's): a positive window's confidence target is the IoU
-of its own predicted mask with its object's, not 1, so that the score learns how well the window cuts
-its object out, a localisation quality, which generalises across categories better than an
-object-vs-background class (OLN, Kim et al. 2022, §3).
+of its own predicted mask with its object's, not 1 (negatives stay 0), so that the score leans towards
+how well the window cuts its object out. Inspired by OLN (Kim et al. 2022), which learns such a
+localisation quality, on positives only, instead of an object-vs-background class. The target comes
+from the network's own masks, so start it from a trained network: from scratch they begin near 0.
 """
 
 from __future__ import annotations

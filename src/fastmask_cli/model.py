@@ -104,7 +104,8 @@ class FastMask(nn.Module):
     def image_pyramid(self, images: Tensor, scales: int | None = None) -> Pyramid:
         """The multi-shot baseline of §6.2 (DeepMask-style): no neck; the body's stride-16 stream runs once
         per level on the image resized by 16 / stride, so each level sees windows of the same image size
-        as the one-shot level of that stride. Same reduce, norm and head; same output."""
+        as the one-shot level of that stride. Same reduce, norm and head; same output. A stride-8 level is
+        the stride-16 stream on the image up-sampled by 2, through the shared reduce (not `reduce8`)."""
         levels, strides = [], self.strides(scales)
         height, width = images.shape[-2:]
         for stride in strides:

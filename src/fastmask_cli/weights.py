@@ -24,6 +24,7 @@ from .files import atomic_path, writable_folder
 from .model import FastMask
 
 CHECKPOINT_FORMAT = "fastmask"
+TRAINING_FORMAT = "fastmask-train"  # a run's checkpoint.pt (engine.py): the model plus the optimiser and where it stands
 UNTRAINED_SEED = 0
 MANIFEST = "manifest.json"
 
@@ -180,27 +181,29 @@ def find_weights(weights: str | Path, shipped: list[dict[str, Any]] | None = Non
             raise FastMaskError(f"shipped weights {path} do not match their sha256 in {MANIFEST}: damaged file")
         return path  # a missing shipped file is load_checkpoint's "not found", naming the path
     path = Path(weights)
-    if path.is_dir():
-        path = next((path / f for f in ("best.pt", "model.pt") if (path / f).is_file()), path / "model.pt")
+    if path.is_dir():  # best, else latest; an interrupted run has only its training checkpoint
+        path = next((path / f for f in ("best.pt", "model.pt", "checkpoint.pt") if (path / f).is_file()), path / "model.pt")
     return path if path.exists() else None
 
 
 def starting_checkpoint(init: str | Path) -> tuple[Path, FastMaskConfig, dict[str, torch.Tensor]] | None:
-    """What `train --init` names when it is a whole trained network (a shipped name, a run folder or a
-    fastmask checkpoint) rather than a body's state dict: its path, config and weights; else None."""
+    """What `train --init` names when it is a whole trained network (a shipped name, a run folder, a
+    fastmask checkpoint or a run's checkpoint.pt) rather than a body's state dict: its path, config and
+    weights; else None. A shipped name whose file is missing is a FastMaskError."""
     if str(init) in ("auto", "imagenet", "none"):
         return None
     path = find_weights(init)
+    if path is not None and not path.exists() and any(m["name"] == str(init) for m in read_manifest()):
+        raise FastMaskError(f"shipped weights {init!r} are listed but their file is missing: {path}")
     if path is None or not path.is_file():
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not ours to judge: the body loader names the problem
         return None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, TRAINING_FORMAT):
         return None
-    config, state, _ = load_checkpoint(path)
-    return path, config, state
+    return path, FastMaskConfig.from_dict(payload["config"]), payload["model"]
 
 
 def load_network(model: FastMask, state: dict[str, torch.Tensor], source: Path) -> list[str]:
@@ -209,12 +212,12 @@ def load_network(model: FastMask, state: dict[str, torch.Tensor], source: Path) 
     or one `model` has no place for, is a FastMaskError naming it."""
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
+    hint = "drop the --config, --body, --streams, --neck or --head that changed the architecture"
     if unknown:
-        raise FastMaskError(f"{source} has weights this configuration has no place for ({unknown[0]}, ...): "
-                            "give the --config it was trained with")
+        raise FastMaskError(f"{source} has weights this configuration has no place for ({unknown[0]}, ...): {hint}")
     for key, value in state.items():
         if own[key].shape != value.shape:
             raise FastMaskError(f"{source}: {key} is {tuple(value.shape)}, this configuration's is "
-                                f"{tuple(own[key].shape)}: give the --config it was trained with")
+                                f"{tuple(own[key].shape)}: {hint}")
     model.load_state_dict(state, strict=False)
     return sorted({key.rsplit(".", 1)[0] for key in set(own) - set(state)})
