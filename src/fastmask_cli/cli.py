@@ -450,7 +450,7 @@ def train_command(
     if (val_ann is None) != (val_images is None):
         raise FastMaskError("give both --val-ann and --val-images, or neither")
     start = starting_checkpoint(init) if config is None else None
-    model_config = (start[1] if start else preset(config or "fast")).with_overrides(body=body, streams=streams, neck=neck, head=head)
+    model_config = (start[2] if start else preset(config or "fast")).with_overrides(body=body, streams=streams, neck=neck, head=head)
     if stride8:
         model_config = model_config.with_stride8()
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, warmup_iters=warmup, size=size,

@@ -50,9 +50,8 @@ from .inference import Proposer, pad_batch, prepare, resolve_device
 from .loss import OBJECTNESS, FastMaskLoss, Target
 from .model import FastMask
 from .precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorms
-from .weights import TRAINING_FORMAT, load_network, save_checkpoint, sha256_of, starting_checkpoint
+from .weights import TRAINING_FORMAT, load_network, save_checkpoint, starting_checkpoint
 
-TRAIN_FORMAT = TRAINING_FORMAT
 CHECKPOINT, MODEL, BEST, LOG = "checkpoint.pt", "model.pt", "best.pt", "log.jsonl"
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 
@@ -258,7 +257,7 @@ def _save_training_state(path: Path, model: FastMask, optimizer: torch.optim.Opt
                          settings: TrainSettings, epoch: int, iteration: int, best: dict | None, init: str | None,
                          midway: dict | None = None) -> None:
     """`epoch` epochs finished; `midway` (steps, world, rng per rank, loss totals) where the next one is under way."""
-    payload = {"format": TRAIN_FORMAT, "version": 1, "config": model.config.to_dict(), "settings": settings.to_dict(),
+    payload = {"format": TRAINING_FORMAT, "version": 1, "config": model.config.to_dict(), "settings": settings.to_dict(),
                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scaler": scaler.state_dict() if scaler is not None else None,
                "epoch": epoch, "iteration": iteration, "best": best, "init": init, "midway": midway}
@@ -330,7 +329,7 @@ def _load_training_state(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file is the same failure for the user
         raise FastMaskError(f"{path} is not a readable training checkpoint") from None
-    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != TRAINING_FORMAT:
         raise FastMaskError(f"{path} is not a fastmask training checkpoint")
     return state
 
@@ -412,10 +411,10 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
     if init is not None and state is None:
         start = starting_checkpoint(init)
         if start is not None:  # fine-tuning a whole trained network
-            path, _, weights = start
+            path, digest, _, weights = start
             fresh = load_network(model, weights, path)
             # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
-            init = f"{path if Path(str(init)).exists() else init} (sha256 {sha256_of(path)[:12]})"
+            init = f"{path if Path(str(init)).exists() else init} (sha256 {digest[:12]})"
             events.note(f"network initialised from {init}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
         else:
             report, init = initialise(model.body, config.body, init)

@@ -155,10 +155,11 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
             model = FastMask(preset(weights))
         report = initialise(model.body, model.config.body, init)[0] if init else None
         return model.eval(), ModelInfo(weights, trained=False, body_init=report)
-    path = find_weights(weights, shipped)
-    if path is None:
+    found = find_weights(weights, shipped)
+    if found is None:
         names = ", ".join([m["name"] for m in shipped] + list(PRESETS))
         raise FastMaskError(f"--weights {weights!r} is neither a file nor a known name ({names})")
+    path, digest = found
     config, state, meta = load_checkpoint(path)
     model = FastMask(config)
     try:
@@ -167,43 +168,47 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise FastMaskError(f"{path} does not fit its own config: {first}") from None
     trained = not meta.get("untrained", False)  # tests and smoke runs save random models too
-    return model.eval(), ModelInfo(weights, trained, path=str(path), sha256=sha256_of(path), meta=meta)
+    return model.eval(), ModelInfo(weights, trained, path=str(path), sha256=digest or sha256_of(path), meta=meta)
 
 
-def find_weights(weights: str | Path, shipped: list[dict[str, Any]] | None = None) -> Path | None:
-    """The checkpoint file named by `weights`: a shipped name (its sha256 checked), a `fastmask train`
-    run folder (its best.pt, else model.pt), or a file; None when it names nothing known or existing."""
+def find_weights(weights: str | Path, shipped: list[dict[str, Any]] | None = None) -> tuple[Path, str | None] | None:
+    """The checkpoint file named by `weights`, and its sha256 when already checked: a shipped name (its
+    file hashed against the manifest), a `fastmask train` run folder (its best.pt, else model.pt, else
+    checkpoint.pt), or a file; None when it names nothing known or existing. A shipped file that is
+    missing or damaged is a FastMaskError."""
     shipped = read_manifest() if shipped is None else shipped
     entry = next((m for m in shipped if m["name"] == str(weights)), None)
     if entry is not None:
         path = weights_dir() / entry["file"]
-        if path.is_file() and sha256_of(path) != entry["sha256"]:
+        if not path.is_file():
+            raise FastMaskError(f"shipped weights {weights!r} are listed but their file is missing: {path}")
+        digest = sha256_of(path)
+        if digest != entry["sha256"]:
             raise FastMaskError(f"shipped weights {path} do not match their sha256 in {MANIFEST}: damaged file")
-        return path  # a missing shipped file is load_checkpoint's "not found", naming the path
+        return path, digest
     path = Path(weights)
     if path.is_dir():  # best, else latest; an interrupted run has only its training checkpoint
         path = next((path / f for f in ("best.pt", "model.pt", "checkpoint.pt") if (path / f).is_file()), path / "model.pt")
-    return path if path.exists() else None
+    return (path, None) if path.exists() else None
 
 
-def starting_checkpoint(init: str | Path) -> tuple[Path, FastMaskConfig, dict[str, torch.Tensor]] | None:
+def starting_checkpoint(init: str | Path) -> tuple[Path, str, FastMaskConfig, dict[str, torch.Tensor]] | None:
     """What `train --init` names when it is a whole trained network (a shipped name, a run folder, a
-    fastmask checkpoint or a run's checkpoint.pt) rather than a body's state dict: its path, config and
-    weights; else None. A shipped name whose file is missing is a FastMaskError."""
+    fastmask checkpoint or a run's checkpoint.pt) rather than a body's state dict: its path, sha256,
+    config and weights; else None. A shipped name whose file is missing is a FastMaskError."""
     if str(init) in ("auto", "imagenet", "none"):
         return None
-    path = find_weights(init)
-    if path is not None and not path.exists() and any(m["name"] == str(init) for m in read_manifest()):
-        raise FastMaskError(f"shipped weights {init!r} are listed but their file is missing: {path}")
-    if path is None or not path.is_file():
+    found = find_weights(init)
+    if found is None or not found[0].is_file():
         return None
+    path, digest = found
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not ours to judge: the body loader names the problem
         return None
     if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, TRAINING_FORMAT):
         return None
-    return path, FastMaskConfig.from_dict(payload["config"]), payload["model"]
+    return path, digest or sha256_of(path), FastMaskConfig.from_dict(payload["config"]), payload["model"]
 
 
 def load_network(model: FastMask, state: dict[str, torch.Tensor], source: Path) -> list[str]:
