@@ -27,9 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fastmask_cli.config import preset
-from fastmask_cli.dataset import CocoInstances
-from fastmask_cli.engine import TrainEvents, TrainSettings, train
+from fastmask_cli.modeling.config import preset
+from fastmask_cli.training.dataset import CocoInstances
+from fastmask_cli.training.engine import train
+from fastmask_cli.training.events import TrainEvents
+from fastmask_cli.training.settings import TrainSettings
 
 COCO_IMAGES, COCO_OBJECTS, POINTS = 118_287, 863_633, 24
 WIDTH, HEIGHT = 640, 480

@@ -9,8 +9,7 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from fastmask_cli.cli import app
-
-from conftest import SHARED_DATA
+from support import SHARED_DATA
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()

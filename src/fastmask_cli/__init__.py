@@ -12,23 +12,23 @@ from typing import Any
 
 # Imported now, not lazily: it shares its name with its module, which would shadow it once loaded.
 # (It needs no torch.)
-from .evaluate import evaluate  # noqa: F401 - re-exported
+from .coco.evaluate import evaluate  # noqa: F401 - re-exported
 
 # Attributes load on first use, so that `fastmask eval` and `--help` do not pay for importing torch.
 _EXPORTS = {
-    "PRESETS": "config", "FastMaskConfig": "config", "preset": "config",
-    "FastMaskError": "errors",
-    "OnnxNetwork": "backend", "export_onnx": "backend",
-    "Evaluation": "evaluate",
-    "GroundTruth": "coco", "read_ground_truth": "coco", "check_results": "coco",
-    "read_image": "images",
-    "Proposals": "inference", "Proposer": "inference",
-    "FastMask": "model",
-    "ProposeSummary": "propose", "propose_folder": "propose", "propose_torchrun": "propose",
-    "MergeSummary": "merge", "merge_results": "merge",
-    "read_results": "results_file",
-    "load_model": "weights", "save_checkpoint": "weights",
-    "TrainSettings": "engine", "train": "engine",
+    "PRESETS": "modeling.config", "FastMaskConfig": "modeling.config", "preset": "modeling.config",
+    "FastMask": "modeling.model",
+    "load_model": "modeling.weights", "save_checkpoint": "modeling.checkpoint",
+    "FastMaskError": "errors", "ParameterError": "errors",
+    "GroundTruth": "coco.ground_truth", "read_ground_truth": "coco.ground_truth", "check_results": "coco.results",
+    "Evaluation": "coco.evaluate",
+    "read_image": "io.images", "read_results": "io.results_file",
+    "Proposals": "inference.proposer", "Proposer": "inference.proposer", "ProposerOptions": "inference.options",
+    "OnnxNetwork": "inference.backend",
+    "ProposeSummary": "runs.folder", "propose_folder": "runs.folder", "propose_torchrun": "runs.distributed",
+    "MergeSummary": "runs.merge", "merge_results": "runs.merge",
+    "TrainSettings": "training.settings", "train": "training.engine",
+    "export_onnx": "export", "ship_run": "export", "ship_weights": "export",
 }
 __all__ = sorted([*_EXPORTS, "evaluate"]) + ["__version__"]
 

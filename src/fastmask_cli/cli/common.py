@@ -1,0 +1,191 @@
+"""What every command shares: the app, the console, one-line errors, the options declared once,
+progress columns, and the parsing of list-valued options."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .. import __version__
+from ..errors import FastMaskError, ParameterError
+
+if TYPE_CHECKING:  # torch-backed modules are imported by the commands that run a model
+    from ..inference.proposer import Proposer
+    from ..modeling.weights import ModelInfo
+
+app = typer.Typer(
+    help="FastMask: class-agnostic segment proposals for every object in an image, in one shot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+# The API's parameter names whose flags are not `--` + the name with dashes.
+FLAGS = {"json_out": "--json", "fmt": "--format", "path": "--onnx", "iou_types": "--iou-type"}
+
+
+def flag_of(parameter: str) -> str:
+    """The CLI flag of a Python API parameter (`top_k` -> `--top-k`)."""
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every failure into one line and a non-zero exit; FASTMASK_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FastMaskError as exc:
+            message = exc.named(flag_of) if isinstance(exc, ParameterError) else str(exc)
+            console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted.[/] Finished work is kept; rerun with --resume to continue.")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
+            if os.environ.get("FASTMASK_DEBUG"):
+                raise
+            if isinstance(exc, OSError) and exc.filename:  # a path the user named (permissions, disk full): not our bug
+                console.print(f"[bold red]Error:[/] {escape(exc.strerror or type(exc).__name__)}: {escape(str(exc.filename))}",
+                              highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            console.print(f"[bold red]Internal error:[/] {type(exc).__name__}: {first} (FASTMASK_DEBUG=1 shows the traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fastmask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """FastMask: class-agnostic segment proposals for every object in an image, in one shot."""
+
+
+def warn_if_untrained(info: ModelInfo) -> None:
+    if not info.trained:
+        console.print(
+            Panel(
+                f"{info.describe()}.\nNo trained weights are in use: scores and masks are RANDOM, not object proposals.\n"
+                "Pass --weights with a trained fastmask checkpoint to get real proposals.",
+                title="untrained model",
+                border_style="bold red",
+            )
+        )
+    else:
+        console.print(f"weights: {info.describe()}", highlight=False)
+    if info.body_init:
+        console.print(f"body: {info.body_init.summary()}", highlight=False)
+
+
+def load_proposer(weights: str | None, init: Path | None, **options: Any) -> tuple["Proposer", "ModelInfo"]:
+    from ..inference.proposer import Proposer
+    from ..modeling.weights import load_model
+
+    model, info = load_model(weights, init)
+    proposer = Proposer(model, **options)
+    for note in proposer.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    return proposer, info
+
+# Options shared by `propose` and `eval --images`: declared once.
+WEIGHTS = typer.Option(None, help="Shipped weights name, checkpoint path, or 'fast'/'accurate' for an untrained preset. Default: the best shipped.")
+SCALES = typer.Option(None, help="Pyramid levels, from the finest (necks are weight-shared; a stride-8 level counts as one). Default: the model's.")
+SIZE = typer.Option(None, help="Longer image side the network sees, in pixels. Default: the model's.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+PRECISION = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16.")
+BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass (of similar shapes: a batch is padded to its largest).")
+WORKERS = typer.Option(None, "--workers", help="Processes that read, orient and resize images ahead of the model. "
+                       "Default: none on the CPU (the network uses every core), the cores less one (at most 8) on a GPU.")
+BACKEND = typer.Option("auto", help="Where the network runs: auto (ONNX Runtime on the CPU in fp32, its graph "
+                       "exported once per weights into ~/.cache/fastmask; else PyTorch), onnx or torch.")
+INIT = typer.Option(None, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")
+
+
+def progress_columns(description: str = "[progress.description]{task.description}", after: tuple = (),
+                     remaining: bool = True) -> tuple:
+    """The columns of every progress bar: what runs, the bar, done of total, `after` (a column of
+    the task's fields, say), the time elapsed and, with `remaining`, the time left."""
+    return (TextColumn(description), BarColumn(), MofNCompleteColumn(), *after, TimeElapsedColumn(),
+            *((TimeRemainingColumn(),) if remaining else ()))
+
+
+def say_note(message: str) -> None:
+    """A note the user should read, in yellow."""
+    console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+
+
+def int_list(text: str, option: str, example: str = "100,1000", too_low: str = "must be at least 1") -> list[int]:
+    """'100' or '100,1000' -> [100] or [100, 1000]: a list-valued option, each value at least 1."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FastMaskError(f"{option} must be a number or a list such as {example}, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise FastMaskError(f"{option} {too_low}")
+    return values
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'800x600' -> (800, 600) as width, height."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FastMaskError(f"--size must be WIDTHxHEIGHT such as 800x600, not {text!r}") from None
+    if min(width, height) < 32:
+        raise FastMaskError(f"--size {text} is too small (at least 32 px a side)")
+    return width, height
+
+
+def pair(text: str, option: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise FastMaskError(f"{option} must be two numbers LOW,HIGH such as 0.5,1.25, not {text!r}") from None
+    return low, high
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1-based) -> (K, N)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise FastMaskError(f"--shard must be K/N such as 1/4, not {text!r}") from None
+    if not 1 <= k <= n:
+        raise FastMaskError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as it ran, from the options typer parsed (JSON records say what produced them)."""
+    words = ["fastmask", ctx.info_name or ""]
+    for key, value in ctx.params.items():
+        flag = {"json_out": "--json"}.get(key, "--" + key.replace("_", "-"))
+        if value is True:
+            words.append(flag)
+        elif value not in (None, False):
+            words += [flag, str(value)]
+    return " ".join(words)
+
+

@@ -1,0 +1,160 @@
+"""`fastmask propose`: segment proposals for a folder, with a progress bar and a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from ..errors import FastMaskError
+from ..io.files import write_json_atomic
+from ..io.images import MAX_PIXELS
+from ..modeling.config import DEFAULT_NMS, DEFAULT_NMS_IOU
+from .common import (
+    BACKEND,
+    BATCH_SIZE,
+    DEVICE,
+    INIT,
+    PRECISION,
+    SCALES,
+    SIZE,
+    WEIGHTS,
+    WORKERS,
+    console,
+    friendly_errors,
+    load_proposer,
+    parse_shard,
+    progress_columns,
+    warn_if_untrained,
+)
+
+if TYPE_CHECKING:
+    from ..inference.proposer import Proposer
+    from ..modeling.weights import ModelInfo
+    from ..runs.folder import ProposeSummary
+
+
+def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: Path, rank: tuple[int, int] | None = None,
+                **options: Any) -> "ProposeSummary":
+    """propose_folder (or, under torchrun, this rank's part of propose_torchrun) with a progress bar and the summary."""
+    from ..runs.distributed import propose_torchrun
+    from ..runs.folder import propose_folder
+    from ..runs.partial import partial_path
+    from ..runs.plan import shard_path
+
+    main_process = rank is None or rank[0] == 0
+    watched = out if rank is None else shard_path(out, rank[0] + 1, rank[1])
+    if main_process and not options.get("resume") and partial_path(watched).exists():
+        console.print(f"[yellow]Found an interrupted run ({partial_path(watched)}); starting over. Use --resume to continue it.[/]")
+    with Progress(*progress_columns(), console=console, transient=False, disable=not main_process) as progress:
+
+        def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
+            if main_process:
+                warn_if_untrained(info)
+            label = "proposing" if rank is None else f"proposing (rank 0 of {rank[1]}, its share)"
+            progress.add_task(label, total=total)
+
+        callbacks = {"weights_id": info.identity, "on_start": start,
+                     "on_image": lambda rel: progress.advance(progress.task_ids[0])}
+        if rank is None:
+            summary, merged = propose_folder(proposer, images_dir, out, **callbacks, **options), None
+        else:
+            summary, merged = propose_torchrun(proposer, images_dir, out, rank=rank[0], world=rank[1], **callbacks, **options)
+    if not main_process:
+        return summary
+    table = Table(title="fastmask propose", show_header=False)
+    if summary.complete_already:
+        table.add_row("images", f"{summary.images} (finished earlier: nothing redone)")
+    else:
+        table.add_row("images", f"{summary.images}" + (f" ({summary.resumed} from the interrupted run)" if summary.resumed else "")
+                      + (f" in shard {summary.shard[0]}/{summary.shard[1]}" if summary.shard else "")
+                      + (f" on rank 0; {merged.images} from all {rank[1]} ranks" if merged else ""))
+        table.add_row("proposals", f"{merged.proposals if merged else summary.proposals} (top-{proposer.top_k}, "
+                      f"{proposer.scales} scales, size {proposer.size}, {proposer.device})")
+        table.add_row("seconds per image", f"{summary.seconds_per_image:.3f}" + (" (rank 0)" if merged else ""))
+    skipped = merged.skipped if merged else summary.skipped
+    table.add_row("skipped", str(len(skipped)))
+    if summary.ignored:
+        shown = ", ".join(summary.ignored[:3]) + (", ..." if len(summary.ignored) > 3 else "")
+        table.add_row("ignored (not images)", f"{len(summary.ignored)}: {shown}")
+    table.add_row("results", summary.out if merged is None else str(out))
+    table.add_row("image ids", summary.file_list if merged is None else merged.file_list)
+    if options.get("vis_dir"):
+        table.add_row("overlays", str(options["vis_dir"]))
+    console.print(table)
+    for rel, reason in skipped[:20]:
+        console.print(f"  skipped {rel}: {reason}", highlight=False)
+    if len(skipped) > 20:
+        console.print(f"  ... and {len(skipped) - 20} more (see --json)")
+    for rel, note in summary.notes[:5]:
+        console.print(f"[yellow]note:[/] {escape(rel)} {escape(note)}", highlight=False)
+    if len(summary.notes) > 5:
+        console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 5} more images like these (see --json)")
+    return summary
+
+
+@friendly_errors
+def propose(
+    images_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results file to write (its folder is made if needed); "
+                             "beside it, OUT_STEM.images.json ties image ids to files."),
+    weights: Optional[str] = WEIGHTS,
+    ann: Optional[Path] = typer.Option(None, help="COCO ground truth whose file_name -> id mapping gives the image ids "
+                                       "(and whose width/height decide the frame of EXIF-rotated photos)."),
+    top_k: int = typer.Option(100, "--top-k", help="Proposals per image (1000 for AR@1k)."),
+    scales: Optional[int] = SCALES,
+    size: Optional[int] = SIZE,
+    device: str = DEVICE,
+    precision: str = PRECISION,
+    backend: str = BACKEND,
+    batch_size: int = BATCH_SIZE,
+    workers: Optional[int] = WORKERS,
+    vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals "
+                                       "(IMAGE_PATH.png: the folder structure and full file names are kept)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial (a finished one is not redone)."),
+    shard: Optional[str] = typer.Option(None, help="K/N: propose for the K-th of N contiguous slices of the sorted images "
+                                        "(job arrays); join the shards with `fastmask merge`."),
+    fmt: str = typer.Option("coco", "--format", help="coco: one COCO results list; jsonl: one JSON line per image "
+                            "(image_id, file_name, width, height, proposals)."),
+    nms: str = typer.Option(DEFAULT_NMS, help="Near-duplicates by overlap of: mask, box, or none (keep the network's order)."),
+    nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", help="IoU above which a lower-scored proposal is a duplicate."),
+    nms_mode: str = typer.Option("demote", "--nms-mode", help="demote: move duplicates behind every distinct proposal "
+                                 "(the top-k set stays, so AR@1000 does too); drop: remove them."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
+    init: Optional[Path] = INIT,
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this (read from the header, before decoding)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
+) -> None:
+    """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores).
+
+    Photos are read as viewers show them (EXIF orientation applied) unless --ann's width and height
+    describe the stored pixels. Under torchrun, each process takes a slice (and its own GPU) and
+    process 0 merges them into OUT.
+    """
+    from ..device import launch, rank_device
+    from ..io.results_file import check_format
+
+    options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
+                               "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers}
+    if shard:
+        options["shard"] = parse_shard(shard)
+    here = launch()
+    rank = (here.rank, here.world) if here.distributed else None
+    if rank is not None and shard:
+        raise FastMaskError("--shard and torchrun both split the images: use one of them")
+    if rank is not None:
+        device = rank_device(device, here.local_rank)
+    proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
+                                   size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode,
+                                   backend=backend)
+    summary = run_propose(proposer, info, images_dir, out, rank=rank, **options)
+    if rank is not None and rank[0] != 0:
+        return
+    if json_out:
+        write_json_atomic(json_out, {**summary.to_dict(), "weights": info.describe(), "settings": proposer.settings()})
+    if not info.trained:
+        console.print("[bold red]Reminder: these proposals come from an UNTRAINED model.[/]")

@@ -1,0 +1,155 @@
+"""Class-agnostic average recall (paper §6), exactly as pycocotools' COCOeval measures it.
+
+AR@N is recall averaged over IoU thresholds 0.50:0.05:0.95 with at most N proposals per image,
+read from COCOeval's recall array (`useCats = 0`, `maxDets = [10, 100, 1000]`); the fixed slots of
+COCOeval's printed summary assume other maxDets and are not used. Any COCO results file works,
+ours or another tool's: masks are evaluated as masks, and as boxes through each mask's tight box.
+
+The per-image loop is COCOeval.evaluate's own, unrolled so that it can report progress and drop
+each image's IoU matrix once used: memory stays below what COCOeval.evaluate itself needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ..errors import FastMaskError, ParameterError
+from ..io.results_file import read_results
+from .ground_truth import BOX_ONLY, read_ground_truth
+from .results import check_results
+
+MAX_DETS = (10, 100, 1000)
+AREAS = ("all", "small", "medium", "large")  # COCOeval's default area ranges, in this order
+IOU_TYPES = ("segm", "bbox")
+
+# Paper, Table 3: FastMask two-stream ResNet-39 on the first 5k COCO val images.
+PAPER = {
+    "segm": {"AR@10": 16.9, "AR@100": 31.3, "AR@1000": 40.6},
+    "bbox": {"AR@10": 22.6, "AR@100": 43.1, "AR@1000": 57.4},
+}
+
+
+@dataclass
+class Recall:
+    """AR of one IoU type: metrics in [0, 1], and recall per IoU threshold for each N (area all)."""
+
+    iou_type: str
+    metrics: dict[str, float | None]  # None: no ground-truth object of that size
+    iou_thresholds: list[float]
+    curves: dict[int, list[float]]  # N -> recall at each IoU threshold
+    images: int
+    proposals: int
+
+
+@dataclass
+class Evaluation:
+    results: dict[str, Recall] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was skipped and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"notes": self.notes, **{t: {"metrics": r.metrics, "iou_thresholds": r.iou_thresholds,
+                                              "recall": {str(n): c for n, c in r.curves.items()},
+                                              "images": r.images, "proposals": r.proposals}
+                                          for t, r in self.results.items()}}
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    return contextlib.redirect_stdout(io.StringIO())  # pycocotools prints as it goes
+
+
+def _recall(gt: COCO, results: list[dict], iou_type: str, image_ids: list[int],
+            on_image: Callable[[], None] | None) -> np.ndarray:
+    """COCOeval recall array (T, 1, A, M) for these results, class-agnostic."""
+    with _quiet():
+        dt = gt.loadRes(results) if results else COCO()
+    ev = COCOeval(gt, dt, iou_type)
+    ev.params.useCats = 0
+    ev.params.maxDets = list(MAX_DETS)
+    ev.params.imgIds = image_ids
+    p = ev.params
+    with _quiet():
+        ev._prepare()
+    ev.ious = {}
+    ev.evalImgs = [None] * (len(p.areaRng) * len(image_ids))
+    for i, image_id in enumerate(image_ids):
+        ev.ious[image_id, -1] = ev.computeIoU(image_id, -1)
+        for a, area in enumerate(p.areaRng):
+            ev.evalImgs[a * len(image_ids) + i] = ev.evaluateImg(image_id, -1, area, p.maxDets[-1])
+        del ev.ious[image_id, -1]  # COCOeval keeps them all; they are not needed again
+        if on_image:
+            on_image()
+    ev._paramsEval = copy.deepcopy(p)
+    with _quiet():
+        ev.accumulate()
+    return ev.eval["recall"]
+
+
+def _mean_recall(recall: np.ndarray) -> float | None:
+    """Mean over IoU thresholds; None where COCOeval marks -1 (no ground-truth object in that range)."""
+    valid = recall[recall > -1]
+    return float(valid.mean()) if valid.size else None
+
+
+def evaluate(
+    gt_path: Path,
+    results: Path | list[dict],
+    iou_types: tuple[str, ...] = IOU_TYPES,
+    allow_missing: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> Evaluation:
+    """AR@10/100/1000 and AR S/M/L @100 for masks and/or boxes. on_start(total steps), on_image().
+
+    A results list passed in is normalised in place (category, RLE, tight boxes), as COCO.loadRes does.
+    """
+    truth = read_ground_truth(gt_path)
+    evaluation = Evaluation(notes=list(truth.notes))
+    raw = read_results(results) if isinstance(results, (str, Path)) else results
+    if not isinstance(raw, list):
+        raise FastMaskError(f"results are a {type(raw).__name__}, not a COCO results list")
+    raw = check_results(raw, truth, allow_missing, evaluation.notes)
+    image_ids = list(range(1, len(truth) + 1))
+    if allow_missing and raw:
+        image_ids = sorted({r["image_id"] for r in raw})
+        evaluation.notes.append(f"evaluated on the {len(image_ids)} images the results cover")
+    iou_types = tuple(iou_types)
+    with_masks = [r for r in raw if "segmentation" in r]
+    if "segm" in iou_types:
+        if raw and len(with_masks) < len(raw):
+            if iou_types == ("segm",):
+                raise ParameterError("iou_types", f"{len(raw) - len(with_masks)} results have no 'segmentation': use {{}} bbox")
+            evaluation.notes.append(f"masks not evaluated: {len(raw) - len(with_masks)} of {len(raw)} results are boxes "
+                                    "only (no 'segmentation'); boxes evaluated")
+            iou_types = tuple(t for t in iou_types if t != "segm")
+        elif (truth.kind == BOX_ONLY).any():
+            raise ParameterError("iou_types", "the ground truth has annotations without 'segmentation': mask AR needs masks (use {} bbox)")
+    gt = truth.to_coco(masks="segm" in iou_types)
+    if on_start:
+        on_start(len(image_ids) * len(iou_types))
+    for iou_type in iou_types:
+        if iou_type == "bbox":  # a mask is scored as a box through its tight box (set in place, no copy)
+            for r in raw:
+                if "segmentation" in r:
+                    r["bbox"] = [float(v) for v in mask_utils.toBbox(r["segmentation"])]
+        recall = _recall(gt, raw, iou_type, image_ids, on_image)
+        metrics = {f"AR@{n}": _mean_recall(recall[:, 0, 0, m]) for m, n in enumerate(MAX_DETS)}
+        for a, area in enumerate(AREAS[1:], start=1):
+            metrics[f"AR_{area[0].upper()}@100"] = _mean_recall(recall[:, 0, a, MAX_DETS.index(100)])
+        thresholds = [round(float(t), 2) for t in np.linspace(0.5, 0.95, recall.shape[0])]
+        curves = {n: [max(float(v), 0.0) for v in recall[:, 0, 0, m]] for m, n in enumerate(MAX_DETS)}
+        evaluation.results[iou_type] = Recall(iou_type, metrics, thresholds, curves, len(image_ids), len(raw))
+    if not raw:
+        evaluation.notes.append("the results list is empty: every AR is 0")
+    return evaluation
+

@@ -1,0 +1,117 @@
+"""Export: trained weights shipped into `weights/` (manifest, sha256, precise BN, measured AR), or the
+network written as ONNX for other runtimes. One module for every format, as ultralytics' `Exporter`;
+the CLI's `fastmask export` only calls it.
+
+    record = ship_run("runs/x", "my-model", Path("weights"), ann=val_gt, images=val_dir)
+    export_onnx(model, Path("model.onnx"), scales=5)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import FastMaskError, ParameterError
+from .inference.backend import write_onnx
+from .inference.options import ProposerOptions
+from .io.files import atomic_path, writable_folder
+from .modeling.checkpoint import save_checkpoint
+from .modeling.model import FastMask
+from .modeling.weights import MANIFEST, load_model, read_manifest, sha256_of
+from .training.validation import precise_bn_of_run, validate
+
+
+def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Path, *,
+                 default: bool = False, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `model` to `directory/NAME.pt` (weights and config only) and list it in the manifest.
+
+    `entry` adds what the manifest should say besides name, file, sha256 and config: metrics,
+    training data, the commands that reproduce it. A default model displaces the previous default.
+    """
+    directory = Path(directory)
+    writable_folder(directory, "the weights")
+    path = directory / f"{name}.pt"
+    save_checkpoint(path, model, meta)
+    record = {"name": name, "file": path.name, "sha256": sha256_of(path), "default": default,
+              "config": model.config.to_dict(), **(entry or {})}
+    models = [m for m in read_manifest(directory) if m["name"] != name]
+    if default:
+        for m in models:
+            m["default"] = False
+    models.append(record)
+    with atomic_path(directory / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"models": models}, indent=2) + "\n")
+    return record
+
+
+@dataclass
+class Shipped:
+    """What `ship_run` did: the manifest record, and where the BatchNorm statistics came from."""
+
+    record: dict[str, Any]
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # iou type -> AR, when measured
+
+
+def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False, ann: Path | None = None,
+             images: Path | None = None, top_k: int = 1000, train_command: str | None = None, note: str | None = None,
+             mask_threshold: float | None = None, bn_images: int | None = None, device: str = "auto",
+             on_batchnorm: Callable[[int | None, dict[str, Any]], None] | None = None,
+             on_measure: Callable[[], None] | None = None) -> Shipped:
+    """Ship the trained weights `source` (a run folder, a checkpoint, shipped weights) as `name`.
+
+    Before writing, precise BN recomputes the statistics of every BatchNorm that trained over `bn_images`
+    of the run's training images (None: the run's own count; 0: as saved), and with `ann` and `images`
+    the AR at `top_k` is measured and recorded. on_batchnorm(images used, or None where the training
+    data is not here; the run's meta) and on_measure() report progress. Raises FastMaskError for
+    untrained weights, ParameterError for `ann` without `images` or the reverse.
+    """
+    if (ann is None) != (images is None):
+        raise ParameterError(("ann", "images"), "give both {0} and {1}, or neither")
+    model, info = load_model(source)
+    if not info.trained:
+        raise FastMaskError(f"{source} holds untrained weights: nothing to ship")
+    if mask_threshold is not None:  # a run-time knob of the config, so it ships with the weights
+        model.config = model.config.with_overrides(mask_threshold=mask_threshold)
+    used = precise_bn_of_run(model, info.meta, bn_images, device)
+    if on_batchnorm:
+        on_batchnorm(used, info.meta)
+    meta = {k: v for k, v in info.meta.items() if k != "val"}
+    entry: dict[str, Any] = {"training": meta}
+    if train_command:
+        entry["commands"] = {"train": train_command}
+    if note:
+        entry["note"] = note
+    if ann is not None:
+        if on_measure:
+            on_measure()
+        evaluation = validate(model, ann, images, top_k=top_k, device=device)
+        entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
+        defaults = ProposerOptions()
+        entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
+                                "top_k": top_k, "size": model.config.size, "scales": model.config.scales,
+                                "mask_threshold": model.config.mask_threshold, "nms": defaults.nms, "nms_iou": defaults.nms_iou,
+                                "nms_mode": defaults.nms_mode}
+        entry.setdefault("commands", {})["eval"] = (f"fastmask eval {ann} results.json --images {images} --weights {name} "
+                                                    f"--top-k {top_k}")
+    record = ship_weights(model, meta, name, weights_dir, default=default, entry=entry)
+    return Shipped(record, entry.get("metrics", {}))
+
+
+def export_onnx(model: FastMask, path: Path, scales: int | None = None) -> list[int]:
+    """Write `model`'s network (body to window scores; README, "The network as ONNX") at `scales` levels
+    (None: the model's) to `path` as ONNX, atomically; returns the levels' strides. Raises
+    ParameterError for scales below 1 or a folder `path`, FastMaskError where it cannot be exported or written."""
+    scales = model.config.scales if scales is None else scales
+    if scales < 1:
+        raise ParameterError("scales", f"{{}} must be at least 1, not {scales}")
+    path = Path(path)
+    if path.is_dir():
+        raise ParameterError("path", f"{{}} {path} is a folder; give a file name such as model.onnx")
+    try:
+        write_onnx(model, path, scales)
+    except OSError as exc:
+        raise FastMaskError(f"cannot write {path}: {exc.strerror}") from None
+    return model.strides(scales)

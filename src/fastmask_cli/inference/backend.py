@@ -1,0 +1,162 @@
+"""Where the network runs: eager PyTorch, or the same graph exported to ONNX and run by ONNX Runtime.
+
+On the CPU, PyTorch's eager kernels for the body's depthwise convolutions are memory-bound and slow;
+ONNX Runtime runs the exported graph (body, neck, reduce, window norm and score branch: everything
+`FastMask.forward` does) about four times faster on two threads. The mask decoder stays in PyTorch: it
+runs on the top-k windows only (§5.3).
+
+The exported graph of a model is cached per weights in `cache_dir()`, so a run does not re-export:
+
+    network = OnnxNetwork.for_model(model, scales=5)   # exports on first use, then loads the cached file
+    pyramid = network(images, 5)                        # same Pyramid as model(images, 5)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import FastMaskError
+from ..modeling.model import FastMask, Pyramid
+from ..modeling.windows import Level, WindowGrid
+
+OPSET = 17
+GRAPH_VERSION = 1  # raise when NetworkGraph's inputs or outputs change: older cached files go stale
+
+
+class NetworkGraph(nn.Module):
+    """`FastMask.forward` at a fixed number of scales, with tensors in and out: the exported graph.
+
+    Input `images`: (N, 3, H, W) float32 RGB in [0, 255] (the graph normalises with ImageNet's mean and
+    std). Outputs, one per level in ascending stride s (16, 32, ... for one stream): `features_i`
+    (N, C, ceil(H/s) + 2p, ceil(W/s) + 2p), the window-normalised level padded by p = `window_pad` cells,
+    then `scores_i` (N, ceil(H/s) + 2p - w + 1, ceil(W/s) + 2p - w + 1), the confidence logit of every
+    w x w window (w = `window`), window (i, j) covering input pixels [(j - p)s, (j - p + w)s) x
+    [(i - p)s, (i - p + w)s).
+    """
+
+    def __init__(self, model: FastMask, scales: int) -> None:
+        super().__init__()
+        self.model, self.scales = model, scales
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        pyramid = self.model(images, self.scales)
+        return (*pyramid.features, *pyramid.scores)
+
+
+def not_exportable(model: FastMask) -> str | None:
+    """Why `model` cannot be exported with dynamic image sizes, or None. Padding is constant only when
+    2 * window_pad >= window (every level then holds a window); otherwise it depends on the image size."""
+    cfg = model.config
+    if 2 * cfg.window_pad < cfg.window:
+        return f"window_pad {cfg.window_pad} < window / 2: level padding depends on the image size"
+    return None
+
+
+def write_onnx(model: FastMask, path: Path, scales: int) -> None:
+    """Write `model`'s network at `scales` levels to `path` as ONNX (opset 17), dynamic in batch, height
+    and width; atomically (a temporary file renamed into place). Raises FastMaskError if it cannot."""
+    reason = not_exportable(model)
+    if reason:
+        raise FastMaskError(f"this model cannot be exported to ONNX: {reason}")
+    graph = NetworkGraph(copy.deepcopy(model).cpu().eval(), scales)  # the caller's model stays where it is
+    levels = len(model.strides(scales))
+    features, scores = [f"features_{i}" for i in range(levels)], [f"scores_{i}" for i in range(levels)]
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+    axes |= {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in features}
+    axes |= {name: {0: "batch", 1: f"{name}_height", 2: f"{name}_width"} for name in scores}
+    example = torch.full((1, 3, 256, 320), 128.0)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's notices about tracing
+            torch.onnx.export(graph, (example,), buffer, input_names=["images"], output_names=features + scores,
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    except Exception as exc:  # the exporter raises many kinds; the message says which
+        raise FastMaskError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # OSError: for_model and the CLI say which folder
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cache_dir() -> Path:
+    """Where exported graphs are kept: $FASTMASK_CACHE, else $XDG_CACHE_HOME/fastmask, else ~/.cache/fastmask."""
+    if os.environ.get("FASTMASK_CACHE"):
+        return Path(os.environ["FASTMASK_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmask"
+
+
+def weights_digest(model: FastMask) -> str:
+    """sha256 of what the exported graph depends on: the config and every tensor of the state dict."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class OnnxNetwork:
+    """A model's network at one number of scales, run by ONNX Runtime on the CPU; called like
+    `FastMask.__call__` and returning the same `Pyramid` (within float rounding: about 1e-5)."""
+
+    def __init__(self, path: Path, model: FastMask, scales: int, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        # spinning threads keep the cores busy between runs, which starves the PyTorch work around them
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = Path(path)
+        cfg = model.config
+        self.strides, self.pad, self.window = model.strides(scales), cfg.window_pad, cfg.window
+        self.scales = scales
+        if len(self.session.get_outputs()) != 2 * len(self.strides):
+            raise FastMaskError(f"{path} has {len(self.session.get_outputs())} outputs, not 2 x {len(self.strides)} levels")
+
+    @classmethod
+    def for_model(cls, model: FastMask, scales: int, threads: int | None = None) -> "OnnxNetwork":
+        """The cached graph of `model` at `scales` levels, exported first if absent or unreadable."""
+        key = f"{weights_digest(model)[:24]}-s{scales}-g{GRAPH_VERSION}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
+        path = cache_dir() / f"{key}.onnx"
+        if path.is_file():
+            try:
+                return cls(path, model, scales, threads)
+            except Exception:  # a damaged or foreign file: export again over it
+                pass
+        try:
+            write_onnx(model, path, scales)
+        except OSError as exc:
+            raise FastMaskError(f"cannot write the ONNX cache in {path.parent} ({exc.strerror}); "
+                                "set FASTMASK_CACHE to a writable folder, or use --backend torch") from None
+        return cls(path, model, scales, threads)
+
+    def __call__(self, images: Tensor, scales: int | None = None) -> Pyramid:
+        """images: (N, 3, H, W) float RGB in [0, 255], on the CPU."""
+        if scales is not None and scales != self.scales:
+            raise ValueError(f"this graph was exported for {self.scales} scales, not {scales}")
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images.float().cpu().numpy())})
+        levels = len(self.strides)
+        features = [torch.from_numpy(f) for f in outputs[:levels]]
+        scores = [torch.from_numpy(s) for s in outputs[levels:]]
+        grid = WindowGrid([Level(s, f.shape[2] - 2 * self.pad, f.shape[3] - 2 * self.pad, self.pad, self.window)
+                           for s, f in zip(self.strides, features)])
+        return Pyramid(features, scores, grid)

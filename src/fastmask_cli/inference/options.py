@@ -1,0 +1,63 @@
+"""What a `Proposer` is asked to do, besides the weights: one frozen, checked object.
+
+    options = ProposerOptions(top_k=1000, nms="box")
+    wider = dataclasses.replace(options, top_k=100)     # a variant, checked again
+
+`None` means the model's own value (scales, size and mask threshold are stored in its config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import ParameterError
+from ..modeling.config import DEFAULT_NMS, DEFAULT_NMS_IOU
+
+NMS_KINDS = ("none", "box", "mask")
+NMS_MODES = ("demote", "drop")
+BACKENDS = ("auto", "onnx", "torch")
+
+
+@dataclass(frozen=True)
+class ProposerOptions:
+    """How proposals are made (paper §5.3, and the departures the README lists).
+
+    device: "auto", "cpu", "cuda" or "cuda:N". precision: "fp32", "fp16" (CUDA) or "bf16".
+    top_k: proposals per image. scales: pyramid levels (None: the model's). size: the longer image side
+    the network sees, pixels (None: the model's). mask_threshold: probability in (0, 1) (None: the
+    model's). nms: near-duplicates by overlap of "mask", "box" or "none"; nms_iou: the IoU above which a
+    lower-scored one is a duplicate; nms_mode: "demote" (behind every distinct one) or "drop".
+    multi_shot: the image-pyramid baseline (§6.2) instead of one shot. compile: torch.compile the network.
+    backend: "auto" (ONNX Runtime on the CPU in fp32, else PyTorch), "onnx" or "torch".
+    Raises ParameterError for a value out of range.
+    """
+
+    device: str = "auto"
+    precision: str = "fp32"
+    top_k: int = 100
+    scales: int | None = None
+    size: int | None = None
+    mask_threshold: float | None = None
+    nms: str = DEFAULT_NMS
+    nms_iou: float = DEFAULT_NMS_IOU
+    nms_mode: str = "demote"
+    multi_shot: bool = False
+    compile: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.nms not in NMS_KINDS:
+            raise ParameterError("nms", f"unknown {{}} {self.nms!r}; use {', '.join(NMS_KINDS)}")
+        if self.nms_mode not in NMS_MODES:
+            raise ParameterError("nms_mode", f"unknown {{}} {self.nms_mode!r}; use {', '.join(NMS_MODES)}")
+        for name, value, low in (("top_k", self.top_k, 1), ("scales", self.scales, 1), ("size", self.size, 32)):
+            if value is not None and value < low:
+                raise ParameterError(name, f"{{}} must be at least {low}, not {value}")
+        if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
+            raise ParameterError("mask_threshold", f"{{}} must be between 0 and 1 (a probability), not {self.mask_threshold}")
+        if self.backend not in BACKENDS:
+            raise ParameterError("backend", f"unknown {{}} {self.backend!r}; use {', '.join(BACKENDS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,1 @@
+"""Files: images and their headers, atomic writes and JSON reads, results files (no torch, no model)."""

@@ -1,0 +1,111 @@
+"""Files: written atomically (a reader never sees a half-written file, whatever interrupts the writer),
+JSON read fast at any size, and memory handed back after a big read."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import FastMaskError
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def writable_folder(folder: Path, what: str) -> Path:
+    """Make `folder` (and its parents) and check that files can be created in it, before any work is
+    done; a FastMaskError naming it (`what` says what it is for) otherwise."""
+    folder = Path(folder)
+    in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        raise FastMaskError(f"cannot write {what} in {folder}: {in_the_way} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".fastmask-write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise FastMaskError(f"cannot write {what} in {folder}: {reason}") from None
+    return folder
+
+
+def writable_file(path: Path, what: str) -> Path:
+    """Check, before any work, that `path` can be written: its folder made and writable, and `path`
+    itself not a folder. A FastMaskError naming it otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise FastMaskError(f"{what} {path} is a folder; give a file name such as results.json")
+    writable_folder(path.parent, what)
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: while millions of containers are created (a COCO-size JSON
+    file), its full passes rescan all of them again and again (3x the time of the parse itself)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc's malloc_trim), so that processes
+    forked afterwards (DataLoader workers) do not map, and count in their PSS, what is already garbage."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line FastMaskError naming `what` it is.
+
+    orjson parses (about 1.5x faster than the standard library on COCO-size files); what it refuses
+    and Python's json reads (NaN and Infinity, which Python and other tools write) is read by json."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FastMaskError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise FastMaskError(f"{what} {path} is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise FastMaskError(f"cannot read {what} {path}: {exc.strerror}") from None
+    with no_gc():
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise FastMaskError(f"{what} {path} is not JSON") from None

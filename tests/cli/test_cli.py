@@ -1,0 +1,191 @@
+"""`fastmask propose` end to end: output, ids, bad input, weights errors, interruption and resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from fastmask_cli.inference.proposer import Proposer
+from support import draw_scene, write_image
+from support.bad_files import make_bad_files, make_odd_but_valid_files
+from support.cli import propose, run
+
+
+def test_propose_writes_results_and_a_file_list(image_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "results.json"
+    result = propose(image_folder, out, tiny_checkpoint, "--vis", tmp_path / "vis", "--json", tmp_path / "summary.json")
+    assert result.exit_code == 0, result.output
+    assert "UNTRAINED" in result.output
+    results = json.loads(out.read_text())
+    listing = json.loads((tmp_path / "results.images.json").read_text())
+    # ids are assigned in sorted file order, and the file list ties them back to files
+    assert [im["file_name"] for im in listing["images"]] == [f"img_{i}.png" for i in range(4)]
+    assert [im["id"] for im in listing["images"]] == [1, 2, 3, 4]
+    assert Counter(r["image_id"] for r in results) == {1: 10, 2: 10, 3: 10, 4: 10}
+    loaded = COCO(str(tmp_path / "results.images.json")).loadRes(str(out))
+    assert len(loaded.anns) == 40
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == [f"img_{i}.png.png" for i in range(4)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["proposals"] == 40 and summary["seconds_per_image"] > 0
+    assert not (tmp_path / "results.json.partial").exists()
+
+
+def test_ids_come_from_the_ground_truth(image_folder, tiny_checkpoint, tmp_path):
+    gt = {"images": [{"id": 500 + i, "file_name": f"img_{i}.png", "height": 96 + 8 * i, "width": 128} for i in range(3)],
+          "annotations": [], "categories": [{"id": 1, "name": "object"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    out = tmp_path / "r.json"
+    result = propose(image_folder, out, tiny_checkpoint, "--ann", tmp_path / "gt.json")
+    assert result.exit_code == 0, result.output
+    assert "img_3.png: not listed in the --ann ground truth" in result.flat
+    assert {r["image_id"] for r in json.loads(out.read_text())} == {500, 501, 502}
+    assert len(COCO(str(tmp_path / "gt.json")).loadRes(str(out)).anns) == 30
+
+    gt["images"] = [{"id": 1, "file_name": "elsewhere.jpg", "height": 10, "width": 10}]
+    (tmp_path / "other.json").write_text(json.dumps(gt))
+    result = propose(image_folder, tmp_path / "r2.json", tiny_checkpoint, "--ann", tmp_path / "other.json")
+    assert result.exit_code == 1 and "lists none of the 4 images" in result.flat
+    assert not (tmp_path / "r2.json").exists()
+
+
+def test_bad_images_are_skipped_counted_and_listed(image_folder, tiny_checkpoint, tmp_path):
+    reasons = make_bad_files(image_folder)
+    odd = make_odd_but_valid_files(image_folder)
+    (image_folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "r.json"
+    result = propose(image_folder, out, tiny_checkpoint)
+    assert result.exit_code == 0, result.output
+    for name, reason in reasons.items():
+        assert f"skipped {name}: {reason}" in result.flat
+    assert "skipped 5" in result.flat and "ignored (not images) 1" in result.flat
+    listing = json.loads((tmp_path / "r.images.json").read_text())
+    assert sorted(im["file_name"] for im in listing["images"]) == sorted(odd + [f"img_{i}.png" for i in range(4)])
+    assert len({r["image_id"] for r in json.loads(out.read_text())}) == 7
+
+
+@pytest.mark.parametrize("make_folder,message", [
+    (lambda p: p.mkdir(), "no images in"),
+    (lambda p: None, "images folder not found"),
+])
+def test_empty_or_missing_folder_is_fatal(tmp_path, tiny_checkpoint, make_folder, message):
+    folder = tmp_path / "nothing"
+    make_folder(folder)
+    result = propose(folder, tmp_path / "r.json", tiny_checkpoint)
+    assert result.exit_code == 1 and message in result.flat
+    assert result.output.strip().splitlines() == [f"Error: {result.output.split('Error: ')[1].strip()}"]
+
+
+class Payload:
+    """Any pickled object: a weights-only load must refuse it."""
+
+
+def test_bad_weights_are_refused_clearly(image_folder, tmp_path):
+    garbled = tmp_path / "garbled.pt"
+    garbled.write_bytes(b"\x00\x01not a checkpoint" * 100)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "fastmask", "model": Payload()}, pickled)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    cases = [(tmp_path / "missing.pt", "neither a file nor a known name"), (garbled, "not a readable checkpoint"),
+             (pickled, "refusing to load"), (plain, "not a fastmask checkpoint")]
+    for weights, message in cases:
+        result = propose(image_folder, tmp_path / "r.json", weights)
+        assert result.exit_code == 1 and message in result.flat, (weights, result.output)
+        assert not (tmp_path / "r.json").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoint, tmp_path, monkeypatch):
+    reference = tmp_path / "reference.json"
+    assert propose(image_folder, reference, tiny_checkpoint).exit_code == 0
+
+    out = tmp_path / "r.json"
+    out.write_text("[]")  # an earlier complete results file must survive the interruption untouched
+    real = Proposer.propose_prepared
+    calls = {"n": 0}
+
+    def interrupt_on_third(self, images):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, images)
+
+    monkeypatch.setattr(Proposer, "propose_prepared", interrupt_on_third)
+    result = propose(image_folder, out, tiny_checkpoint)
+    assert result.exit_code == 130 and "--resume" in result.flat
+    assert out.read_text() == "[]"
+    partial = (tmp_path / "r.json.partial").read_text().splitlines()
+    assert len(partial) == 1 + 2  # header + the two finished images
+    with open(tmp_path / "r.json.partial", "a") as f:
+        f.write('{"file": "img_2.png", "imag')  # a line cut off by the kill
+
+    monkeypatch.setattr(Proposer, "propose_prepared", real)
+    result = propose(image_folder, out, tiny_checkpoint, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "2 from the interrupted run" in result.flat
+    assert json.loads(out.read_text()) == json.loads(reference.read_text())
+    assert not (tmp_path / "r.json.partial").exists()
+
+
+def test_resume_refuses_other_settings(image_folder, tiny_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(Proposer, "propose_prepared", lambda self, images: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert propose(image_folder, out, tiny_checkpoint).exit_code == 130
+    monkeypatch.undo()
+    result = propose(image_folder, out, tiny_checkpoint, "--resume", "--scales", "2")
+    assert result.exit_code == 1 and "other settings" in result.flat
+
+
+def test_weights_command_and_version():
+    result = run("weights")
+    assert result.exit_code == 0 and ("fast" in result.flat)
+    assert run("--version").output.startswith("fastmask ")
+
+
+@pytest.mark.slow
+def test_real_ctrl_c_keeps_old_results_and_resumes_identically(tmp_path):
+    """SIGINT to a live `fastmask propose` process: exit 130, nothing half-written, resume completes it."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(30):
+        write_image(folder / f"im_{i:02d}.png", draw_scene(240, 320, seed=i))
+    command = [sys.executable, "-m", "fastmask_cli", "propose", str(folder), "--top-k", "10", "--size", "400", "--out"]
+    reference, out = tmp_path / "reference.json", tmp_path / "r.json"
+    assert subprocess.run(command + [str(reference)], capture_output=True).returncode == 0
+    out.write_text('["earlier results"]')
+    # SIGINT as a terminal delivers it: a shell running these tests in the background (no job control)
+    # starts them with SIGINT ignored, and Python keeps an ignored SIGINT ignored
+    process = subprocess.Popen(command + [str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    partial = tmp_path / "r.json.partial"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(partial.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "--resume" in output
+    assert out.read_text() == '["earlier results"]'
+    done = len(partial.read_text().splitlines()) - 1
+    assert 2 <= done < 30
+    resumed = subprocess.run(command + [str(out), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done} from the interrupted run" in " ".join(resumed.stderr.split())
+    assert json.loads(out.read_text()) == json.loads(reference.read_text())
+
+
+def test_api_functions_are_not_shadowed_by_their_modules() -> None:
+    """`evaluate` and `train` stay functions even after the modules of the same package are imported."""
+    code = ("import sys, fastmask_cli.training.engine, fastmask_cli.coco.evaluate, fastmask_cli.cli\n"
+            "from fastmask_cli import evaluate, train\n"
+            "assert callable(evaluate) and callable(train), (evaluate, train)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lazy = subprocess.run([sys.executable, "-c", "import sys, fastmask_cli; assert 'torch' not in sys.modules"],
+                          capture_output=True, text=True)
+    assert lazy.returncode == 0, lazy.stderr

@@ -1,0 +1,84 @@
+"""Reading images: every odd format becomes (H, W, 3) uint8 RGB as viewers show it, every unusable file a clear reason."""
+
+import cv2
+import numpy as np
+import pytest
+
+from fastmask_cli.io.image_header import ImageHeader, read_header
+from fastmask_cli.io.images import ImageError, list_images, load_image, read_image
+from support import draw_scene, write_image
+from support.bad_files import exif_jpeg, make_bad_files, make_odd_but_valid_files, png_bomb
+
+
+def test_odd_formats_become_rgb(tmp_path):
+    make_odd_but_valid_files(tmp_path)
+    scene = draw_scene()
+    assert np.array_equal(read_image(tmp_path / "deep_16bit.png"), scene)  # 16-bit scaled back exactly
+    assert np.array_equal(read_image(tmp_path / "alpha_rgba.png"), scene)  # alpha dropped, colours kept
+    gray = read_image(tmp_path / "gray.png")
+    assert gray.shape == scene.shape and np.array_equal(gray[..., 0], gray[..., 2])
+    assert np.array_equal(read_image(write_image(tmp_path / "plain.png", scene)), scene)  # RGB, not BGR
+
+
+def test_unusable_files_say_why(tmp_path):
+    for name, reason in make_bad_files(tmp_path).items():
+        with pytest.raises(ImageError, match=reason):
+            read_image(tmp_path / name)
+
+
+def test_listing_is_sorted_recursive_and_separates_other_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ("b.jpg", "a.PNG", "sub/c.jpeg", ".hidden/d.jpg"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((10, 10, 3), np.uint8))
+    (tmp_path / "readme.txt").write_text("hi")
+    images, others = list_images(tmp_path)
+    assert images == ["a.PNG", "b.jpg", "sub/c.jpeg"]
+    assert others == ["readme.txt"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path, orientation):
+    stored = draw_scene(64, 48)  # not symmetric under any flip or turn
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(exif_jpeg(stored, orientation))
+    ours = read_image(path)
+    viewer = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # OpenCV's own reader applies EXIF orientation
+    assert ours.shape == ((64, 48, 3) if orientation <= 4 else (48, 64, 3))
+    assert np.array_equal(ours, viewer)
+    raw = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(ours, raw) == (orientation == 1)
+
+
+def test_ground_truth_frame_decides_whether_orientation_applies(tmp_path):
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(exif_jpeg(draw_scene(64, 48), 6))  # stored 48 wide, 64 high; shown 64 wide, 48 high
+    shown, note = load_image(path, frame=(64, 48))
+    assert shown.shape[:2] == (48, 64) and note is None
+    stored, note = load_image(path, frame=(48, 64))
+    assert stored.shape[:2] == (64, 48) and "EXIF orientation 6" in note and "stored grid" in note
+    other, note = load_image(path, frame=(100, 100))
+    assert other.shape[:2] == (48, 64) and "ground truth says 100x100" in note
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_bomb(30000, 30000))
+    assert path.stat().st_size < 200_000  # 900 MP in a file of kilobytes
+
+    def decode(*args):
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr("fastmask_cli.io.images.cv2.imdecode", decode)
+    with pytest.raises(ImageError, match=r"too large \(30000x30000 px = 900 MP"):
+        read_image(path)
+
+
+def test_headers_give_the_size_of_every_accepted_format():
+    image = draw_scene(37, 53)
+    encodings = {".jpg": [], ".png": [], ".bmp": [], ".tif": [], ".webp": [], "lossless .webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}
+    for name, params in encodings.items():
+        data = cv2.imencode(name.split()[-1], image, params)[1].tobytes()
+        assert read_header(data) == ImageHeader(53, 37, 1), name
+    assert read_header(b"not an image") == ImageHeader()
+    assert read_header(b"\x89PNG\r\n\x1a\n\x00") == ImageHeader()  # cut short: the decoder decides

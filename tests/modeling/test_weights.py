@@ -1,0 +1,61 @@
+"""Finding weights: presets, shipped names with their sha256, checkpoint paths."""
+
+import pytest
+import torch
+
+from fastmask_cli import FastMaskError, load_model, save_checkpoint
+from fastmask_cli.export import ship_weights
+from fastmask_cli.modeling.config import PRESETS
+from fastmask_cli.modeling.weights import sha256_of
+from support import TINY, tiny_model
+
+
+def ship(directory, model, name="tiny-v1", default=True):
+    return directory / ship_weights(model, {}, name, directory, default=default)["file"]
+
+
+def test_shipped_default_loads_and_matches_its_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path))
+    source = tiny_model(seed=3)
+    path = ship(tmp_path, source)
+    model, info = load_model()
+    assert info.trained and info.name == "tiny-v1" and info.sha256 == sha256_of(path)
+    assert model.config == TINY
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # damage the shipped file
+    with pytest.raises(FastMaskError, match="sha256"):
+        load_model("tiny-v1")
+
+
+def test_presets_are_untrained_and_say_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path))  # nothing shipped here
+    model, info = load_model()
+    assert not info.trained and info.name == "fast" and "UNTRAINED" in info.describe()
+    assert model.config == PRESETS["fast"]
+    _, info = load_model("accurate")
+    assert not info.trained and "random body" in info.describe()
+
+
+def test_untrained_presets_are_reproducible_and_leave_the_global_rng_alone(tmp_path):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first, info = load_model("fast")
+    assert torch.equal(torch.rand(3), expected_next)
+    second, _ = load_model("fast")
+    for key, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], value), key
+    assert info.identity == "untrained:fast:seed0:random"
+
+
+def test_checkpoint_paths_and_config_mismatch(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, tiny_model(), meta={"epochs": 3})
+    model, info = load_model(str(path))
+    assert info.trained and info.meta == {"epochs": 3}
+    state = torch.load(path, weights_only=True)
+    state["config"]["reduce_channels"] = 4  # config no longer fits the tensors
+    torch.save(state, path)
+    with pytest.raises(FastMaskError, match="does not fit its own config"):
+        load_model(str(path))
