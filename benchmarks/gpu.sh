@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src FASTMASK_CACHE=/tmp/fastmask-cache
 [ -d .gpu/wheels ] && python3 -m pip install -q --no-index --no-deps .gpu/wheels/*.whl
 fastmask() { python3 -m fastmask_cli "$@"; }
 { nvidia-smi --query-gpu=name,driver_version --format=csv; python3 -c "import torch; print('torch', torch.__version__)"; } > "$OUT/machine.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_backend.py tests/test_masks.py tests/test_propose.py tests/test_inference.py \
+python3 -m pytest -q -p no:cacheprovider tests/inference/test_backend.py tests/inference/test_postprocess.py tests/runs/test_folder.py tests/inference/test_proposer.py \
   > "$OUT/tests.txt" 2>&1
 for run in "fp32 1" "fp32 8" "bf16 8"; do
   set -- $run
