@@ -49,7 +49,7 @@ def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Pa
 
 @dataclass
 class Shipped:
-    """What `ship_run` did: the manifest record, and where the BatchNorm statistics came from."""
+    """What `ship_run` did: the manifest record, and the AR it measured."""
 
     record: dict[str, Any]
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # iou type -> AR, when measured

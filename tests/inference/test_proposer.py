@@ -141,3 +141,15 @@ def test_suppression_fills_the_top_k_with_the_next_distinct_candidates():
     plain = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=3, size=128, nms="none").propose(draw_scene(96, 128))
     top2 = Proposer(full_mask_model(hot), device="cpu", backend="torch", top_k=2, size=128, nms="mask", nms_iou=0.7).propose(draw_scene(96, 128))
     assert top2.rles == [plain.rles[0], plain.rles[2]]  # the duplicate makes way for the third window
+
+
+def test_a_variant_shares_the_network_and_proposes_as_a_new_proposer_would():
+    model, image = tiny_model(), draw_scene(96, 128)
+    base = Proposer(model, device="cpu", top_k=10)
+    wider = base.variant(top_k=30, nms="box")
+    fresh = Proposer(model, device="cpu", top_k=30, nms="box").propose(image)
+    got = wider.propose(image)
+    assert wider.model is base.model and base.top_k == 10 and base.nms == "mask"  # the original is untouched
+    assert len(got) == len(fresh) and np.array_equal(got.scores, fresh.scores) and got.rles == fresh.rles
+    with pytest.raises(ParameterError, match="top_k"):
+        base.variant(top_k=0)

@@ -19,6 +19,12 @@ NMS_MODES = ("demote", "drop")
 BACKENDS = ("auto", "onnx", "torch")
 
 
+def check_backend(backend: str) -> None:
+    """Raises ParameterError unless `backend` is one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ParameterError("backend", f"unknown {{}} {backend!r}; use {', '.join(BACKENDS)}")
+
+
 @dataclass(frozen=True)
 class ProposerOptions:
     """How proposals are made (paper §5.3, and the departures the README lists).
@@ -56,8 +62,7 @@ class ProposerOptions:
                 raise ParameterError(name, f"{{}} must be at least {low}, not {value}")
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
             raise ParameterError("mask_threshold", f"{{}} must be between 0 and 1 (a probability), not {self.mask_threshold}")
-        if self.backend not in BACKENDS:
-            raise ParameterError("backend", f"unknown {{}} {self.backend!r}; use {', '.join(BACKENDS)}")
+        check_backend(self.backend)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

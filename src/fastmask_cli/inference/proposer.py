@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from ..device import autocast, check_precision, resolve_device
 from ..errors import FastMaskError, ParameterError
 from ..modeling.model import FastMask, Pyramid
 from .backend import OnnxNetwork, not_exportable
-from .options import ProposerOptions
+from .options import ProposerOptions, check_backend
 from .postprocess import box_iou, decode_masks, encode_crops, greedy_nms, mask_nms, paste_crops
 from .preprocess import Prepared, pad_batch, prepare
 
@@ -153,12 +154,16 @@ class Proposer:
                 self.notes.append(f"{exc}; running the network in PyTorch instead")
 
     def variant(self, *, timer: StageTimer | None = None, **changes: Any) -> "Proposer":
-        """A proposer on the same network with `changes` to its options (ProposerOptions' fields) and `timer`."""
-        return Proposer(self.model, replace(self.options, **changes), timer=timer, _network=self._network)
+        """A proposer on the same network with `changes` to its options (ProposerOptions' fields) and `timer`;
+        on another device, a copy of the network (this proposer's stays where it is)."""
+        options = replace(self.options, **changes)
+        if resolve_device(options.device) != self.device:
+            return Proposer(copy.deepcopy(self.model), options, timer=timer)
+        return Proposer(self.model, options, timer=timer, _network=self._network)
 
     def resolve_backend(self, backend: str) -> str:
         """`auto`: ONNX Runtime for the CPU in fp32 (the fastest measured there), else PyTorch."""
-        replace(self.options, backend=backend)  # checks the name
+        check_backend(backend)
         onnx_ok = self.device.type == "cpu" and self.precision == "fp32" and not self.compiled
         if backend == "onnx" and not onnx_ok:
             raise ParameterError(("backend", "compile"), "{0} onnx runs the network on the CPU in fp32, without {1}; use {0} torch")
