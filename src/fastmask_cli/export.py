@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
 from .inference.options import ProposerOptions
 from .io.files import atomic_path, writable_folder
+from .modeling.bodies.coco_ssd import SSD_LICENCE, SSD_PACKAGE, coco_ssd_weights
+from .modeling.bodies.imagenet import IMAGENET_PACKAGES, imagenet_weights
 from .modeling.checkpoint import save_checkpoint
 from .modeling.model import FastMask
 from .modeling.weights import MANIFEST, load_model, read_manifest, sha256_of
@@ -45,6 +48,22 @@ def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Pa
     with atomic_path(directory / MANIFEST) as tmp:
         tmp.write_text(json.dumps({"models": models}, indent=2) + "\n")
     return record
+
+
+def body_source(body: str, init: str | None) -> dict[str, str] | None:
+    """Where a run's packaged body weights came from, for the manifest: package, version, file, sha256 and
+    licence; None when `init` (the run's label: "imagenet (...)", "coco-ssd (...)") names no package or
+    that package is not installed here."""
+    try:
+        if str(init).startswith("coco-ssd"):
+            path, package, licence = coco_ssd_weights()[0], SSD_PACKAGE, SSD_LICENCE
+        elif str(init).startswith("imagenet") and body in IMAGENET_PACKAGES:
+            path, package, licence = imagenet_weights(body)[0], IMAGENET_PACKAGES[body][0], "Apache-2.0"
+        else:
+            return None
+    except FastMaskError:
+        return None
+    return {"package": package, "version": version(package), "file": path.name, "sha256": sha256_of(path), "licence": licence}
 
 
 @dataclass
@@ -80,6 +99,9 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         on_batchnorm(used, info.meta)
     meta = {k: v for k, v in info.meta.items() if k != "val"}
     entry: dict[str, Any] = {"training": meta}
+    source = body_source(model.config.body, meta.get("init"))
+    if source:
+        entry["body_source"] = source
     if train_command:
         entry["commands"] = {"train": train_command}
     if note:

@@ -11,9 +11,10 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+from fastmask_cli import save_checkpoint
 from fastmask_cli.inference.proposer import Proposer
-from support import draw_scene, write_image
-from support.bad_files import make_bad_files, make_odd_but_valid_files
+from support import draw_scene, tiny_model, write_image
+from support.bad_files import file_size_limit, flip_a_bit_inside_a_tensor, make_bad_files, make_odd_but_valid_files
 from support.cli import propose, run
 
 
@@ -92,11 +93,18 @@ def test_bad_weights_are_refused_clearly(image_folder, tmp_path):
     torch.save({"format": "fastmask", "model": Payload()}, pickled)
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(2)}, plain)
+    flipped = tmp_path / "flipped.pt"
+    save_checkpoint(flipped, tiny_model())
+    flip_a_bit_inside_a_tensor(flipped)
+    no_config = tmp_path / "no_config.pt"
+    torch.save({"format": "fastmask", "model": tiny_model().state_dict()}, no_config)
     cases = [(tmp_path / "missing.pt", "neither a file nor a known name"), (garbled, "not a readable checkpoint"),
-             (pickled, "refusing to load"), (plain, "not a fastmask checkpoint")]
+             (pickled, "refusing to load"), (plain, "not a fastmask checkpoint"), (flipped, "fails its CRC-32 check"),
+             (no_config, "without its config")]
     for weights, message in cases:
         result = propose(image_folder, tmp_path / "r.json", weights)
         assert result.exit_code == 1 and message in result.flat, (weights, result.output)
+        assert len(result.output.strip().splitlines()) == 1
         assert not (tmp_path / "r.json").exists()
 
 
@@ -130,6 +138,22 @@ def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoi
     assert "2 from the interrupted run" in result.flat
     assert json.loads(out.read_text()) == json.loads(reference.read_text())
     assert not (tmp_path / "r.json.partial").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_resume_continues(image_folder, tiny_checkpoint, tmp_path):
+    """A file size limit (ulimit -f) fails the writes as a full disk does (EFBIG, ENOSPC): no file is named by
+    the operating system's error, and nothing finished may be lost."""
+    reference = tmp_path / "reference.json"
+    assert propose(image_folder, reference, tiny_checkpoint).exit_code == 0
+    out = tmp_path / "r.json"
+    with file_size_limit(reference.stat().st_size // 2):  # room for about two images
+        result = propose(image_folder, out, tiny_checkpoint)
+    last = result.output.strip().splitlines()[-1]  # after the progress bar: one line
+    assert result.exit_code == 1 and last.startswith(f"Error: cannot write {out}.partial: File too large"), result.output
+    assert last.endswith("rerun with --resume to continue") and "Internal error" not in result.output
+    resumed = propose(image_folder, out, tiny_checkpoint, "--resume")
+    assert resumed.exit_code == 0 and "from the interrupted run" in resumed.flat, resumed.output
+    assert json.loads(out.read_text()) == json.loads(reference.read_text())
 
 
 def test_resume_refuses_other_settings(image_folder, tiny_checkpoint, tmp_path, monkeypatch):

@@ -150,8 +150,10 @@ def test_empty_results_and_gt_without_masks(tmp_path):
     for a in data["annotations"]:
         del a["segmentation"]
     (tmp_path / "boxes_gt.json").write_text(json.dumps(data))
-    with pytest.raises(FastMaskError, match="without 'segmentation'"):
-        evaluate(tmp_path / "boxes_gt.json", [result(1, 10, 10, 86, 50, 0.9)])
+    with pytest.raises(FastMaskError, match="4 ground-truth annotations are boxes only"):
+        evaluate(tmp_path / "boxes_gt.json", [result(1, 10, 10, 86, 50, 0.9)], iou_types=("segm",))
+    both = evaluate(tmp_path / "boxes_gt.json", [result(1, 10, 10, 86, 50, 0.9)])  # the default: boxes, with a note
+    assert list(both.results) == ["bbox"] and any("masks not evaluated: 4" in n for n in both.notes)
     only_boxes = evaluate(tmp_path / "boxes_gt.json", [result(1, 10, 10, 86, 50, 0.9)], iou_types=("bbox",))
     assert only_boxes.results["bbox"].metrics["AR@10"] == 0.25  # one of the four objects
 

@@ -164,7 +164,14 @@ def _float_ids_and_sizes(data, results):
         item.update(id=float(item["id"]), width=float(item["width"]), height=float(item["height"]))
 
 
+def _flat_polygons(data, results):
+    for a in data["annotations"]:  # as roboflow/supervision#205 wrote them
+        if isinstance(a["segmentation"], list):
+            (a["segmentation"],) = a["segmentation"]
+
+
 @pytest.mark.parametrize("spoil,note", [
+    (_flat_polygons, "12 polygons written as one flat list"),
     (_float_ids_and_sizes, None),
     (_ids_per_image, "annotation ids renumbered"),
     (_id_zero, "annotation ids renumbered"),
@@ -196,7 +203,7 @@ BROKEN_ANNOTATIONS = {
         {"segmentation": [[10, 10, True, 10, 20, 20]]},  # a boolean is not a coordinate
         {"segmentation": [["10", "10", "20", "10", "20", "20"]]},  # nor is a string
     ],
-    "empty segmentation": [{"segmentation": []}],
+    "empty segmentation and no usable 'bbox'": [{"segmentation": [], "bbox": [3, 3, 0, 5]}, {"segmentation": {}, "bbox": None}],
     "RLE that does not decode": [
         {"segmentation": {"size": [W, H], "counts": "PQ1"}},  # the transposed grid
         {"segmentation": {"size": [H, W], "counts": "b'" + _rle(np.ones((H, W)))["counts"] + "'"}},  # str(bytes)
@@ -238,7 +245,37 @@ def test_unusable_annotations_are_skipped_counted_and_leave_the_clean_ar(tmp_pat
         assert dataset.report.objects + dataset.report.crowds == len(clean_scene()[0]["annotations"])
 
 
+def test_box_only_objects_written_with_an_empty_segmentation_are_evaluated_as_boxes(tmp_path):
+    """CVAT and coco-annotator write a box-only object as "segmentation": [] (or {}): its box counts."""
+    data, results = clean_scene()
+    reference = pycocotools_metrics(data, results)["bbox"]  # box AR reads the ground truth's boxes and areas only
+    for n, a in enumerate(data["annotations"]):
+        a["segmentation"] = [] if n % 2 else {}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    evaluation = evaluate(tmp_path / "gt.json", tmp_path / "r.json", ("bbox",))
+    assert_same({"bbox": evaluation.results["bbox"].metrics}, {"bbox": reference})
+    assert any(n.startswith(f"{len(data['annotations'])} annotations with an empty 'segmentation'") for n in evaluation.notes)
+    out = run("eval", tmp_path / "gt.json", tmp_path / "r.json")  # the default, both: boxes, and a note on masks
+    assert out.exit_code == 0 and "masks not evaluated" in out.flat
+    out = run("eval", tmp_path / "gt.json", tmp_path / "r.json", "--iou-type", "segm")  # masks alone: one line
+    assert out.exit_code == 1 and "mask AR needs masks" in out.flat and "--iou-type bbox" in out.flat
+
+
+def test_file_names_that_are_not_utf8_are_read_as_written(tmp_path):
+    """Python's json writes a listed name that is not UTF-8 with `\\udcXX` escapes: it must come back as it went in."""
+    data, _ = clean_scene()
+    data["images"][0]["file_name"] = "caf\udce9.jpg"
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    assert read_ground_truth(tmp_path / "gt.json").file_names[0] == "caf\udce9.jpg"
+
+
+PANOPTIC = {"annotations": [{"image_id": 1, "file_name": "1.png", "segments_info": [
+    {"id": 3226956, "category_id": 1, "iscrowd": 0, "bbox": [10, 10, 20, 20], "area": 400}]}]}
+
+
 @pytest.mark.parametrize("spoil,words", [
+    (lambda d: d.update(PANOPTIC), "is a COCO panoptic file"),
     (lambda d: d["images"].append({**d["images"][0], "file_name": "other.png"}), "image id 1 is used by two images"),
     (lambda d: d["annotations"][2].update(iscrowd="yes"), "has iscrowd 'yes'"),
     (lambda d: d.pop("annotations"), "is not COCO"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -30,10 +31,15 @@ def test_onnx_network_gives_the_pytorch_pyramid_at_any_size_and_batch(tmp_path: 
 
 
 @torch.inference_mode()
-def test_onnx_network_has_the_stride8_level() -> None:
-    model = tiny_model(streams=1, stride8=True)
+@pytest.mark.parametrize("body", ["resnet18", "mobilenet_v2"])  # mobilenet_v2: TensorFlow's padding, by image size
+def test_onnx_network_has_the_stride8_level(body: str) -> None:
+    model = tiny_model(streams=1, stride8=True, body=body)
     network = OnnxNetwork.for_model(model, scales=4)
     batch = pad_batch([draw_scene(100, 130)], torch.device("cpu"))
+    expected, got = model(batch, 4), network(batch, 4)
+    for e, g in zip(expected.features + expected.scores, got.features + got.scores):
+        assert e.shape == g.shape and torch.allclose(e, g, atol=1e-4, rtol=1e-4)
+    batch = pad_batch([draw_scene(97, 131)], torch.device("cpu"))  # odd sides: the other padding
     expected, got = model(batch, 4), network(batch, 4)
     assert [lv.stride for lv in got.grid.levels] == [8, 16, 32, 64]
     for e, g in zip(expected.features + expected.scores, got.features + got.scores):
@@ -63,6 +69,24 @@ def test_the_cached_graph_is_reused_and_rebuilt_when_damaged(monkeypatch: pytest
     assert len(exported) == 2 and again.path == first.path and len(list(first.path.parent.glob("*.tmp"))) == 0
     other = tiny_model(seed=4)  # other weights: another file, never the stale one
     assert OnnxNetwork.for_model(other, scales=2).path != first.path
+
+
+@torch.inference_mode()
+def test_a_bit_flipped_in_the_cached_graph_is_exported_again_not_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FASTMASK_CACHE", str(tmp_path / "cache"))
+    model = tiny_model(seed=6)
+    path = OnnxNetwork.for_model(model, scales=2).path
+    weight = max(onnx.load(str(path)).graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(weight)
+    assert at > 0 and len(weight) > 1000  # the graph holds the tensor's raw bytes
+    data[at + len(weight) // 2] ^= 0x40  # still a valid graph, with one weight changed
+    path.write_bytes(bytes(data))
+    batch = pad_batch([draw_scene(96, 128)], torch.device("cpu"))
+    got, expected = OnnxNetwork.for_model(model, scales=2)(batch, 2), model(batch, 2)
+    for e, g in zip(expected.scores, got.scores):
+        assert torch.allclose(e, g, atol=1e-4, rtol=1e-4)
+    assert path.read_bytes() != bytes(data)
 
 
 def test_an_unwritable_cache_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

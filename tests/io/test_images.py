@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from fastmask_cli.io.image_header import ImageHeader, read_header
-from fastmask_cli.io.images import ImageError, list_images, load_image, read_image
+from fastmask_cli.io.images import ImageError, list_images, load_image, orient, read_image
 from support import draw_scene, write_image
-from support.bad_files import exif_jpeg, make_bad_files, make_odd_but_valid_files, png_bomb
+from support.bad_files import exif_jpeg, make_bad_files, make_odd_but_valid_files, png_bomb, tiff_bytes
 
 
 def test_odd_formats_become_rgb(tmp_path):
@@ -48,6 +48,18 @@ def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path, orientation):
     assert np.array_equal(ours, viewer)
     raw = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
     assert np.array_equal(ours, raw) == (orientation == 1)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_orientation_is_applied_once(tmp_path, orientation):
+    """OpenCV's TIFF decoder turns the pixels by the Orientation tag itself: turned again, 2-8 came out wrong."""
+    stored = draw_scene(64, 48)
+    path = tmp_path / "scan.tif"
+    path.write_bytes(tiff_bytes(stored, orientation))
+    assert np.array_equal(read_image(path), orient(stored, orientation))
+    image, note = load_image(path, frame=(48, 64))  # ground truth in the stored grid keeps a turned one in it
+    assert np.array_equal(image, orient(stored, orientation) if orientation <= 4 else stored)
+    assert (note is None) == (orientation <= 4)
 
 
 def test_ground_truth_frame_decides_whether_orientation_applies(tmp_path):

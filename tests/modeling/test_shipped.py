@@ -23,6 +23,8 @@ def test_manifest_lists_one_default_with_its_provenance_and_measurements() -> No
         assert sha256_of(path) == entry["sha256"]
         assert {"segm", "bbox"} <= set(entry["metrics"]) and entry["metrics"]["segm"]["AR@100"] is not None
         assert entry["training"]["epochs"] >= 1 and "train" in entry["commands"] and "eval" in entry["commands"]
+        if entry["config"]["body"] == "mobilenet_v2":  # a body from another project's package: where it came from
+            assert set(entry["body_source"]) == {"package", "version", "file", "sha256", "licence"}
 
 
 @pytest.mark.parametrize("entry", SHIPPED, ids=[m["name"] for m in SHIPPED])

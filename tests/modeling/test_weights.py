@@ -5,9 +5,11 @@ import torch
 
 from fastmask_cli import FastMaskError, load_model, save_checkpoint
 from fastmask_cli.export import ship_weights
+from fastmask_cli.io.files import NoRoom
 from fastmask_cli.modeling.config import PRESETS
 from fastmask_cli.modeling.weights import sha256_of
 from support import TINY, tiny_model
+from support.bad_files import file_size_limit, flip_a_bit_inside_a_tensor
 
 
 def ship(directory, model, name="tiny-v1", default=True):
@@ -59,3 +61,28 @@ def test_checkpoint_paths_and_config_mismatch(tmp_path):
     torch.save(state, path)
     with pytest.raises(FastMaskError, match="does not fit its own config"):
         load_model(str(path))
+
+
+def test_a_bit_flipped_in_a_checkpoint_is_refused_not_used(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, tiny_model())
+    flip_a_bit_inside_a_tensor(path)
+    with pytest.raises(FastMaskError, match="is damaged: .* fails its CRC-32 check"):
+        load_model(str(path))
+
+
+def test_a_fastmask_checkpoint_without_its_config_is_one_clear_error(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"format": "fastmask", "version": 1, "model": tiny_model().state_dict()}, path)
+    with pytest.raises(FastMaskError, match="without its config"):
+        load_model(str(path))
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_one_clear_error_and_the_old_file_is_kept(tmp_path):
+    """torch.save reports a write cut short by a full disk (here a file size limit) as a RuntimeError."""
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, tiny_model(seed=1))
+    before = path.read_bytes()
+    with file_size_limit(len(before) // 2), pytest.raises(NoRoom, match=f"cannot write {path}: the write was cut short"):
+        save_checkpoint(path, tiny_model(seed=2))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.pt"]

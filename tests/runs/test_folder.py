@@ -11,12 +11,13 @@ from pathlib import Path
 import cv2
 import pytest
 
+from fastmask_cli.errors import ParameterError
 from fastmask_cli.inference.proposer import Proposer
 from fastmask_cli.io.images import read_image
 from fastmask_cli.io.results_file import images_json_path
 from fastmask_cli.runs.folder import plan_images, propose_folder
 from support import draw_scene, tiny_model, write_image
-from support.bad_files import exif_jpeg
+from support.bad_files import exif_jpeg, jpeg_bytes
 from support.cli import propose, run
 
 
@@ -99,6 +100,56 @@ def test_resume_does_not_redo_a_finished_run(five_images, tiny_checkpoint, tmp_p
     again = propose(five_images, out, tiny_checkpoint, "--shard", "2/2", "--resume")
     assert again.exit_code == 0 and "3 (finished earlier: nothing redone)" in again.flat
     assert out.read_bytes() == before
+
+
+def test_resume_after_the_folder_changed_names_what_changed_or_continues_correctly(five_images, tmp_path, monkeypatch):
+    """Ids without --ann are positions: a resume where a finished image's position moved would give two files one id."""
+    proposer = Proposer(tiny_model(), top_k=5, size=128, device="cpu", backend="torch")
+    out, real, calls = tmp_path / "r.json", Proposer.propose_prepared, []
+
+    def stop_on_third(self, images):
+        calls.append(images)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, images)
+
+    monkeypatch.setattr(Proposer, "propose_prepared", stop_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        propose_folder(proposer, five_images, out, weights_id="tiny")  # img_0 and img_1 finished, as ids 1 and 2
+    monkeypatch.setattr(Proposer, "propose_prepared", real)
+    write_image(five_images / "a_first.png", draw_scene(96, 128, seed=7))  # sorts before them
+    with pytest.raises(ParameterError, match="img_0.png was given image id 1 and would now be 2"):
+        propose_folder(proposer, five_images, out, weights_id="tiny", resume=True)
+    (five_images / "a_first.png").unlink()
+    (five_images / "img_1.png").unlink()  # a finished image removed: no id before it moves
+    write_image(five_images / "img_9.png", draw_scene(96, 128, seed=8))  # sorts after the finished ones
+    summary = propose_folder(proposer, five_images, out, weights_id="tiny", resume=True)
+    assert summary.resumed == 1 and summary.images == 5
+    propose_folder(proposer, five_images, tmp_path / "fresh.json", weights_id="tiny")
+    assert out.read_text() == (tmp_path / "fresh.json").read_text()  # what a run on the folder as it is now writes
+    assert images_json_path(out).read_text() == images_json_path(tmp_path / "fresh.json").read_text()
+    ids = [im["id"] for im in json.loads(images_json_path(out).read_text())["images"]]
+    assert ids == [1, 2, 3, 4, 5]
+
+
+def test_file_names_that_are_not_utf8_are_proposed_and_recorded_losslessly(tmp_path, tiny_checkpoint):
+    """A zip from an old Windows machine unpacked on Linux: names in cp1252 bytes, not UTF-8 (which crashed
+    OpenCV's haveImageReader and imwrite, and the run's fingerprint). Python holds them as surrogates."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = {b"caf\xe9.jpg": jpeg_bytes(draw_scene(seed=1)), b"na\xefve": jpeg_bytes(draw_scene(seed=2)),  # found by content
+             b"r\xe9sum\xe9.txt": b"not an image", b"cass\xe9.jpg": jpeg_bytes(draw_scene())[:300]}
+    for name, data in names.items():
+        Path(os.fsdecode(os.fsencode(folder) + b"/" + name)).write_bytes(data)
+    out, vis = tmp_path / "r.json", tmp_path / "vis"
+    result = propose(folder, out, tiny_checkpoint, "--vis", vis)
+    assert result.exit_code == 0, result.output
+    listing = json.loads(images_json_path(out).read_text())
+    assert [os.fsencode(im["file_name"]) for im in listing["images"]] == [b"caf\xe9.jpg", b"na\xefve"]
+    assert [(os.fsencode(f), why) for f, why in listing["info"]["fastmask"]["skipped"]] == \
+        [(b"cass\xe9.jpg", "not a decodable image (a corrupt JPEG file)")]
+    assert os.path.isfile(os.fsencode(vis) + b"/caf\xe9.jpg.png") and os.path.isfile(os.fsencode(vis) + b"/na\xefve.png")
+    assert len(json.loads(out.read_text())) == 20
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:

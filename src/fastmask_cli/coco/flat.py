@@ -14,7 +14,8 @@ class FlatStrings:
     not a million Python objects whose reference counts would copy their pages into every worker."""
 
     def __init__(self, strings: list[str | None]) -> None:
-        encoded = [s.encode("utf-8") if s is not None else b"" for s in strings]
+        # surrogatepass: a name that is not UTF-8 (json.dump writes its bytes as "\\udcXX") comes back as it was
+        encoded = [s.encode("utf-8", "surrogatepass") if s is not None else b"" for s in strings]
         self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
         self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
         self.present = np.fromiter((s is not None for s in strings), dtype=bool, count=len(strings))
@@ -25,7 +26,7 @@ class FlatStrings:
     def __getitem__(self, i: int) -> str | None:
         if not self.present[i]:
             return None
-        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+        return self.buffer[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8", "surrogatepass")
 
     def __iter__(self) -> Iterator[str | None]:
         return (self[i] for i in range(len(self)))

@@ -19,7 +19,10 @@ that COCOeval would score silently but wrongly. Rules, per kind (README, "Bad in
 - degenerate polygon rings (< 3 points, odd length, not numbers, not finite, far outside any image,
   all on one line), masks covering no pixel of their image, RLE of the wrong size or that does not
   decode, boxes of no size without a mask: skipped and counted;
-- annotations on image ids that no image has: ignored and counted.
+- annotations on image ids that no image has: ignored and counted;
+- a polygon written as one flat list [x1, y1, ...] is read as one ring, and an empty segmentation ([] or {})
+  with a usable box as a box-only object (as annotation tools export them), each with a note;
+- a COCO panoptic file is refused: its masks are in PNG files, not in the JSON.
 """
 
 from __future__ import annotations
@@ -303,6 +306,10 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
     # Column by column: COCO has a million annotations, and comprehensions cost a fraction of a loop body.
     anns = data["annotations"]
     del data
+    if any(type(a) is dict and "segments_info" in a for a in anns):
+        raise FastMaskError(f"{what} {path} is a COCO panoptic file (annotations with 'segments_info', masks in PNG "
+                            "files): give COCO instances, with each object's 'segmentation' (panopticapi's "
+                            "panoptic2detection_coco_format.py converts one)")
     if not all(type(a) is dict for a in anns):
         skipped["not a JSON object"] += sum(1 for a in anns if type(a) is not dict)
         anns = [a for a in anns if type(a) is dict]
@@ -312,7 +319,13 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
     if odd is not None:
         raise FastMaskError(f"{what} {path.name}: annotation {anns[odd].get('id')!r} has iscrowd {crowd[odd]!r}: it must be 0 or 1")
     segs = [a.get("segmentation") for a in anns]
-    kind = [_SEGMENTATION_KIND.get(type(s), _MALFORMED) if s else (BOX_ONLY if s is None else _EMPTY) for s in segs]
+    flat = [n for n, s in enumerate(segs) if type(s) is list and s and type(s[0]) in (int, float)]
+    for n in flat:  # one polygon written as [x1, y1, x2, y2, ...] instead of a list of rings (some exporters)
+        segs[n] = [segs[n]]
+    # [] and {} are how CVAT and coco-annotator write a box-only object: read as one, when its box is usable
+    emptied = [type(s) in (list, dict) and not s for s in segs]
+    kind = [_SEGMENTATION_KIND.get(type(s), _MALFORMED) if s else (BOX_ONLY if s is None or e else _EMPTY)
+            for s, e in zip(segs, emptied)]
     rle: list[bytes] = [b""] * len(anns)
     for n in [n for n, k in enumerate(kind) if k == RLE]:  # crowds mostly, few
         if image[n] is not None:
@@ -328,8 +341,10 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
     if unknown:
         skipped["on an image id that no image has"] += unknown
     keep = [i is not None and k >= 0 for i, k in zip(image, kind)]
+    flat_kept = sum(1 for n in flat if keep[n])
     if not all(keep):
-        anns, image, crowd, segs, kind, rle = (list(compress(column, keep)) for column in (anns, image, crowd, segs, kind, rle))
+        anns, image, crowd, segs, kind, rle, emptied = (list(compress(column, keep))
+                                                        for column in (anns, image, crowd, segs, kind, rle, emptied))
     box_raw = [a.get("bbox") for a in anns]
     area_raw = [a.get("area") for a in anns]
     ann_ids = [a.get("id") for a in anns]
@@ -348,12 +363,23 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
                            minlength=len(kind)).astype(np.int64)
     degenerate = (kind_np == POLYGONS) & (rings_of == 0)
     box_only_unusable = (kind_np == BOX_ONLY) & np.isnan(boxes[:, 0])
+    emptied_np = np.asarray(emptied, dtype=bool)
+    del emptied
     usable = ~degenerate & ~box_only_unusable
     if degenerate.any():
         skipped["degenerate polygon (fewer than 3 points, odd length, not numbers, not finite, far outside "
                 "any image, or on one line)"] += int(degenerate.sum())
-    if box_only_unusable.any():
-        skipped["box of no size and no mask"] += int(box_only_unusable.sum())
+    if (box_only_unusable & emptied_np).any():
+        skipped["empty segmentation and no usable 'bbox'"] += int((box_only_unusable & emptied_np).sum())
+    if (box_only_unusable & ~emptied_np).any():
+        skipped["box of no size and no mask"] += int((box_only_unusable & ~emptied_np).sum())
+    if flat_kept:
+        notes.append(f"{flat_kept} polygons written as one flat list [x1, y1, x2, y2, ...] instead of a list of "
+                     "rings: read as one ring each")
+    boxes_only = int((emptied_np & usable).sum())
+    if boxes_only:
+        notes.append(f"{boxes_only} annotations with an empty 'segmentation' ([] or {{}}, as CVAT and coco-annotator "
+                     "write box-only objects) read as boxes only: evaluated as boxes; mask AR needs masks")
     arrays = flat_annotations(kind, image, crowd, boxes, areas, rle, polygons, rings_of, usable)
     del kind, image, crowd, rle, polygons
     kept_ids = [a for a, k in zip(ann_ids, usable) if k]

@@ -5,7 +5,8 @@ ONNX Runtime runs the exported graph (body, neck, reduce, window norm and score 
 `FastMask.forward` does) about four times faster on two threads. The mask decoder stays in PyTorch: it
 runs on the top-k windows only (§5.3).
 
-The exported graph of a model is cached per weights in `cache_dir()`, so a run does not re-export:
+The exported graph of a model is cached per weights in `cache_dir()`, so a run does not re-export; the
+file's sha256, kept beside it, is checked before it is used (a changed bit would change the scores):
 
     network = OnnxNetwork.for_model(model, scales=5)   # exports on first use, then loads the cached file
     pyramid = network(images, 5)                        # same Pyramid as model(images, 5)
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import FastMaskError
 from ..modeling.model import FastMask, Pyramid
+from ..modeling.weights import sha256_of
 from ..modeling.windows import Level, WindowGrid
 
 OPSET = 17
@@ -134,16 +136,19 @@ class OnnxNetwork:
 
     @classmethod
     def for_model(cls, model: FastMask, scales: int, threads: int | None = None) -> "OnnxNetwork":
-        """The cached graph of `model` at `scales` levels, exported first if absent or unreadable."""
+        """The cached graph of `model` at `scales` levels, exported first if absent, unreadable, or not
+        the file that was exported (its sha256 differs from the one written beside it)."""
         key = f"{weights_digest(model)[:24]}-s{scales}-g{GRAPH_VERSION}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
         path = cache_dir() / f"{key}.onnx"
-        if path.is_file():
+        digest = path.with_name(path.name + ".sha256")
+        if path.is_file() and digest.is_file() and digest.read_text().strip() == sha256_of(path):
             try:
                 return cls(path, model, scales, threads)
-            except Exception:  # a damaged or foreign file: export again over it
+            except Exception:  # a foreign file: export again over it
                 pass
         try:
             write_onnx(model, path, scales)
+            digest.write_text(sha256_of(path) + "\n")  # a half-written one only makes the next run export again
         except OSError as exc:
             raise FastMaskError(f"cannot write the ONNX cache in {path.parent} ({exc.strerror}); "
                                 "set FASTMASK_CACHE to a writable folder, or use --backend torch") from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
+from ..io.files import room_for
 from .proposer import Proposals
 
 
@@ -25,4 +28,8 @@ def draw_proposals(image: np.ndarray, proposals: Proposals, top: int = 10) -> np
 
 
 def save_overlay(path: str, image: np.ndarray, proposals: Proposals, top: int = 10) -> None:
-    cv2.imwrite(path, cv2.cvtColor(draw_proposals(image, proposals, top), cv2.COLOR_RGB2BGR))
+    """Write the overlay as PNG; encoded here and written by Python, which takes any file name (OpenCV's
+    imwrite crashes on a name that is not valid UTF-8)."""
+    png = cv2.imencode(".png", cv2.cvtColor(draw_proposals(image, proposals, top), cv2.COLOR_RGB2BGR))[1]
+    with room_for(Path(path)):
+        Path(path).write_bytes(png)

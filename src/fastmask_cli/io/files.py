@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gc
 import json
 import os
@@ -17,15 +18,41 @@ import orjson
 
 from ..errors import FastMaskError
 
+NO_ROOM = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})  # a full disk, a file size limit (ulimit -f), a quota
+
+
+class NoRoom(FastMaskError):
+    """A write that failed for want of room. What was written before is kept (files are replaced
+    atomically, the partial log is only appended to), so a resumable command continues with --resume."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"cannot write {path}: {reason} (a full disk, a quota or a file size limit); "
+                         "nothing written before is lost")
+
+
+@contextmanager
+def room_for(path: Path) -> Iterator[None]:
+    """Writes to `path` within: one that fails for want of room (`NO_ROOM`) is a NoRoom naming `path`;
+    the operating system's error names no file when a write, not an open, fails."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        raise NoRoom(Path(path), exc.strerror or os.strerror(exc.errno)) from None
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed.
+    A write that fails for want of room is a NoRoom naming `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with room_for(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -6,6 +6,7 @@ except where ground truth describes the stored grid: see `load_image`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -35,7 +36,8 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
 
     A file is an image by its suffix (`IMAGE_SUFFIXES`) or, whatever its suffix, by its content: one
     that the installed OpenCV recognises (`cv2.haveImageReader`), or one in an image format it cannot
-    decode (HEIC, JPEG XL, ...: listed, so that the run names it as skipped). Hidden files are left out."""
+    decode (HEIC, JPEG XL, ...: listed, so that the run names it as skipped). Hidden files are left out.
+    A name that is not valid UTF-8 is kept losslessly: its odd bytes as surrogates (`os.fsencode` gives them back)."""
     if not folder.exists():
         raise FastMaskError(f"images folder not found: {folder}")
     if not folder.is_dir():
@@ -45,7 +47,7 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
         rel = path.relative_to(folder)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
-        is_image = path.suffix.lower() in IMAGE_SUFFIXES or cv2.haveImageReader(str(path)) or _announces_image(path)
+        is_image = path.suffix.lower() in IMAGE_SUFFIXES or _opencv_reads(path) or _announces_image(path)
         (images if is_image else others).append(rel.as_posix())
     return images, others
 
@@ -64,6 +66,9 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
         8: transposed[::-1],  # rotated 90 counter-clockwise
     }[orientation]
     return np.ascontiguousarray(shown)
+
+
+_UNDONE_BY = {6: 8, 8: 6}  # the orientation that undoes each quarter turn; every other one undoes itself
 
 
 def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] | None = None) -> tuple[np.ndarray, str | None]:
@@ -85,16 +90,20 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] 
     header = read_header(memoryview(data))
     if header.width is not None and header.height is not None:
         _check_size(header.width, header.height, max_pixels)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # stored grid: EXIF orientation is applied below
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # EXIF orientation is applied below (a TIFF's by OpenCV)
     if image is None:
         kind = image_format(memoryview(data))
-        if kind and not cv2.haveImageReader(str(path)):
+        if kind and not _opencv_reads(path):
             raise ImageError(f"a {kind} file that the installed OpenCV cannot decode (an unsupported format)")
         raise ImageError(f"not a decodable image (a corrupt {kind} file)" if kind else
                          "not a decodable image (corrupt or not an image format)")
     _check_size(image.shape[1], image.shape[0], max_pixels)
-    stored = _as_rgb(image)
-    shown = orient(stored, header.orientation)
+    if image_format(memoryview(data)) == "TIFF":  # OpenCV's TIFF decoder applies the Orientation tag itself
+        shown = _as_rgb(image)
+        stored = orient(shown, _UNDONE_BY.get(header.orientation, header.orientation))
+    else:
+        stored = _as_rgb(image)
+        shown = orient(stored, header.orientation)
     if frame is None or shown.shape[1::-1] == tuple(frame):
         return shown, None
     height, width = stored.shape[:2]
@@ -107,6 +116,22 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] 
 def read_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] | None = None) -> np.ndarray:
     """`load_image` without its note."""
     return load_image(path, max_pixels, frame)[0]
+
+
+def _opencv_reads(path: Path) -> bool:
+    """`cv2.haveImageReader(path)`: whether the installed OpenCV recognises the file's content. A name
+    that is not valid UTF-8 (bytes of an old code page, held by Python as surrogates) crashes OpenCV:
+    such a file is shown to it through its open descriptor (Linux), else judged by `_announces_image`."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            with open(path, "rb") as f:
+                alias = f"/proc/self/fd/{f.fileno()}"
+                return os.path.exists(alias) and cv2.haveImageReader(alias)
+        except OSError:
+            return False
+    return cv2.haveImageReader(str(path))
 
 
 def _announces_image(path: Path) -> bool:

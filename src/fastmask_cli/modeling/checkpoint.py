@@ -11,13 +11,15 @@ here too (bodies/imagenet.py).
 from __future__ import annotations
 
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import FastMaskError
-from ..io.files import atomic_path
+from ..io.files import NoRoom, atomic_path
 from .config import FastMaskConfig
 
 CHECKPOINT_FORMAT = "fastmask"
@@ -26,17 +28,38 @@ TRAINING_FORMAT = "fastmask-train"
 
 class UnreadableCheckpoint(FastMaskError):
     """A file `torch.load` cannot read safely: `code` when it carries pickled Python objects (which
-    could run code), else damaged or not a PyTorch file; `reason` is the loader's first line."""
+    could run code), `damaged` when its bytes fail the zip's own checks (`check_crc`), else corrupt or not
+    a PyTorch file; `reason` is the loader's first line, or what failed."""
 
-    def __init__(self, path: Path, code: bool, reason: str) -> None:
-        self.path, self.code, self.reason = path, code, reason
-        super().__init__(f"{path} is not a readable checkpoint (corrupt or not a PyTorch file)" if not code else
+    def __init__(self, path: Path, code: bool, reason: str, damaged: bool = False) -> None:
+        self.path, self.code, self.reason, self.damaged = path, code, reason, damaged
+        super().__init__(f"{path} is damaged: {reason}" if damaged else
+                         f"{path} is not a readable checkpoint (corrupt or not a PyTorch file)" if not code else
                          f"refusing to load {path}: it carries pickled Python objects, which could run code "
                          "(only tensors and plain settings are accepted)")
 
 
+def check_crc(path: Path) -> None:
+    """Refuse a zip checkpoint (what `torch.save` writes) whose bytes changed after it was written:
+    `torch.load` does not check the CRC-32 the zip keeps of every entry, so a flipped bit in a tensor
+    would load silently as other weights. Reading the file once more costs little beside loading it."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format, or not a checkpoint at all: torch.load names the problem
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        detail = f"its zip structure is broken ({exc})"
+    else:
+        detail = f"{bad} fails its CRC-32 check (its bytes changed after it was written)" if bad else None
+    if detail:
+        raise UnreadableCheckpoint(Path(path), False, f"{detail}; use an intact copy", damaged=True)
+
+
 def load_payload(path: Path) -> Any:
-    """What the file at `path` holds, as tensors and plain values, on the CPU. Raises UnreadableCheckpoint."""
+    """What the file at `path` holds, as tensors and plain values, on the CPU, its CRC checked first
+    (`check_crc`). Raises UnreadableCheckpoint."""
+    check_crc(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -47,9 +70,15 @@ def load_payload(path: Path) -> Any:
 
 
 def save_payload(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` with `torch.save`, atomically (temporary file, then rename)."""
+    """Write `payload` with `torch.save`, atomically (temporary file, then rename). torch reports a write
+    that the disk cut short (full, or a file size limit) as a RuntimeError: that is a NoRoom too."""
     with atomic_path(Path(path)) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as exc:
+            if "unexpected pos" not in str(exc) and "write failed" not in str(exc):
+                raise
+            raise NoRoom(Path(path), "the write was cut short") from None
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> None:
@@ -66,7 +95,20 @@ def load_checkpoint(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor]
     payload = load_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise FastMaskError(f"{path} is not a fastmask checkpoint (no fastmask config inside)")
-    return FastMaskConfig.from_dict(payload["config"]), payload["model"], dict(payload.get("meta", {}))
+    meta = payload.get("meta")
+    return *_network(path, payload), dict(meta) if isinstance(meta, dict) else {}
+
+
+def _network(path: Path, payload: dict[str, Any]) -> tuple[FastMaskConfig, dict[str, torch.Tensor]]:
+    """The config and weights a checkpoint of either format must carry; a FastMaskError naming what lacks."""
+    for key, what in (("config", "its config"), ("model", "its weights")):
+        if not isinstance(payload.get(key), dict):
+            raise FastMaskError(f"{path} is a {payload['format']} checkpoint without {what} (no '{key}' entry): "
+                                "the network cannot be rebuilt; use the file that fastmask train or export wrote")
+    try:
+        return FastMaskConfig.from_dict(payload["config"]), payload["model"]
+    except TypeError as exc:  # a value of the wrong type in the config
+        raise FastMaskError(f"{path}: invalid model config ({exc})") from None
 
 
 def network_of(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor]] | None:
@@ -74,11 +116,13 @@ def network_of(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor]] | N
     (a body's state dict, say, or a file that is not a checkpoint)."""
     try:
         payload = load_payload(path)
-    except UnreadableCheckpoint:  # not ours to judge: the body loader names the problem
+    except UnreadableCheckpoint as exc:  # not ours to judge (the body loader names the problem), unless damaged
+        if exc.damaged:
+            raise
         return None
     if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, TRAINING_FORMAT):
         return None
-    return FastMaskConfig.from_dict(payload["config"]), payload["model"]
+    return _network(path, payload)
 
 
 def load_network(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> list[str]:

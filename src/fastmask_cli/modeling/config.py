@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..errors import FastMaskError
-from .registry import BODIES, HEADS, NECKS
+from .registry import BODIES, HEADS, NECKS, ONE_STREAM_BODIES
 
 # Inference re-ranks near-duplicates behind distinct objects (see `Proposer._suppress`); chosen on the two-image fit test.
 DEFAULT_NMS, DEFAULT_NMS_IOU = "mask", 0.7
@@ -45,6 +45,7 @@ class FastMaskConfig:
             (self.neck in NECKS, f"neck must be one of {', '.join(NECKS)}, not {self.neck!r}"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}, not {self.head!r}"),
             (self.streams in (1, 2), f"streams must be 1 or 2, not {self.streams}"),
+            (self.streams == 1 or self.body not in ONE_STREAM_BODIES, f"the {self.body} body has one stream (streams 1)"),
             (isinstance(self.stride8, bool), f"stride8 must be true or false, not {self.stride8!r}"),
             (self.window >= 2 and self.window % 2 == 0, "window must be an even number of cells"),
             (0 <= self.window_pad < self.window, "window_pad must be in [0, window)"),

@@ -18,12 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bodies import build_body
+from .bodies.base import IMAGENET_MEAN, IMAGENET_STD
 from .config import FastMaskConfig
 from .registry import HEADS, NECKS
 from .windows import BASE_STRIDES, FINE_STRIDE, Level, WindowGrid, level_strides, stream_and_depth
-
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 class WindowNorm(nn.Module):

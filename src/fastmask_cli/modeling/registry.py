@@ -48,7 +48,10 @@ BODIES = Registry("body", {
     "resnet50": "bodies.resnet:ResNetBody",
     "efficientnet_lite0": "bodies.efficientnet_lite:EfficientNetLiteBody",
     "efficientnet_lite2": "bodies.efficientnet_lite:EfficientNetLiteBody",
+    "mobilenet_v2": "bodies.mobilenet_v2:MobileNetV2Body",
 })
+# Bodies whose stride-16 top keeps its trained stride 2, so there is no stride-24 stream (§5.1)
+ONE_STREAM_BODIES = frozenset({"mobilenet_v2"})
 # Paper §4.2, Table 1: each takes (channels, width).
 NECKS = Registry("neck", {
     "residual": "neck:ResidualNeck",

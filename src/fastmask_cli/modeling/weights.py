@@ -138,7 +138,7 @@ def starting_checkpoint(init: str | Path) -> tuple[Path, str, FastMaskConfig, di
     """What `train --init` names when it is a whole trained network (a shipped name, a run folder, a
     fastmask checkpoint or a run's checkpoint.pt) rather than a body's state dict: its path, sha256,
     config and weights; else None. A shipped name whose file is missing is a FastMaskError."""
-    if str(init) in ("auto", "imagenet", "none"):
+    if str(init) in ("auto", "imagenet", "coco-ssd", "none"):
         return None
     found = find_weights(init)
     if found is None or not found[0].is_file():

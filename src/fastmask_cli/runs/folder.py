@@ -106,6 +106,7 @@ def propose_folder(
     log = PartialLog(partial_path(out), header)
     if resume and log.path.exists():
         log.load()
+        log.check_ids(plan.ids)
         summary.resumed = sum(1 for f in mine if f in log.done)
     else:
         log.start()
@@ -161,7 +162,8 @@ def propose_folder(
 
     # Streamed in file order, so a resumed run writes exactly what an uninterrupted one would.
     summary.skipped += [(f, log.skipped[f]) for f in mine if f in log.skipped]
-    summary.notes = log.notes
+    listed = set(mine)  # a finished image gone since the interrupted run is left out, its note too
+    summary.notes = [(f, note) for f, note in log.notes if f in listed]
     run |= {"skipped": [list(s) for s in summary.skipped], "notes": [list(n) for n in summary.notes]}
     with images_writer(images_json_path(out), run) as add_image:
         with results_writer(out, fmt) as add_results:  # committed first: a current image list means current results

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
+from ..io.files import room_for
 
 PARTIAL_FORMAT = "fastmask-partial-2"
 
@@ -24,6 +25,7 @@ class Done:
 
     offset: int
     length: int
+    image_id: Any  # the id it was given: a resume checks that the image still has it
 
 
 class PartialLog:
@@ -65,17 +67,27 @@ class PartialLog:
         if "skipped" in record:
             self.skipped[rel] = record["skipped"]
             return
-        self.done[rel] = Done(offset, length)
+        self.done[rel] = Done(offset, length, record["image_id"])
         if record.get("note"):
             self.notes.append((rel, record["note"]))
 
+    def check_ids(self, ids: dict[str, Any]) -> None:
+        """Refuse to resume where a finished image's id is not the one it has now (`ids`: file -> id): images
+        were added or removed before it, and two files would share an id. A finished image that is gone
+        is left out, as a new run would leave it."""
+        moved = next((rel for rel, done in self.done.items() if rel in ids and ids[rel] != done.image_id), None)
+        if moved is not None:
+            raise ParameterError("resume", f"the images changed since {self.path} was written: {moved} was given "
+                                 f"image id {self.done[moved].image_id!r} and would now be {ids[moved]!r} (images were "
+                                 "added or removed before it); run without {} to start over")
+
     def start(self) -> None:
-        with open(self.path, "w") as f:
+        with room_for(self.path), open(self.path, "w") as f:
             f.write(json.dumps(self.header) + "\n")
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        with open(self.path, "ab") as f:
+        with room_for(self.path), open(self.path, "ab") as f:
             offset = f.tell()
             f.write(line)
             f.flush()

@@ -40,7 +40,7 @@ class ImagePlan:
     def fingerprint(self) -> str:
         """Same for two runs exactly when they list the same files under the same ids (so shards fit)."""
         text = "\n".join(f"{json.dumps(self.ids[f])}\t{f}" for f in self.files)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]  # names need not be UTF-8
 
 
 def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:

