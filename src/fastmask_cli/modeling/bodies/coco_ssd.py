@@ -137,7 +137,7 @@ def load_coco_ssd(body: nn.Module, path: str | Path) -> LoadReport:
     if not constants:
         raise FastMaskError(f"{path} holds no {SCOPE} weights: not the SSD-MobileNetV2 graph")
     scopes = _slim_scopes(body)
-    modules = dict(body.named_modules())
+    modules, own = dict(body.named_modules()), body.state_dict()
     state, used = {}, set()
     for prefix, scope in scopes.items():
         module = modules[prefix]
@@ -156,14 +156,14 @@ def load_coco_ssd(body: nn.Module, path: str | Path) -> LoadReport:
             if theirs not in constants:
                 raise FastMaskError(f"{path}: the graph has no {SCOPE}{theirs} (for {ours}): not the SSD-MobileNetV2 graph")
             value = torch.from_numpy(np.array(convert(constants[theirs]), dtype=np.float32))  # a writable copy
-            expected = body.state_dict()[ours].shape
+            expected = own[ours].shape
             if value.shape != expected:
                 raise FastMaskError(f"{path}: {SCOPE}{theirs} has shape {tuple(value.shape)}, {ours} needs {tuple(expected)}")
             state[ours] = value
             used.add(theirs)
     body.load_state_dict(state, strict=False)
     report = LoadReport(str(path), matched=sorted(state))
-    report.missing = [n for n in body.state_dict() if n not in state and not n.endswith("num_batches_tracked")]
+    report.missing = [n for n in own if n not in state and not n.endswith("num_batches_tracked")]
     report.unused = sorted(set(constants) - used)
     if report.missing:
         raise FastMaskError(f"{path}: no graph tensor for {report.missing[0]} ({len(report.missing)} body tensors unmapped)")
