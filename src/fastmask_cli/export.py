@@ -19,8 +19,7 @@ from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
 from .inference.options import ProposerOptions
 from .io.files import atomic_path, writable_folder
-from .modeling.bodies.coco_ssd import SSD_LICENCE, SSD_PACKAGE, coco_ssd_weights
-from .modeling.bodies.imagenet import IMAGENET_PACKAGES, imagenet_weights
+from .modeling.bodies.pretrained import PACKAGED
 from .modeling.checkpoint import save_checkpoint
 from .modeling.model import FastMask
 from .modeling.weights import MANIFEST, load_model, read_manifest, sha256_of
@@ -52,18 +51,17 @@ def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Pa
 
 def body_source(body: str, init: str | None) -> dict[str, str] | None:
     """Where a run's packaged body weights came from, for the manifest: package, version, file, sha256 and
-    licence; None when `init` (the run's label: "imagenet (...)", "coco-ssd (...)") names no package or
-    that package is not installed here."""
+    licence; None when `init` (the run's label: "imagenet (...)", "coco-ssd (...)") names no package of
+    the body's (`PACKAGED`) or that package is not installed here."""
+    packaged = PACKAGED.get(body)
+    if packaged is None or not str(init).startswith(packaged.init):
+        return None
     try:
-        if str(init).startswith("coco-ssd"):
-            path, package, licence = coco_ssd_weights()[0], SSD_PACKAGE, SSD_LICENCE
-        elif str(init).startswith("imagenet") and body in IMAGENET_PACKAGES:
-            path, package, licence = imagenet_weights(body)[0], IMAGENET_PACKAGES[body][0], "Apache-2.0"
-        else:
-            return None
+        path = packaged.locate()[0]
     except FastMaskError:
         return None
-    return {"package": package, "version": version(package), "file": path.name, "sha256": sha256_of(path), "licence": licence}
+    return {"package": packaged.package, "version": version(packaged.package), "file": path.name,
+            "sha256": sha256_of(path), "licence": packaged.licence}
 
 
 @dataclass
