@@ -25,7 +25,7 @@ _EXPORTS = {
     "read_image": "io.images", "read_results": "io.results_file",
     "Proposals": "inference.proposer", "Proposer": "inference.proposer", "ProposerOptions": "inference.options",
     "OnnxNetwork": "inference.backend",
-    "ProposeSummary": "runs.folder", "propose_folder": "runs.folder", "propose_torchrun": "runs.distributed",
+    "ProposeSummary": "runs.folder", "propose_folder": "runs.folder", "propose_jobs": "runs.jobs", "propose_torchrun": "runs.distributed",
     "MergeSummary": "runs.merge", "merge_results": "runs.merge",
     "TrainSettings": "training.settings", "train": "training.engine",
     "export_onnx": "export", "ship_run": "export", "ship_weights": "export",

@@ -23,6 +23,9 @@ class ParameterError(FastMaskError, ValueError):
         self.template = template
         super().__init__(self.named(str))
 
+    def __reduce__(self) -> tuple:  # rebuilt from its parts: it travels from worker processes (runs/jobs.py)
+        return type(self), (self.parameters, self.template)
+
     def named(self, name: Callable[[str], str]) -> str:
         """The message with `name(parameter)` (a CLI flag, say) where each parameter's name stands."""
         message = self.template

@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoi
         return real(self, images)
 
     monkeypatch.setattr(Proposer, "propose_prepared", interrupt_on_third)
-    result = propose(image_folder, out, tiny_checkpoint)
+    result = propose(image_folder, out, tiny_checkpoint, "--jobs", "1")  # one process (tests/runs/test_jobs.py: several)
     assert result.exit_code == 130 and "--resume" in result.flat
     assert out.read_text() == "[]"
     partial = (tmp_path / "r.json.partial").read_text().splitlines()
@@ -133,7 +133,7 @@ def test_interrupted_run_resumes_to_the_same_results(image_folder, tiny_checkpoi
         f.write('{"file": "img_2.png", "imag')  # a line cut off by the kill
 
     monkeypatch.setattr(Proposer, "propose_prepared", real)
-    result = propose(image_folder, out, tiny_checkpoint, "--resume")
+    result = propose(image_folder, out, tiny_checkpoint, "--resume", "--jobs", "1")
     assert result.exit_code == 0, result.output
     assert "2 from the interrupted run" in result.flat
     assert json.loads(out.read_text()) == json.loads(reference.read_text())
@@ -146,8 +146,8 @@ def test_a_full_disk_is_one_line_naming_the_file_and_resume_continues(image_fold
     reference = tmp_path / "reference.json"
     assert propose(image_folder, reference, tiny_checkpoint).exit_code == 0
     out = tmp_path / "r.json"
-    with file_size_limit(reference.stat().st_size // 2):  # room for about two images
-        result = propose(image_folder, out, tiny_checkpoint)
+    with file_size_limit(reference.stat().st_size // 2):  # room for about two images (one process: tests/runs/test_jobs.py)
+        result = propose(image_folder, out, tiny_checkpoint, "--jobs", "1")
     last = result.output.strip().splitlines()[-1]  # after the progress bar: one line
     assert result.exit_code == 1 and last.startswith(f"Error: cannot write {out}.partial: File too large"), result.output
     assert last.endswith("rerun with --resume to continue") and "Internal error" not in result.output
@@ -186,16 +186,19 @@ def test_real_ctrl_c_keeps_old_results_and_resumes_identically(tmp_path):
     # starts them with SIGINT ignored, and Python keeps an ignored SIGINT ignored
     process = subprocess.Popen(command + [str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    partial = tmp_path / "r.json.partial"
+
+    def finished() -> int:  # images in the partial logs: one process's, or each worker's slice's (--jobs)
+        return sum(len(log.read_text().splitlines()) - 1 for log in tmp_path.glob("r.*partial"))
+
     deadline = time.monotonic() + 120
-    while not (partial.exists() and len(partial.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+    while finished() < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)  # to the main process only, as `kill -INT` does: it stops its workers
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 130, output
     assert "Traceback" not in output and "--resume" in output
     assert out.read_text() == '["earlier results"]'
-    done = len(partial.read_text().splitlines()) - 1
+    done = finished()
     assert 2 <= done < 30
     resumed = subprocess.run(command + [str(out), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

@@ -108,16 +108,21 @@ def test_cli_bench_folder_times_propose_from_files_to_results(tiny_checkpoint: P
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--weights", str(tiny_checkpoint), "--runs", "2", "--warmup", "0", "--size", "128x96",
                                       "--images", str(image_folder), "--top-k", "5,20", "--backend", "torch", "--folder",
-                                      "--batch-size", "2", "--json", str(out)])
+                                      "--batch-size", "2", "--jobs", "1,2", "--wide", "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     rows = data["folder_rows"]
-    assert [(r["top_k"], r["backend"], r["images"]) for r in rows] == [(5, "torch", 4), (20, "torch", 4)]
+    assert [(r["top_k"], r["backend"], r["images"], r["jobs"]) for r in rows] == [
+        (5, "torch", 4, 1), (5, "torch", 4, 2), (20, "torch", 4, 1), (20, "torch", 4, 2)]
     for r in rows:
         assert len(r["seconds"]) == 2 and r["images_per_second"] == pytest.approx(4 / np.median(r["seconds"]))
-        assert r["stages_s"]["network"] > 0 and r["other_s"] > 0  # reading and writing are not in the stages
-        assert sum(r["stages_s"].values()) + r["other_s"] == pytest.approx(1 / r["images_per_second"])
+        if r["jobs"] == 1:  # stages are timed in one process
+            assert r["stages_s"]["network"] > 0 and r["other_s"] > 0  # reading and writing are not in the stages
+            assert sum(r["stages_s"].values()) + r["other_s"] == pytest.approx(1 / r["images_per_second"])
+        else:
+            assert r["stages_s"] == {} and r["other_s"] is None and r["threads"] >= 1
     assert "files to results file" in result.output and data["settings"]["command"].startswith("fastmask bench")
+    assert "2 processes" in result.output and "as fast as 1" in result.output
 
 
 @pytest.mark.parametrize("args, message", [(["--size", "800by600"], "WIDTHxHEIGHT"), (["--scales", "two"], "--scales"),

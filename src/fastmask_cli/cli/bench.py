@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.progress import Progress
 from rich.table import Table
@@ -71,12 +72,15 @@ def bench_command(
                                 "image files on disk to the results file (reading, batching and writing included)."),
     workers: Optional[int] = WORKERS,
     batch_size: int = BATCH_SIZE,
+    jobs: str = typer.Option("1,auto", "--jobs", help="With --folder: counts of worker processes to time side by side, "
+                             "each with the cores over that many threads (auto: what propose uses)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the tables, the machine and the command as JSON."),
 ) -> None:
     """Seconds per image of `propose` (network to RLE and suppression), for each scale count, top-k and
     network backend; with --pyramid, one shot against an image pyramid (§6.2). Configurations are timed in
     turn, run by run, so that machine drift moves them alike."""
     from ..runs.bench import STAGES, bench, bench_folder
+    from ..runs.jobs import resolve_jobs
 
     scale_counts = int_list(scales, "--scales", example="2,4,6,8", too_low="must be positive")
     frame, top_ks = parse_size(size), int_list(top_k, "--top-k")
@@ -89,15 +93,23 @@ def bench_command(
             backends.append(resolved)
     if not backends:
         raise FastMaskError("--backend needs at least one of auto, onnx, torch")
+    job_counts: list[int] = []
+    for name in (j.strip() for j in jobs.split(",") if j.strip()):
+        count = resolve_jobs(name, proposer.device.type)
+        if count not in job_counts:
+            job_counts.append(count)
+    if not job_counts:
+        raise FastMaskError("--jobs needs at least one count, such as 1,2")
     frames = bench_images(images)
-    total = len(scale_counts) * len(top_ks) * runs * (len(backends) + pyramid) + folder * len(top_ks) * len(backends) * runs
+    total = (len(scale_counts) * len(top_ks) * runs * (len(backends) + pyramid)
+             + folder * len(top_ks) * len(backends) * len(job_counts) * runs)
     with Progress(*progress_columns("timing {task.description}", remaining=False),
                   console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
         report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid, top_ks=top_ks, backends=backends,
                        on_run=lambda what: progress.update(task, advance=1, description=what))
         if folder:
-            bench_folder(proposer, report, images or examples_folder(), runs, top_ks, backends, workers, batch_size,
+            bench_folder(proposer, report, images or examples_folder(), runs, top_ks, backends, workers, batch_size, job_counts,
                          on_run=lambda what: progress.update(task, advance=1, description=what))
     report.settings["command"] = command_line(ctx)
     m = report.machine
@@ -128,12 +140,20 @@ def bench_command(
         title = (f"propose over {images or examples_folder()} ({rows[0].images} images, files to results file), size "
                  f"{proposer.size}, batch {batch_size}, {workers if workers is not None else 'default'} reader processes")
         files = Table(title=title)
-        for column in ("top-k", "backend", "img/s", "s/img", "network", "decode", "paste", "rle", "nms", "other"):
+        columns = ["top-k", "backend", "jobs × threads", "img/s", "s/img"]
+        if wide:  # stages are timed in one process only: blank with jobs
+            columns += [*STAGES, "other"]
+        for column in columns:
             files.add_column(column, justify="right")
         for r in rows:
-            files.add_row(str(r.top_k), r.backend, f"{r.images_per_second:.2f}", f"{1 / r.images_per_second:.3f}",
-                          *[f"{r.stages_s[name]:.3f}" for name in STAGES], f"{r.other_s:.3f}")
+            cells = [str(r.top_k), r.backend, f"{r.jobs} × {r.threads}", f"{r.images_per_second:.2f}",
+                     f"{1 / r.images_per_second:.3f}"]
+            if wide:
+                cells += ([f"{r.stages_s[name]:.3f}" for name in STAGES] + [f"{r.other_s:.3f}"] if r.stages_s
+                          else ["—"] * (len(STAGES) + 1))
+            files.add_row(*cells)
         console.print(files)
+        _folder_speedups(rows)
     for config, (ratio, low, high) in report.backend_speedup().items():
         console.print(f"{config.scales} scales, top-{config.top_k}: ONNX Runtime runs {ratio:.2f}x as fast as PyTorch end to end "
                       f"(runs side by side: {low:.2f}x to {high:.2f}x)", highlight=False)
@@ -145,3 +165,15 @@ def bench_command(
     if json_out:
         write_json_atomic(json_out, report.to_dict())
         console.print(f"results: {json_out}", highlight=False)
+
+
+def _folder_speedups(rows: list) -> None:
+    """Each row with jobs against one process on the same top-k and backend, run by run (they were timed in turn)."""
+    one = {(r.top_k, r.backend): r for r in rows if r.jobs == 1}
+    for r in rows:
+        base = one.get((r.top_k, r.backend))
+        if r.jobs > 1 and base is not None:
+            ratios = [b / m for b, m in zip(base.seconds, r.seconds)]
+            console.print(f"top-{r.top_k}, {r.backend}: {r.jobs} processes × {r.threads} threads propose the folder "
+                          f"{float(np.median(ratios)):.2f}x as fast as 1 × {base.threads} (runs side by side: "
+                          f"{min(ratios):.2f}x to {max(ratios):.2f}x)", highlight=False)

@@ -124,6 +124,8 @@ PRECISION = typer.Option("fp32", help="fp32, fp16 (CUDA) or bf16.")
 BATCH_SIZE = typer.Option(1, "--batch-size", help="Images per forward pass (of similar shapes: a batch is padded to its largest).")
 WORKERS = typer.Option(None, "--workers", help="Processes that read, orient and resize images ahead of the model. "
                        "Default: none on the CPU (the network uses every core), the cores less one (at most 8) on a GPU.")
+JOBS = typer.Option("auto", "--jobs", "-j", help="Worker processes on the CPU, each with the cores over N threads, "
+                    "merged into the file one process writes. auto: one per core (at most 8) on the CPU, 1 on a GPU.")
 BACKEND = typer.Option("auto", help="Where the network runs: auto (ONNX Runtime on the CPU in fp32, its graph "
                        "exported once per weights into ~/.cache/fastmask; else PyTorch), onnx or torch.")
 INIT = typer.Option(None, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")

@@ -18,6 +18,7 @@ from .common import (
     BATCH_SIZE,
     DEVICE,
     INIT,
+    JOBS,
     PRECISION,
     SCALES,
     SIZE,
@@ -49,6 +50,7 @@ def eval_command(
     backend: str = BACKEND,
     batch_size: int = BATCH_SIZE,
     workers: Optional[int] = WORKERS,
+    jobs: str = JOBS,
     init: Optional[Path] = INIT,
 ) -> None:
     """Class-agnostic average recall (AR@10/100/1000, masks and boxes, small/medium/large) of RESULTS against GT."""
@@ -61,7 +63,7 @@ def eval_command(
     if images is not None:
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
                                        backend=backend)
-        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers)
+        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers, jobs=jobs)
     with Progress(*progress_columns("evaluating {task.description}", remaining=False),
                   console=console, transient=True) as progress:
         evaluation = evaluate(gt, results, iou_types, allow_missing,

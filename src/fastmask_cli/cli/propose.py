@@ -19,6 +19,7 @@ from .common import (
     BATCH_SIZE,
     DEVICE,
     INIT,
+    JOBS,
     PRECISION,
     SCALES,
     SIZE,
@@ -39,31 +40,42 @@ if TYPE_CHECKING:
 
 
 def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: Path, rank: tuple[int, int] | None = None,
-                **options: Any) -> "ProposeSummary":
-    """propose_folder (or, under torchrun, this rank's part of propose_torchrun) with a progress bar and the summary."""
+                jobs: str | int = 1, **options: Any) -> "ProposeSummary":
+    """propose_folder (in `jobs` worker processes: propose_jobs; under torchrun, this rank's part of
+    propose_torchrun) with a progress bar and the summary."""
     from ..runs.distributed import propose_torchrun
-    from ..runs.folder import propose_folder
+    from ..runs.jobs import propose_jobs, resolve_jobs
     from ..runs.partial import partial_path
     from ..runs.plan import shard_path
 
     main_process = rank is None or rank[0] == 0
+    if jobs == "auto" and (rank is not None or options.get("shard")):
+        jobs = 1  # torchrun's ranks and a job array's tasks already split the images
+    jobs = resolve_jobs(jobs, proposer.device.type)
+    if jobs > 1 and rank is not None:
+        raise FastMaskError("--jobs and torchrun both start processes: use one of them (--jobs 1 under torchrun)")
     watched = out if rank is None else shard_path(out, rank[0] + 1, rank[1])
     if main_process and not options.get("resume") and partial_path(watched).exists():
         console.print(f"[yellow]Found an interrupted run ({partial_path(watched)}); starting over. Use --resume to continue it.[/]")
-    with Progress(*progress_columns(), console=console, transient=False, disable=not main_process) as progress:
+    # started once the images are known (after propose_jobs forks its workers: no display thread may run then)
+    progress = Progress(*progress_columns(), console=console, transient=False, disable=not main_process)
 
-        def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
-            if main_process:
-                warn_if_untrained(info)
-            label = "proposing" if rank is None else f"proposing (rank 0 of {rank[1]}, its share)"
-            progress.add_task(label, total=total)
+    def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
+        if main_process:
+            warn_if_untrained(info)
+        label = "proposing" if rank is None else f"proposing (rank 0 of {rank[1]}, its share)"
+        progress.add_task(label + (f" ({jobs} processes)" if jobs > 1 else ""), total=total)
+        progress.start()
 
-        callbacks = {"weights_id": info.identity, "on_start": start,
-                     "on_image": lambda rel: progress.advance(progress.task_ids[0])}
-        if rank is None:
-            summary, merged = propose_folder(proposer, images_dir, out, **callbacks, **options), None
-        else:
+    callbacks = {"weights_id": info.identity, "on_start": start,
+                 "on_image": lambda rel: progress.advance(progress.task_ids[0])}
+    try:
+        if rank is not None:
             summary, merged = propose_torchrun(proposer, images_dir, out, rank=rank[0], world=rank[1], **callbacks, **options)
+        else:
+            summary, merged = propose_jobs(proposer, images_dir, out, jobs=jobs, **callbacks, **options), None
+    finally:
+        progress.stop()
     if not main_process:
         return summary
     table = Table(title="fastmask propose", show_header=False)
@@ -113,6 +125,7 @@ def propose(
     backend: str = BACKEND,
     batch_size: int = BATCH_SIZE,
     workers: Optional[int] = WORKERS,
+    jobs: str = JOBS,
     vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals "
                                        "(IMAGE_PATH.png: the folder structure and full file names are kept)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial (a finished one is not redone)."),
@@ -139,7 +152,7 @@ def propose(
     from ..io.results_file import check_format
 
     options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
-                               "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers}
+                               "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers, "jobs": jobs}
     if shard:
         options["shard"] = parse_shard(shard)
     here = launch()

@@ -33,6 +33,15 @@ from ..modeling.weights import sha256_of
 from ..modeling.windows import Level, WindowGrid
 
 OPSET = 17
+_INHERITED: list = []  # sessions a forked worker came with: see OnnxNetwork.session
+_THREADS: list[int] = []  # this process's count for new sessions (set_session_threads), when set
+
+
+def set_session_threads(threads: int) -> None:
+    """Intra-op threads of the ONNX Runtime sessions this process makes from now on, where not given
+    (default: PyTorch's thread count). A forked worker sets it: its PyTorch must stay at one thread,
+    since the OpenMP pool of its parent did not come with the fork, but ONNX Runtime makes its own pool."""
+    _THREADS[:] = [threads]
 GRAPH_VERSION = 1  # raise when NetworkGraph's inputs or outputs change: older cached files go stale
 
 
@@ -119,20 +128,39 @@ class OnnxNetwork:
     `FastMask.__call__` and returning the same `Pyramid` (within float rounding: about 1e-5)."""
 
     def __init__(self, path: Path, model: FastMask, scales: int, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # spinning threads keep the cores busy between runs, which starves the PyTorch work around them
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.path = Path(path)
+        self.path, self.threads = Path(path), threads
         cfg = model.config
         self.strides, self.pad, self.window = model.strides(scales), cfg.window_pad, cfg.window
         self.scales = scales
-        if len(self.session.get_outputs()) != 2 * len(self.strides):
-            raise FastMaskError(f"{path} has {len(self.session.get_outputs())} outputs, not 2 x {len(self.strides)} levels")
+        self._session, self._pid = None, None
+
+    @property
+    def session(self):  # onnxruntime.InferenceSession
+        """This process's session, made on first use: `threads` intra-op threads (default: set_session_threads',
+        else PyTorch's count then). A forked worker (`propose_jobs`) makes its own, since the parent's thread pool did not come
+        with it; the inherited one is kept, unused, because destroying it would wait on those threads."""
+        if self._pid != os.getpid():
+            if self._session is not None:
+                _INHERITED.append(self._session)
+            self._session, self._pid = self._new_session(), os.getpid()
+        return self._session
+
+    def _new_session(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or (_THREADS or [torch.get_num_threads()])[0]
+        options.inter_op_num_threads = 1
+        # spinning threads keep the cores busy between runs, which starves the PyTorch work around them
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own kinds; the message says which
+            raise FastMaskError(f"ONNX Runtime cannot load {self.path} ({str(exc).splitlines()[0]}); delete it to "
+                                "export it again") from None
+        if len(session.get_outputs()) != 2 * len(self.strides):
+            raise FastMaskError(f"{self.path} has {len(session.get_outputs())} outputs, not 2 x {len(self.strides)} levels")
+        return session
 
     @classmethod
     def for_model(cls, model: FastMask, scales: int, threads: int | None = None) -> "OnnxNetwork":
@@ -142,10 +170,7 @@ class OnnxNetwork:
         path = cache_dir() / f"{key}.onnx"
         digest = path.with_name(path.name + ".sha256")
         if path.is_file() and digest.is_file() and digest.read_text().strip() == sha256_of(path):
-            try:
-                return cls(path, model, scales, threads)
-            except Exception:  # a foreign file: export again over it
-                pass
+            return cls(path, model, scales, threads)
         try:
             write_onnx(model, path, scales)
             digest.write_text(sha256_of(path) + "\n")  # a half-written one only makes the next run export again

@@ -26,9 +26,12 @@ class NoRoom(FastMaskError):
     atomically, the partial log is only appended to), so a resumable command continues with --resume."""
 
     def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
+        self.path, self.reason = path, reason
         super().__init__(f"cannot write {path}: {reason} (a full disk, a quota or a file size limit); "
                          "nothing written before is lost")
+
+    def __reduce__(self) -> tuple:  # rebuilt from its parts: it travels from worker processes (runs/jobs.py)
+        return type(self), (self.path, self.reason)
 
 
 @contextmanager

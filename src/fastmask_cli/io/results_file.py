@@ -127,7 +127,7 @@ def _iter_results(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
                 if line not in ("", "[", "]", "[]"):
                     results = _parse(f"[{line}]", path, n)
                     yield results[0]["image_id"], results
-        else:
+        elif first:  # an empty file is JSON Lines of no image (a slice whose images were all skipped)
             raise FastMaskError(f"{path} is neither a COCO results list nor JSON Lines")
 
 

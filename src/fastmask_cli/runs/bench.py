@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
 from ..inference.proposer import Proposer, StageTimer
-from .folder import propose_folder
+from .jobs import cpu_cores, propose_jobs
 
 STAGES = ("network", "decode", "paste", "rle", "nms")
 
@@ -77,12 +77,15 @@ class FolderRow:
     images: int
     images_per_second: float  # median over runs
     seconds: list[float]  # wall time of each run
-    stages_s: dict[str, float]  # seconds per image in each stage of the model's work (median over runs)
+    stages_s: dict[str, float]  # seconds per image in each stage of the model's work (median over runs); {} with jobs
+    jobs: int = 1  # worker processes (runs/jobs.py)
+    threads: int = 1  # threads of each
 
     @property
-    def other_s(self) -> float:
-        """Seconds per image outside the model's stages: reading, decoding, resizing, writing."""
-        return 1.0 / self.images_per_second - sum(self.stages_s.values())
+    def other_s(self) -> float | None:
+        """Seconds per image outside the model's stages: reading, decoding, resizing, writing (None with jobs,
+        whose stages run in the workers)."""
+        return 1.0 / self.images_per_second - sum(self.stages_s.values()) if self.stages_s else None
 
 
 @dataclass
@@ -241,34 +244,39 @@ def bench(
 
 
 def bench_folder(proposer: Proposer, report: BenchReport, folder: Path, runs: int, top_ks: list[int], backends: list[str],
-                 workers: int | None = None, batch_size: int = 1, on_run: Callable[[str], None] | None = None) -> None:
-    """Time `propose_folder` over every image of `folder` into a temporary results file, for each top-k and
-    backend (interleaved run by run, after one untimed run each), adding `report.folder_rows`."""
+                 workers: int | None = None, batch_size: int = 1, jobs: list[int] = (1,),
+                 on_run: Callable[[str], None] | None = None) -> None:
+    """Time `propose_jobs` over every image of `folder` into a temporary results file, for each top-k, backend
+    and count of worker processes (`jobs`, each of the cores over that many threads; interleaved run by run,
+    after one untimed run each), adding `report.folder_rows`. Stages are timed in one process only."""
     timer = StageTimer(proposer.device)
-    configs = [(k, b) for k in top_ks for b in backends]
-    variants = {c: proposer.variant(timer=timer, top_k=c[0], backend=c[1]) for c in configs}
-    seconds: dict[tuple[int, str], list[float]] = {c: [] for c in configs}
-    stages: dict[tuple[int, str], list[dict[str, float]]] = {c: [] for c in configs}
+    configs = [(k, b, j) for k in top_ks for b in backends for j in jobs]
+    variants = {(k, b): proposer.variant(timer=timer, top_k=k, backend=b) for k in top_ks for b in backends}
+    seconds: dict[tuple[int, str, int], list[float]] = {c: [] for c in configs}
+    stages: dict[tuple[int, str, int], list[dict[str, float]]] = {c: [] for c in configs}
     images = 0
     with tempfile.TemporaryDirectory(prefix="fastmask-bench-") as tmp:
         for i in range(runs + 1):
             for config in configs:
                 timer.reset()
                 start = time.perf_counter()
-                summary = propose_folder(variants[config], folder, Path(tmp) / f"run-{i}.json", weights_id="bench",
-                                         workers=workers, batch_size=batch_size)
+                summary = propose_jobs(variants[config[:2]], folder, Path(tmp) / f"run-{i}.json", weights_id="bench",
+                                       jobs=config[2], workers=workers, batch_size=batch_size)
                 if i == 0:  # warm-up: caches, the exported graph, the file system
                     continue
                 seconds[config].append(time.perf_counter() - start)
-                stages[config].append({k: v / max(summary.images, 1) for k, v in timer.reset().items()})
+                if config[2] == 1:
+                    stages[config].append({k: v / max(summary.images, 1) for k, v in timer.reset().items()})
                 images = summary.images
                 if on_run:
-                    on_run(f"folder, top-{config[0]}, {config[1]}")
+                    on_run(f"folder, top-{config[0]}, {config[1]}, {config[2]} processes")
     if images == 0:
         raise FastMaskError(f"no readable images in {folder}")
     for config in configs:
         report.folder_rows.append(FolderRow(
             top_k=config[0], backend=config[1], images=images, images_per_second=images / float(np.median(seconds[config])),
-            seconds=seconds[config],
-            stages_s={name: float(np.median([run.get(name, 0.0) for run in stages[config]])) for name in STAGES},
+            seconds=seconds[config], jobs=config[2],
+            threads=torch.get_num_threads() if config[2] == 1 else max(1, cpu_cores() // config[2]),
+            stages_s={name: float(np.median([run.get(name, 0.0) for run in stages[config]])) for name in STAGES}
+            if stages[config] else {},
         ))

@@ -7,8 +7,8 @@ memory does not grow with the number of images. After a crash or Ctrl-C, `resume
 is in the log, and the final file is the same as an uninterrupted run's.
 
 A dataset is split by `shard=(K, N)` (contiguous slices of the sorted image list, for job arrays;
-plan.py) or by torchrun (`distributed.propose_torchrun`, one slice per rank); `merge.merge_results`
-joins the slices. The partial log is partial.py; the image readers, readers.py.
+plan.py), by torchrun (`distributed.propose_torchrun`, one slice per rank) or among worker processes
+(`jobs.propose_jobs`); `merge.merge_results` joins the slices. The partial log is partial.py; the image readers, readers.py.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def propose_folder(
     shard: tuple[int, int] | None = None,
     fmt: str = "coco",
     workers: int | None = None,
+    plan: ImagePlan | None = None,
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[str], None] | None = None,
 ) -> ProposeSummary:
@@ -84,14 +85,15 @@ def propose_folder(
     weights_id identifies the weights (e.g. their sha256), so that a resume with others is refused.
     `workers` DataLoader processes read and resize the images (default `default_workers`: none on the
     CPU; on a GPU they are spawned, so a script calling this there needs an `if __name__ == "__main__":`
-    guard, or `workers=0`); a batch holds `batch_size` images of similar shapes. on_start(total images to do) and
-    on_image(file) report progress.
+    guard, or `workers=0`); a batch holds `batch_size` images of similar shapes. `plan`: the folder's images as
+    `plan_images(images_dir, ann)` found them (passed by callers that split one listing). on_start(total images
+    to do) and on_image(file) report progress.
     """
     images_dir, out = Path(images_dir), Path(out)
     check_format(fmt)
     if batch_size < 1:
         raise ParameterError("batch_size", f"{{}} must be at least 1, not {batch_size}")
-    plan = plan_images(images_dir, ann)
+    plan = plan or plan_images(images_dir, ann)
     writable_file(out, "the results")
     if vis_dir is not None:
         writable_folder(Path(vis_dir), "overlays")

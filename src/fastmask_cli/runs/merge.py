@@ -35,8 +35,10 @@ class MergeSummary:
 
 
 def merge_results(shards: list[Path], out: Path, fmt: str = "coco", allow_missing: bool = False,
-                  on_image: Callable[[], None] | None = None) -> MergeSummary:
-    """Join `shards` (results files of either format) into `out` in `fmt`, with its `.images.json`."""
+                  on_image: Callable[[], None] | None = None, as_one_run: bool = False) -> MergeSummary:
+    """Join `shards` (results files of either format) into `out` in `fmt`, with its `.images.json`.
+    `as_one_run`: record the run as an unsharded one (no shard file names, which are about to be removed),
+    so that `.images.json` too is byte for byte what one process writes."""
     check_format(fmt)
     if not shards:
         raise FastMaskError("no shards to merge")
@@ -74,10 +76,12 @@ def merge_results(shards: list[Path], out: Path, fmt: str = "coco", allow_missin
     loaded.sort(key=lambda item: _shard_of(item[1])[0])
     for _, run, _ in loaded:
         summary.skipped += [tuple(s) for s in run.get("skipped", [])]
-    record = {key: first.get(key) for key in ("weights", "settings", "ann", "images_dir", "plan", "planned")}
-    record |= {"shard": None, "results_format": fmt, "skipped": [list(s) for s in summary.skipped],
-               "notes": [n for _, run, _ in loaded for n in run.get("notes", [])],
-               "merged_from": [path.name for path, _, _ in loaded], "missing_shards": summary.missing_shards}
+    # the keys in the order of an unsharded run's record (folder.run_records)
+    record = {key: first.get(key) for key in ("weights", "settings", "ann", "images_dir")}
+    record |= {"shard": None, "results_format": fmt, "plan": first.get("plan"), "planned": first.get("planned"),
+               "skipped": [list(s) for s in summary.skipped], "notes": [n for _, run, _ in loaded for n in run.get("notes", [])]}
+    if not as_one_run:
+        record |= {"merged_from": [path.name for path, _, _ in loaded], "missing_shards": summary.missing_shards}
     with images_writer(images_json_path(out), record) as add_image:
         with results_writer(out, fmt) as add_results:
             for path, _, images in loaded:
