@@ -77,7 +77,7 @@ def slice_paths(out: Path, slices: int) -> list[Path]:
 def _slice_files(out: Path) -> dict[Path, int]:
     """Files that runs of `--jobs` left beside `out` (slices, their partial logs and image lists) -> their slice count."""
     stem, suffix = (out.stem, out.suffix) if out.suffix else (out.name, "")
-    pattern = re.compile(rf"{re.escape(stem)}\.shard-\d+-of-(\d+){re.escape(suffix)}(\.partial)?|"
+    pattern = re.compile(rf"{re.escape(stem)}\.shard-\d+-of-(\d+){re.escape(suffix)}(\.partial|\.images\.json)?|"
                          rf"{re.escape(stem)}\.shard-\d+-of-(\d+)\.images\.json")
     found = {}
     for path in out.parent.glob(f"{stem}.shard-*"):
@@ -117,7 +117,7 @@ def propose_jobs(proposer: Proposer, images_dir: Path, out: Path, *, jobs: int, 
     count = _split_to_resume(out) if resume else None  # a resumed run keeps its split, whatever `jobs` is now
     if count is None:
         count = 1 if min(jobs, len(plan.files)) <= 1 else min(SLICES_PER_JOB * jobs, len(plan.files))
-    if not resume:  # the files of interrupted runs, which this one starts over
+    if not resume and out.parent.is_dir():  # the files of interrupted runs, which this one starts over
         for path in [*_slice_files(out), partial_path(out)]:
             path.unlink(missing_ok=True)
     if count == 1:  # one process (a one-process log cannot be split)
