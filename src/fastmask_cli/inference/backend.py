@@ -33,16 +33,17 @@ from ..modeling.weights import sha256_of
 from ..modeling.windows import Level, WindowGrid
 
 OPSET = 17
+GRAPH_VERSION = 1  # raise when NetworkGraph's inputs or outputs change: older cached files go stale
 _INHERITED: list = []  # sessions a forked worker came with: see OnnxNetwork.session
-_THREADS: list[int] = []  # this process's count for new sessions (set_session_threads), when set
+_session_threads: int | None = None  # this process's count for new sessions (set_session_threads)
 
 
 def set_session_threads(threads: int) -> None:
     """Intra-op threads of the ONNX Runtime sessions this process makes from now on, where not given
     (default: PyTorch's thread count). A forked worker sets it: its PyTorch must stay at one thread,
     since the OpenMP pool of its parent did not come with the fork, but ONNX Runtime makes its own pool."""
-    _THREADS[:] = [threads]
-GRAPH_VERSION = 1  # raise when NetworkGraph's inputs or outputs change: older cached files go stale
+    global _session_threads
+    _session_threads = threads
 
 
 class NetworkGraph(nn.Module):
@@ -137,8 +138,8 @@ class OnnxNetwork:
     @property
     def session(self):  # onnxruntime.InferenceSession
         """This process's session, made on first use: `threads` intra-op threads (default: set_session_threads',
-        else PyTorch's count then). A forked worker (`propose_jobs`) makes its own, since the parent's thread pool did not come
-        with it; the inherited one is kept, unused, because destroying it would wait on those threads."""
+        else PyTorch's count then). A forked worker (`propose_jobs`) makes its own, since the parent's thread
+        pool did not come with it; the inherited one is kept, unused: destroying it would wait on those threads."""
         if self._pid != os.getpid():
             if self._session is not None:
                 _INHERITED.append(self._session)
@@ -149,7 +150,7 @@ class OnnxNetwork:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or (_THREADS or [torch.get_num_threads()])[0]
+        options.intra_op_num_threads = self.threads or _session_threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         # spinning threads keep the cores busy between runs, which starves the PyTorch work around them
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
 from ..inference.proposer import Proposer, StageTimer
-from .jobs import cpu_cores, propose_jobs
+from .jobs import propose_jobs, worker_threads
 
 STAGES = ("network", "decode", "paste", "rle", "nms")
 
@@ -276,7 +276,7 @@ def bench_folder(proposer: Proposer, report: BenchReport, folder: Path, runs: in
         report.folder_rows.append(FolderRow(
             top_k=config[0], backend=config[1], images=images, images_per_second=images / float(np.median(seconds[config])),
             seconds=seconds[config], jobs=config[2],
-            threads=torch.get_num_threads() if config[2] == 1 else max(1, cpu_cores() // config[2]),
+            threads=torch.get_num_threads() if config[2] == 1 else worker_threads(config[2]),
             stages_s={name: float(np.median([run.get(name, 0.0) for run in stages[config]])) for name in STAGES}
             if stages[config] else {},
         ))

@@ -106,13 +106,11 @@ def propose_folder(
     if resume and finished_run(out, run, summary):
         return summary
     log = PartialLog(partial_path(out), header)
-    if resume and log.path.exists():
-        log.load()
-        log.check_ids(plan.ids)
+    if resume and log.resume(plan.ids):
         summary.resumed = sum(1 for f in mine if f in log.done)
     else:
         log.start()
-    todo = [f for f in mine if f not in log.done and f not in log.skipped]
+    todo = log.todo(mine)
     if on_start:
         on_start(len(todo))
     if vis_dir is not None:

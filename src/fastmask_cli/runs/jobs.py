@@ -70,6 +70,11 @@ def resolve_jobs(jobs: str | int, device_type: str) -> int:
     return count
 
 
+def worker_threads(jobs: int) -> int:
+    """Threads of each of `jobs` workers: the cores shared among them."""
+    return max(1, cpu_cores() // jobs)
+
+
 def slice_paths(out: Path, slices: int) -> list[Path]:
     return [shard_path(out, k, slices) for k in range(1, slices + 1)]
 
@@ -89,13 +94,14 @@ def _slice_files(out: Path) -> dict[Path, int]:
 
 def _split_to_resume(out: Path) -> int | None:
     """How the interrupted run into `out` split the images: 1 (one process), the count of its slices, or None."""
-    counts = {n for path, n in _slice_files(out).items() if path.name.endswith(".partial")}
+    found = _slice_files(out)
+    counts = {n for path, n in found.items() if path.name.endswith(".partial")}
     if len(counts) > 1:
         raise ParameterError("resume", f"runs split {len(counts)} ways were interrupted into {out}; run without {{}} "
                              "to start over")
     if counts:
         return counts.pop()
-    finished = {n for n in _slice_files(out).values()}  # every slice done, the join interrupted
+    finished = set(found.values())  # every slice done, the join interrupted
     return finished.pop() if len(finished) == 1 else (1 if partial_path(out).exists() else None)
 
 
@@ -133,7 +139,7 @@ def propose_jobs(proposer: Proposer, images_dir: Path, out: Path, *, jobs: int, 
 
     records = dict(weights_id=weights_id, ann=ann, resume=resume, fmt=fmt)
     todo = _left_to_do(proposer, images_dir, plan, slices, records) if resume else len(plan.files)
-    threads = threads or max(1, cpu_cores() // jobs)
+    threads = threads or worker_threads(jobs)
     started = time.perf_counter()
     done = _run_workers(proposer, images_dir, slices, plan, jobs, threads, lambda: on_start and on_start(todo),
                         on_image, {**options, **records})
@@ -159,10 +165,8 @@ def _left_to_do(proposer: Proposer, images_dir: Path, plan: ImagePlan, slices: l
         if finished_run(path, run, ProposeSummary(out=str(path))):
             continue
         log = PartialLog(partial_path(path), header)
-        if log.path.exists():
-            log.load()
-            log.check_ids(plan.ids)
-        left += sum(1 for f in mine if f not in log.done and f not in log.skipped)
+        log.resume(plan.ids)
+        left += len(log.todo(mine))
     return left
 
 

@@ -81,6 +81,19 @@ class PartialLog:
                                  f"image id {self.done[moved].image_id!r} and would now be {ids[moved]!r} (images were "
                                  "added or removed before it); run without {} to start over")
 
+    def resume(self, ids: dict[str, Any]) -> bool:
+        """Index the log an interrupted run left, checked against the images' ids now (`load`, `check_ids`);
+        False where there is none."""
+        if not self.path.exists():
+            return False
+        self.load()
+        self.check_ids(ids)
+        return True
+
+    def todo(self, files: list[str]) -> list[str]:
+        """Those of `files` that the log holds neither as finished nor as skipped."""
+        return [f for f in files if f not in self.done and f not in self.skipped]
+
     def start(self) -> None:
         with room_for(self.path), open(self.path, "w") as f:
             f.write(json.dumps(self.header) + "\n")
