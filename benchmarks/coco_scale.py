@@ -11,7 +11,7 @@ on it in this process with DataLoader workers and reports:
 
     python benchmarks/coco_scale.py --folder /tmp/coco-scale --iterations 500 --workers 2
 
-The figures go in the README ("Training at COCO scale"). Needs Linux (/proc) and about 4 GB of memory.
+The figures go in docs/training.md ("At COCO scale"). Needs Linux (/proc) and about 4 GB of memory.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""int8 measured (README, "Speed"): the network's graph quantised by ONNX Runtime's static quantisation,
+"""int8 measured (docs/speed.md): the network's graph quantised by ONNX Runtime's static quantisation,
 calibrated on training images, against fp32; speed of the graph, and AR through `fastmask eval`.
 
 Not part of fastmask: int8 lost masks AR@100 beyond the 0.3 points allowed, so `propose` has no int8

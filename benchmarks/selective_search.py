@@ -1,4 +1,4 @@
-"""The peer of README's "Whole folders" comparison: OpenCV's Selective Search, fast mode, on a folder.
+"""The peer of the "Selective Search" comparison in docs/speed.md: OpenCV's Selective Search, fast mode, on a folder.
 
 Not part of fastmask and not a dependency: run it from a scratch environment with the contrib build,
 

@@ -15,8 +15,20 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
 
 
-def test_readme_command_on_the_shipped_examples(tmp_path):
-    """What README's first command does: default weights, the example images, their ground truth."""
+def test_readme_first_command_on_the_shipped_photos(tmp_path):
+    """What README's first command does: the default weights over examples/photos, overlays beside."""
+    out, vis = tmp_path / "results.json", tmp_path / "vis"
+    result = runner.invoke(app, ["propose", str(EXAMPLES / "photos"), "--out", str(out), "--vis", str(vis)])
+    assert result.exit_code == 0, result.output
+    photos = sorted(p.name for p in (EXAMPLES / "photos").glob("*.jpg"))
+    listing = json.loads((tmp_path / "results.images.json").read_text())
+    assert [im["file_name"] for im in listing["images"]] == photos and len(photos) >= 3
+    assert len(json.loads(out.read_text())) == 100 * len(photos)
+    assert sorted(p.name for p in vis.iterdir()) == [f"{name}.png" for name in photos]
+
+
+def test_the_ann_example_on_the_drawn_scenes(tmp_path):
+    """The --ann example: default weights, the drawn example scenes, their ground truth's image ids."""
     out = tmp_path / "results.json"
     result = runner.invoke(app, ["propose", str(EXAMPLES / "images"), "--out", str(out),
                                  "--ann", str(EXAMPLES / "annotations.json")])

@@ -9,7 +9,7 @@ from pathlib import Path
 import fastmask_cli
 
 PACKAGE = Path(fastmask_cli.__file__).resolve().parent
-# Lowest first; a module may import its own stage and those before it (README, "How the paper maps onto the code").
+# Lowest first; a module may import its own stage and those before it (docs/paper.md, "How the paper maps onto the code").
 STAGES = [("errors", "device"), ("io",), ("coco",), ("modeling",), ("inference",), ("training",), ("export",), ("runs",), ("cli",)]
 RANK = {name: rank for rank, names in enumerate(STAGES) for name in names}
 

@@ -9,18 +9,20 @@ the CLI's `fastmask export` only calls it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from .coco.evaluate import Evaluation
 from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
 from .inference.options import ProposerOptions
 from .io.files import atomic_path, writable_folder
 from .modeling.bodies.pretrained import PACKAGED
 from .modeling.checkpoint import save_checkpoint
+from .modeling.config import MASK_THRESHOLDS
 from .modeling.model import FastMask
 from .modeling.weights import MANIFEST, load_model, read_manifest, sha256_of
 from .training.validation import precise_bn_of_run, validate
@@ -74,19 +76,27 @@ class Shipped:
 
 def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False, ann: Path | None = None,
              images: Path | None = None, top_k: int = 1000, train_command: str | None = None, note: str | None = None,
-             mask_threshold: float | None = None, bn_images: int | None = None, device: str = "auto",
+             mask_threshold: float | None = None, thresholds: Sequence[float] = MASK_THRESHOLDS,
+             bn_images: int | None = None, device: str = "auto",
              on_batchnorm: Callable[[int | None, dict[str, Any]], None] | None = None,
-             on_measure: Callable[[], None] | None = None) -> Shipped:
+             on_measure: Callable[[float], None] | None = None) -> Shipped:
     """Ship the trained weights `source` (a run folder, a checkpoint, shipped weights) as `name`.
 
     Before writing, precise BN recomputes the statistics of every BatchNorm that trained over `bn_images`
-    of the run's training images (None: the run's own count; 0: as saved), and with `ann` and `images`
-    the AR at `top_k` is measured and recorded. on_batchnorm(images used, or None where the training
-    data is not here; the run's meta) and on_measure() report progress. Raises FastMaskError for
-    untrained weights, ParameterError for `ann` without `images` or the reverse.
+    of the run's training images (None: the run's own count; 0: as saved). With `ann` and `images` the
+    AR at `top_k` is measured for each mask threshold of `thresholds` (or `mask_threshold` alone, where
+    given) and the one with the best mask AR@100 ships (`choose_threshold`), the grid recorded in the
+    manifest. on_batchnorm(images used, or None where the training data is not here; the run's meta) and
+    on_measure(threshold) report progress. Raises FastMaskError for untrained weights, ParameterError for
+    `ann` without `images` or the reverse, or a `default` without them (a default is chosen on measured AR).
     """
     if (ann is None) != (images is None):
         raise ParameterError(("ann", "images"), "give both {0} and {1}, or neither")
+    if default and ann is None:
+        raise ParameterError(("default", "ann", "images"), "{0} weights are measured before they ship: give {1} and {2}")
+    grid = [mask_threshold] if mask_threshold is not None else sorted(set(thresholds))
+    if not grid or not all(0 < t < 1 for t in grid):
+        raise ParameterError("thresholds", "{} must be mask probabilities between 0 and 1")
     model, info = load_model(source)
     if not info.trained:
         raise FastMaskError(f"{source} holds untrained weights: nothing to ship")
@@ -105,10 +115,18 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     if note:
         entry["note"] = note
     if ann is not None:
-        if on_measure:
-            on_measure()
-        evaluation = validate(model, ann, images, top_k=top_k, device=device)
+        measured = []
+        for threshold in grid:
+            if on_measure:
+                on_measure(threshold)
+            model.config = model.config.with_overrides(mask_threshold=threshold)
+            measured.append((threshold, validate(model, ann, images, top_k=top_k, device=device)))
+        chosen, evaluation = choose_threshold(measured)
+        model.config = model.config.with_overrides(mask_threshold=chosen)
         entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
+        entry["mask_threshold"] = {"chosen": chosen, "by": "segm AR@100, then AR@10", "grid": [
+            {"threshold": t, **{f"{kind} {k}": round(v, 4) for kind, r in e.results.items() for k, v in r.metrics.items()
+                                if k in ("AR@10", "AR@100", "AR@1000") and v is not None}} for t, e in measured]}
         defaults = ProposerOptions()
         entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
                                 "top_k": top_k, "size": model.config.size, "scales": model.config.scales,
@@ -120,8 +138,18 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     return Shipped(record, entry.get("metrics", {}))
 
 
+def choose_threshold(measured: list[tuple[float, Evaluation]]) -> tuple[float, Evaluation]:
+    """The (threshold, evaluation) with the best mask AR@100, then AR@10; box AR where masks were not
+    evaluated. The first listed wins a full tie."""
+    def key(item: tuple[float, Evaluation]) -> tuple[float, float]:
+        results = item[1].results
+        metrics = (results.get("segm") or results["bbox"]).metrics
+        return metrics["AR@100"] or 0.0, metrics["AR@10"] or 0.0
+    return max(measured, key=key)
+
+
 def export_onnx(model: FastMask, path: Path, scales: int | None = None) -> list[int]:
-    """Write `model`'s network (body to window scores; README, "The network as ONNX") at `scales` levels
+    """Write `model`'s network (body to window scores; docs/onnx.md) at `scales` levels
     (None: the model's) to `path` as ONNX, atomically; returns the levels' strides. Raises
     ParameterError for scales below 1 or a folder `path`, FastMaskError where it cannot be exported or written."""
     scales = model.config.scales if scales is None else scales

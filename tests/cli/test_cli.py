@@ -216,3 +216,17 @@ def test_api_functions_are_not_shadowed_by_their_modules() -> None:
     lazy = subprocess.run([sys.executable, "-c", "import sys, fastmask_cli; assert 'torch' not in sys.modules"],
                           capture_output=True, text=True)
     assert lazy.returncode == 0, lazy.stderr
+
+
+def test_a_batch_job_log_shows_progress_lines_while_it_runs(image_folder, tiny_checkpoint, tmp_path, monkeypatch):
+    """Output to a file (a Slurm job, nohup) is not a terminal: a bar would show nothing until the end, so
+    plain lines come at a steady interval (here every image), with images done of total and the time left."""
+    monkeypatch.setattr("fastmask_cli.cli.common.PROGRESS_INTERVAL", 0)
+    result = propose(image_folder, tmp_path / "r.json", tiny_checkpoint, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("proposing: ")]
+    assert [line.split(",")[0] for line in lines] == [f"proposing: {k}/4" for k in range(1, 5)]
+    assert " left" in lines[0] and " left" not in lines[-1] and "s each" in lines[-1]
+    monkeypatch.setattr("fastmask_cli.cli.common.PROGRESS_INTERVAL", 3600)  # a long interval: the last line alone
+    result = propose(image_folder, tmp_path / "r2.json", tiny_checkpoint, "--jobs", "1")
+    assert [line.split(",")[0] for line in result.output.splitlines() if line.startswith("proposing")] == ["proposing: 4/4"]

@@ -7,14 +7,12 @@ import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
 from fastmask_cli import FastMaskError
 from fastmask_cli.cli import app
 from fastmask_cli.coco.evaluate import evaluate
-from support.coco_data import CocoData
+from support.coco_data import CocoData, cocoeval_ar
 
 H, W = 200, 300
 
@@ -89,19 +87,11 @@ def test_equals_a_direct_cocoeval_computation(tmp_path):
         for _ in range(150):
             x, y = int(rng.integers(0, 250)), int(rng.integers(0, 150))
             results.append(result(image_id, x, y, int(rng.integers(5, W - x)), int(rng.integers(5, H - y)), float(rng.random())))
-    ours = evaluate(gt, results)
-    coco = COCO(str(gt))
+    ours = evaluate(gt, [dict(r) for r in results])
     for iou_type in ("segm", "bbox"):
-        ev = COCOeval(coco, coco.loadRes(results), iou_type)
-        ev.params.useCats, ev.params.maxDets = 0, [10, 100, 1000]
-        ev.evaluate()
-        ev.accumulate()
-        recall = ev.eval["recall"]  # (IoU thresholds, 1 category, area ranges, maxDets); -1: no objects
-        direct = {"AR@10": recall[:, 0, 0, 0], "AR@100": recall[:, 0, 0, 1], "AR@1000": recall[:, 0, 0, 2],
-                  "AR_S@100": recall[:, 0, 1, 1], "AR_M@100": recall[:, 0, 2, 1], "AR_L@100": recall[:, 0, 3, 1]}
-        for key, values in direct.items():
-            expected = None if np.all(values == -1) else float(values.mean())
-            assert ours.results[iou_type].metrics[key] == pytest.approx(expected, abs=1e-9), (iou_type, key)
+        expected = cocoeval_ar(gt, results, iou_type)
+        for key, value in expected.items():
+            assert ours.results[iou_type].metrics[key] == pytest.approx(value, abs=1e-9), (iou_type, key)
         assert 0 < ours.results[iou_type].metrics["AR@100"] < 1
 
 
@@ -150,10 +140,10 @@ def test_empty_results_and_gt_without_masks(tmp_path):
     for a in data["annotations"]:
         del a["segmentation"]
     (tmp_path / "boxes_gt.json").write_text(json.dumps(data))
-    with pytest.raises(FastMaskError, match="4 ground-truth annotations are boxes only"):
+    with pytest.raises(FastMaskError, match="all 4 ground-truth objects are boxes only"):
         evaluate(tmp_path / "boxes_gt.json", [result(1, 10, 10, 86, 50, 0.9)], iou_types=("segm",))
     both = evaluate(tmp_path / "boxes_gt.json", [result(1, 10, 10, 86, 50, 0.9)])  # the default: boxes, with a note
-    assert list(both.results) == ["bbox"] and any("masks not evaluated: 4" in n for n in both.notes)
+    assert list(both.results) == ["bbox"] and any("masks not evaluated: all 4" in n for n in both.notes)
     only_boxes = evaluate(tmp_path / "boxes_gt.json", [result(1, 10, 10, 86, 50, 0.9)], iou_types=("bbox",))
     assert only_boxes.results["bbox"].metrics["AR@10"] == 0.25  # one of the four objects
 
@@ -201,3 +191,60 @@ def test_eval_reads_json_lines(tmp_path):
              for i, rects in enumerate(RECTS, start=1)]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert evaluate(gt, tmp_path / "r.jsonl").results["segm"].metrics["AR@100"] == 1.0
+
+
+def test_empty_segmentation_in_results_is_a_box_result(tmp_path):
+    """`"segmentation": []` beside a right box (detectors and box proposers write it) is scored as a box,
+    as pycocotools scores the same results without the key; never as an empty mask."""
+    gt = write_gt(tmp_path / "gt.json", RECTS)
+    boxes = [{"image_id": i, "category_id": 1, "bbox": list(r), "score": 0.9} for i, rects in enumerate(RECTS, start=1) for r in rects]
+    for empty in ([], {}, None):
+        evaluation = evaluate(gt, [{**b, "segmentation": empty} for b in boxes])
+        assert list(evaluation.results) == ["bbox"] and any("masks not evaluated: all 4 results" in n for n in evaluation.notes)
+        assert evaluation.results["bbox"].metrics == pytest.approx(cocoeval_ar(gt, boxes, "bbox"))
+        assert evaluation.results["bbox"].metrics["AR@100"] == 1.0
+
+
+def test_box_only_records_leave_the_rest_of_the_mask_figure(tmp_path):
+    """One box-only result, or one box-only ground-truth object, among masks: mask AR over the rest (equal
+    to pycocotools on a copy without them), box AR over all, and a note saying how many were left out."""
+    gt = write_gt(tmp_path / "gt.json", RECTS)
+    masks = [result(1, *RECTS[0][0], 0.9), result(2, 40, 100, 60, 50, 0.8)]
+    boxed = {"image_id": 1, "category_id": 1, "bbox": list(RECTS[0][1]), "score": 0.7, "segmentation": []}
+    evaluation = evaluate(gt, [dict(r) for r in masks] + [dict(boxed)])
+    assert evaluation.results["segm"].metrics == pytest.approx(cocoeval_ar(gt, masks, "segm"))
+    del boxed["segmentation"]
+    assert evaluation.results["bbox"].metrics == pytest.approx(cocoeval_ar(gt, masks + [boxed], "bbox"))
+    assert any("mask AR from the 2 results with a mask: 1 are boxes only" in n for n in evaluation.notes)
+
+    data = json.loads(gt.read_text())
+    data["annotations"][1]["segmentation"] = []  # as CVAT writes a box-only object
+    (tmp_path / "mixed.json").write_text(json.dumps(data))
+    cleaned = dict(data, annotations=[a for a in data["annotations"] if a["segmentation"]])
+    (tmp_path / "cleaned.json").write_text(json.dumps(cleaned))
+    boxes_gt = dict(data, annotations=[{k: v for k, v in a.items() if k != "segmentation"} for a in data["annotations"]])
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes_gt))
+    found = [result(1, *RECTS[0][0], 0.9), result(1, *RECTS[0][1], 0.8), result(2, *RECTS[1][1], 0.7)]
+    evaluation = evaluate(tmp_path / "mixed.json", [dict(r) for r in found])
+    assert list(evaluation.results) == ["segm", "bbox"]
+    assert evaluation.results["segm"].metrics == pytest.approx(cocoeval_ar(tmp_path / "cleaned.json", found, "segm"))
+    assert evaluation.results["segm"].metrics["AR@100"] == pytest.approx(2 / 3)  # 2 of the 3 objects with masks
+    as_boxes = [{k: v for k, v in r.items() if k != "segmentation"} for r in found]
+    assert evaluation.results["bbox"].metrics == pytest.approx(cocoeval_ar(tmp_path / "boxes.json", as_boxes, "bbox"))
+    assert evaluation.results["bbox"].metrics["AR@100"] == pytest.approx(3 / 4)
+    assert any("mask AR over the 3 ground-truth objects with a mask: 1 are boxes only" in n for n in evaluation.notes)
+
+
+def test_masks_written_as_arrays_are_read_as_masks(tmp_path):
+    """`mask.tolist()` (rows of 0/1 or true/false, how Segment Anything's masks get saved) is the mask,
+    scored as its RLE is; an array of another size is refused in one line, never read as polygon rings."""
+    gt = write_gt(tmp_path / "gt.json", [[(10, 10, 86, 50)]])
+    mask = np.zeros((H, W), dtype=bool)
+    mask[10:60, 10:96] = True
+    as_rle = [result(1, 10, 10, 86, 50, 0.9)]
+    for rows in (mask.tolist(), mask.astype(int).tolist()):
+        evaluation = evaluate(gt, [{"image_id": 1, "score": 0.9, "segmentation": rows}])
+        assert evaluation.results["segm"].metrics == pytest.approx(cocoeval_ar(gt, as_rle, "segm"))
+        assert evaluation.results["segm"].metrics["AR@10"] == 1.0
+    with pytest.raises(FastMaskError, match="a mask array .rows of 0/1., not polygons, but not a 300x200 one"):
+        evaluate(gt, [{"image_id": 1, "score": 0.9, "segmentation": mask.T.tolist()}])

@@ -11,8 +11,6 @@ import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from fastmask_cli import FastMaskError
 from fastmask_cli.coco.evaluate import evaluate
@@ -21,7 +19,7 @@ from fastmask_cli.coco.rle import check_rle_strings, decode_rle_strings
 from fastmask_cli.training.dataset import CocoInstances
 from support import draw_scene, write_image
 from support.cli import propose, run
-from support.coco_data import CocoData
+from support.coco_data import CocoData, cocoeval_ar
 
 H, W = 120, 160
 
@@ -72,21 +70,7 @@ def clean_scene(seed: int = 0, images: int = 4) -> tuple[dict, list[dict]]:
 
 def pycocotools_metrics(data: dict, results: list[dict]) -> dict[str, dict[str, float | None]]:
     """What pycocotools measures on a clean file, class-agnostic, the reference every case is held to."""
-    gt = COCO()
-    gt.dataset = copy.deepcopy(data)
-    gt.createIndex()
-    metrics = {}
-    for iou_type in ("segm", "bbox"):
-        dt = gt.loadRes([{**r, "category_id": 1} for r in copy.deepcopy(results)])
-        ev = COCOeval(gt, dt, iou_type)
-        ev.params.useCats, ev.params.maxDets = 0, [10, 100, 1000]
-        ev.evaluate()
-        ev.accumulate()
-        recall = ev.eval["recall"]
-        cut = {"AR@10": recall[:, 0, 0, 0], "AR@100": recall[:, 0, 0, 1], "AR@1000": recall[:, 0, 0, 2],
-               "AR_S@100": recall[:, 0, 1, 1], "AR_M@100": recall[:, 0, 2, 1], "AR_L@100": recall[:, 0, 3, 1]}
-        metrics[iou_type] = {k: None if np.all(v == -1) else float(v[v > -1].mean()) for k, v in cut.items()}
-    return metrics
+    return {iou_type: cocoeval_ar(data, results, iou_type) for iou_type in ("segm", "bbox")}
 
 
 def our_metrics(tmp_path: Path, data: dict, results: list[dict]) -> tuple[dict, list[str]]:
@@ -279,6 +263,7 @@ PANOPTIC = {"annotations": [{"image_id": 1, "file_name": "1.png", "segments_info
     (lambda d: d["images"].append({**d["images"][0], "file_name": "other.png"}), "image id 1 is used by two images"),
     (lambda d: d["annotations"][2].update(iscrowd="yes"), "has iscrowd 'yes'"),
     (lambda d: d.pop("annotations"), "is not COCO"),
+    (lambda d: d["annotations"][1].update(segmentation=np.ones((H, W), bool).tolist()), "has a mask array"),
 ])
 def test_ground_truth_that_cannot_be_read_right_is_refused_in_one_line(tmp_path, spoil, words):
     data, results = clean_scene(images=2)

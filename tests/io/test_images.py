@@ -1,5 +1,7 @@
 """Reading images: every odd format becomes (H, W, 3) uint8 RGB as viewers show it, every unusable file a clear reason."""
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -94,3 +96,22 @@ def test_headers_give_the_size_of_every_accepted_format():
         assert read_header(data) == ImageHeader(53, 37, 1), name
     assert read_header(b"not an image") == ImageHeader()
     assert read_header(b"\x89PNG\r\n\x1a\n\x00") == ImageHeader()  # cut short: the decoder decides
+
+
+def test_linked_folders_are_followed_and_what_is_not_is_named(tmp_path):
+    """A linked sub-folder's images are listed (users link `val/` in from elsewhere); a link back into the
+    folder, a second link to a listed folder and a link to nothing are named, never silently dropped;
+    the order is that of sorted paths ('a/b' before 'a-c'), which results files keep."""
+    folder, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    for path in (folder / "a" / "b.png", folder / "a-c.png", elsewhere / "c.png"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(path, draw_scene(32, 32))
+    (folder / "val").symlink_to(elsewhere)
+    (folder / "val-again").symlink_to(elsewhere)
+    (folder / "loop").symlink_to(folder)
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(folder / "pipe.png")
+    images, others = list_images(folder)
+    assert images == ["a/b.png", "a-c.png", "val/c.png"]
+    assert others == ["gone.png (a link to nothing)", "loop/ (a link to a folder already listed: not followed)",
+                      "pipe.png (not a regular file)", "val-again/ (a link to a folder already listed: not followed)"]

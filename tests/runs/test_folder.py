@@ -253,3 +253,34 @@ def test_batches_hold_images_of_similar_shapes():
     mixed = [b for b in batches if len({item.shape() for item in b}) > 1]
     assert len(mixed) <= 1  # only the leftovers at the end may mix shapes
     assert all(len(b) <= 2 for b in batches)
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from fastmask_cli.io.files import output_lock
+with output_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_run_on_one_output_is_refused_until_the_first_ends(five_images, tiny_checkpoint, tmp_path):
+    """Two runs writing one --out would race on its partial log and slice files: the second is refused in
+    one line naming the first's pid; a run killed outright (SIGKILL) leaves no lock held; a finished run
+    leaves nothing beside its results."""
+    out = tmp_path / "out" / "r.json"
+    out.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for jobs in ("1", "2"):
+            refused = propose(five_images, out, tiny_checkpoint, "--jobs", jobs)
+            assert refused.exit_code == 1 and f"another fastmask run is writing {out} (pid {holder.pid})" in refused.flat
+        assert sorted(p.name for p in out.parent.iterdir()) == ["r.json.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    done = propose(five_images, out, tiny_checkpoint, "--jobs", "2")
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.images.json", "r.json"]

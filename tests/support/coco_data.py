@@ -11,6 +11,30 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 
+def cocoeval_ar(gt: Path | dict, results: list[dict], iou_type: str) -> dict[str, float | None]:
+    """Class-agnostic AR straight from pycocotools' COCOeval, on a clean file (a path or the COCO dict):
+    the reference `evaluate` is held to. AR@10/100/1000 and AR S/M/L@100, None where no object of that size."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it goes
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt) if isinstance(gt, dict) else json.loads(Path(gt).read_text())
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes([{**r, "category_id": 1} for r in copy.deepcopy(results)]), iou_type)
+        ev.params.useCats, ev.params.maxDets = 0, [10, 100, 1000]
+        ev.evaluate()
+        ev.accumulate()
+    recall = ev.eval["recall"]  # (IoU thresholds, 1 category, area ranges, maxDets); -1: no objects
+    cut = {"AR@10": recall[:, 0, 0, 0], "AR@100": recall[:, 0, 0, 1], "AR@1000": recall[:, 0, 0, 2],
+           "AR_S@100": recall[:, 0, 1, 1], "AR_M@100": recall[:, 0, 2, 1], "AR_L@100": recall[:, 0, 3, 1]}
+    return {k: None if np.all(v == -1) else float(v[v > -1].mean()) for k, v in cut.items()}
+
+
 class CocoData:
     """COCO instances built by a test, image by image and object by object, then written as JSON.
     `data` is the plain dict: a test may damage it before writing, as a user's file would be."""

@@ -18,6 +18,7 @@ from fastmask_cli.training.engine import train
 from fastmask_cli.training.precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorms
 from fastmask_cli.training.settings import TrainSettings
 from support import write_image
+from support.cli import run
 from support.coco_data import CocoData
 
 
@@ -110,7 +111,12 @@ def test_the_default_preset_from_scratch_works_in_eval_mode_as_in_training(fit_s
         assert result.exit_code == 0, result.output
         assert "recomputed over 4 training images" in result.output
         shipped = json.loads((tmp_path / "w" / "manifest.json").read_text())["models"][0]
-        assert shipped["metrics"]["segm"]["AR@100"] == pytest.approx(eval_ar)
+        # every threshold of the grid measured; at the trained 0.5, what the final validation measured
+        grid = {row["threshold"]: row["segm AR@100"] for row in shipped["mask_threshold"]["grid"]}
+        assert sorted(grid) == [0.3, 0.35, 0.4, 0.45, 0.5] and grid[0.5] == pytest.approx(eval_ar, abs=1e-4)
+        chosen = shipped["mask_threshold"]["chosen"]
+        assert shipped["config"]["mask_threshold"] == chosen and grid[chosen] == max(grid.values())
+        assert shipped["metrics"]["segm"]["AR@100"] == pytest.approx(grid[chosen], abs=1e-4)
         model, _ = load_model(str(tmp_path / "w" / "fitted.pt"))
         assert Proposer(model, device="cpu").backend == "onnx"  # and the shipped file runs on the default backend
     else:  # the old behaviour, kept for --bn-images 0: the run says so plainly
@@ -135,6 +141,30 @@ def test_export_recomputes_only_what_training_let_train(fit_set: Path, tmp_path:
     body = [k for k in before if k.startswith("body.") and k.endswith("running_mean")]
     assert body and all(torch.equal(before[k], after[k]) for k in body)
     assert not torch.equal(before["norm.bn.running_mean"], after["norm.bn.running_mean"])
+
+
+def test_threshold_choice_takes_the_best_mask_ar_then_ar10() -> None:
+    from types import SimpleNamespace
+
+    from fastmask_cli.export import choose_threshold
+
+    def measured(ar100: float, ar10: float, kind: str = "segm") -> SimpleNamespace:
+        return SimpleNamespace(results={kind: SimpleNamespace(metrics={"AR@100": ar100, "AR@10": ar10})})
+
+    assert choose_threshold([(0.3, measured(0.2, 0.1)), (0.4, measured(0.25, 0.05)), (0.5, measured(0.25, 0.02))])[0] == 0.4
+    assert choose_threshold([(0.3, measured(0.2, 0.1, "bbox")), (0.5, measured(0.3, 0.1, "bbox"))])[0] == 0.5  # boxes only
+
+
+def test_a_default_ships_only_measured(fit_set: Path, tmp_path: Path) -> None:
+    from fastmask_cli import save_checkpoint
+    from support import tiny_model
+
+    save_checkpoint(tmp_path / "run.pt", tiny_model(), meta={"epochs": 1, "settings": {}})
+    result = run("export", tmp_path / "run.pt", "--name", "x", "--weights-dir", tmp_path / "w", "--default")
+    assert result.exit_code == 1 and "--default weights are measured before they ship: give --ann and --images" in result.flat
+    assert not (tmp_path / "w").exists()
+    bad = run("export", tmp_path / "run.pt", "--name", "x", "--weights-dir", tmp_path / "w", "--thresholds", "0.3,x")
+    assert bad.exit_code == 1 and "--thresholds must be a number or a list" in bad.flat
 
 
 def test_auto_backend_falls_back_to_pytorch_when_the_graph_cannot_be_cached(monkeypatch: pytest.MonkeyPatch,

@@ -153,6 +153,7 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     entry = json.loads((shipped / "manifest.json").read_text())["models"][0]
     assert entry["name"] == "tiny" and entry["default"] and entry["training"]["epochs"] == 1
     assert set(entry["metrics"]) == {"segm", "bbox"} and entry["measured_on"]["top_k"] == 50
+    assert entry["mask_threshold"]["chosen"] == 0.3 and [r["threshold"] for r in entry["mask_threshold"]["grid"]] == [0.3]
     assert "optimizer" not in torch.load(shipped / "tiny.pt")
 
     monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(shipped))
@@ -355,7 +356,7 @@ def test_sigterm_checkpoints_within_seconds_and_takes_the_workers_along(shapes, 
 
 @pytest.mark.distributed
 def test_two_nodes_meet_through_a_rendezvous_endpoint(shapes, tmp_path: Path) -> None:
-    """`torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint HOST:PORT` as the README's Slurm script
+    """`torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint HOST:PORT` as the Slurm script of docs/training.md
     runs it, with both "nodes" on this machine: the two agents meet, and rank 0 alone writes the run."""
     gt, images = shapes
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",

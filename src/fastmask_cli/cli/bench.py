@@ -7,7 +7,6 @@ from typing import Optional
 
 import numpy as np
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from ..errors import FastMaskError
@@ -24,6 +23,7 @@ from .common import (
     friendly_errors,
     int_list,
     load_proposer,
+    make_progress,
     parse_size,
     progress_columns,
 )
@@ -103,8 +103,8 @@ def bench_command(
     frames = bench_images(images)
     total = (len(scale_counts) * len(top_ks) * runs * (len(backends) + pyramid)
              + folder * len(top_ks) * len(backends) * len(job_counts) * runs)
-    with Progress(*progress_columns("timing {task.description}", remaining=False),
-                  console=console, transient=True) as progress:
+    with make_progress(*progress_columns("timing {task.description}", remaining=False),
+                       console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
         report = bench(proposer, frames, scale_counts, frame, runs, warmup, pyramid, top_ks=top_ks, backends=backends,
                        on_run=lambda what: progress.update(task, advance=1, description=what))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import __version__
 from ..errors import FastMaskError, ParameterError
@@ -139,6 +141,83 @@ def progress_columns(description: str = "[progress.description]{task.description
             *((TimeRemainingColumn(),) if remaining else ()))
 
 
+# Seconds between progress lines where the output is not a terminal (a batch job's log); 0: a line per step.
+PROGRESS_INTERVAL = float(os.environ.get("FASTMASK_PROGRESS_INTERVAL", "30"))
+
+
+class LineProgress:
+    """Progress as plain lines, at most one every `interval` seconds and one when a task ends, for output
+    that is not a terminal (a Slurm job's log, nohup), where a bar would print nothing until the end:
+    what runs, done of total, seconds per step and the time left, as detectron2's inference logger
+    prints. The part of rich's `Progress` the commands use."""
+
+    def __init__(self, console: Console, interval: float | None = None, disable: bool = False) -> None:
+        self.console, self.disable = console, disable
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
+        self.tasks: list[dict[str, Any]] = []
+
+    @property
+    def task_ids(self) -> list[int]:
+        return list(range(len(self.tasks)))
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        now = time.monotonic()
+        self.tasks.append({"description": description, "total": total, "done": 0, "fields": fields, "start": now,
+                           "printed": now, "finished": False})
+        return len(self.tasks) - 1
+
+    def update(self, task: int, advance: float = 0, description: str | None = None, total: float | None = None,
+               **fields: Any) -> None:
+        t = self.tasks[task]
+        t["done"] += advance
+        t["description"] = description or t["description"]
+        t["total"] = total if total is not None else t["total"]
+        t["fields"].update(fields)
+        now = time.monotonic()
+        if t["total"] is not None and t["done"] >= t["total"]:
+            self._print(t, now)
+            t["finished"] = True
+        elif now - t["printed"] >= self.interval:
+            self._print(t, now)
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+    def _print(self, t: dict[str, Any], now: float) -> None:
+        t["printed"] = now
+        if self.disable or t["finished"] or not t["done"]:
+            return
+        per_step = (now - t["start"]) / t["done"]
+        line = f"{t['description']}: {t['done']:g}" + (f"/{t['total']:g}" if t["total"] else "")
+        line += f", {per_step:.3g} s each, {timedelta(seconds=round(now - t['start']))} elapsed"
+        if t["total"] and t["done"] < t["total"]:
+            line += f", {timedelta(seconds=round(per_step * (t['total'] - t['done'])))} left"
+        extra = " ".join(str(v) for v in t["fields"].values() if v)
+        self.console.print(line + (f", {extra}" if extra else ""), highlight=False, markup=False, soft_wrap=True)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        now = time.monotonic()
+        for t in self.tasks:
+            self._print(t, now)
+            t["finished"] = True
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def make_progress(*columns: Any, console: Console, transient: bool = False, disable: bool = False) -> Progress | LineProgress:
+    """A progress bar on a terminal; elsewhere (a file, a pipe) plain lines at a steady interval (`LineProgress`)."""
+    if console.is_terminal:
+        return Progress(*columns, console=console, transient=transient, disable=disable)
+    return LineProgress(console, disable=disable)
+
+
 def say_note(message: str) -> None:
     """A note the user should read, in yellow."""
     console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
@@ -152,6 +231,15 @@ def int_list(text: str, option: str, example: str = "100,1000", too_low: str = "
         raise FastMaskError(f"{option} must be a number or a list such as {example}, not {text!r}") from None
     if not values or min(values) < 1:
         raise FastMaskError(f"{option} {too_low}")
+    return values
+
+
+def float_list(text: str, option: str, example: str = "0.3,0.4") -> list[float]:
+    """'0.3' or '0.3,0.4' -> [0.3] or [0.3, 0.4]: a list of numbers (their range is the API's to check)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FastMaskError(f"{option} must be a number or a list such as {example}, not {text!r}") from None
     return values
 
 

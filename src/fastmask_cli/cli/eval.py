@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from ..coco.evaluate import IOU_TYPES, PAPER, evaluate
@@ -27,6 +26,7 @@ from .common import (
     console,
     friendly_errors,
     load_proposer,
+    make_progress,
     progress_columns,
 )
 from .propose import run_propose
@@ -64,8 +64,8 @@ def eval_command(
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
                                        backend=backend)
         run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers, jobs=jobs)
-    with Progress(*progress_columns("evaluating {task.description}", remaining=False),
-                  console=console, transient=True) as progress:
+    with make_progress(*progress_columns("evaluating {task.description}", remaining=False),
+                       console=console, transient=True) as progress:
         evaluation = evaluate(gt, results, iou_types, allow_missing,
                               on_start=lambda total: progress.add_task(str(results), total=total),
                               on_image=lambda: progress.advance(progress.task_ids[0]))

@@ -8,7 +8,8 @@ from typing import Any, Optional
 import typer
 
 from ..errors import FastMaskError
-from .common import DEVICE, console, friendly_errors
+from ..modeling.config import MASK_THRESHOLDS
+from .common import DEVICE, console, float_list, friendly_errors
 
 
 @friendly_errors
@@ -17,7 +18,7 @@ def export_command(
                                  "or (with --onnx) a shipped weights name."),
     name: Optional[str] = typer.Option(None, help="Name to ship the weights under (NAME.pt in --weights-dir)."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Instead of shipping: write the network (body to window "
-                                        "scores) as an ONNX file here, for ONNX Runtime, TensorRT and the like (see README)."),
+                                        "scores) as an ONNX file here, for ONNX Runtime, TensorRT and the like (see docs/training.md)."),
     scales: Optional[int] = typer.Option(None, help="With --onnx: pyramid levels in the graph. Default: the model's."),
     weights_dir: Path = typer.Option(Path("weights"), "--weights-dir", help="Folder of shipped weights and manifest.json."),
     default: bool = typer.Option(False, "--default", help="Make these the weights `propose` uses when none are named."),
@@ -26,7 +27,10 @@ def export_command(
     top_k: int = typer.Option(1000, "--top-k", help="Proposals per image for the measurement (1000 gives AR@10/100/1000)."),
     train_command: Optional[str] = typer.Option(None, "--train-command", help="The command that trained them, recorded for reproduction."),
     note: Optional[str] = typer.Option(None, help="Anything else the manifest should say about these weights."),
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask threshold to ship in the config (e.g. one chosen on validation). Default: the trained model's."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Ship this mask threshold instead of "
+                                                   "choosing one from --thresholds on --ann."),
+    thresholds: str = typer.Option(",".join(map(str, MASK_THRESHOLDS)), "--thresholds", help="Mask thresholds measured "
+                                   "on --ann; the best mask AR@100 ships, the grid is recorded in the manifest."),
     bn_images: Optional[int] = typer.Option(None, "--bn-images", help="Recompute the statistics of every BatchNorm that "
                                             "trained over this many of the run's training images (precise BN, as "
                                             "training does before validating); 0: ship them as saved. Default: the run's own."),
@@ -42,12 +46,18 @@ def export_command(
     from ..export import ship_run
 
     shipped = ship_run(source, name, weights_dir, default=default, ann=ann, images=images, top_k=top_k,
-                       train_command=train_command, note=note, mask_threshold=mask_threshold, bn_images=bn_images,
-                       device=device, on_batchnorm=_say_batchnorm,
-                       on_measure=lambda: console.print(f"measuring AR on {ann} (top-{top_k}) ..."))
+                       train_command=train_command, note=note, mask_threshold=mask_threshold,
+                       thresholds=float_list(thresholds, "--thresholds"), bn_images=bn_images, device=device,
+                       on_batchnorm=_say_batchnorm,
+                       on_measure=lambda t: console.print(f"measuring AR on {ann} (top-{top_k}, mask threshold {t:g}) ..."))
     record = shipped.record
     console.print(f"shipped {weights_dir / record['file']} (sha256 {record['sha256'][:12]})"
                   + (" as the default" if default else ""), highlight=False)
+    if "mask_threshold" in record:
+        choice = record["mask_threshold"]
+        console.print(f"mask threshold {choice['chosen']:g}, by {choice['by']} over "
+                      + ", ".join(f"{row['threshold']:g} ({row.get('segm AR@100', row.get('bbox AR@100', 0)) * 100:.1f})"
+                                  for row in choice["grid"]), highlight=False)
     for t, metrics in shipped.metrics.items():
         console.print(f"  {t}: " + ", ".join(f"{k} {v * 100:.1f}" for k, v in metrics.items() if v is not None), highlight=False)
 
@@ -71,4 +81,4 @@ def _export_onnx(source: str, path: Path, scales: Optional[int]) -> None:
     console.print(f"wrote {path}: {info.describe()}, {scales} scales (strides {', '.join(map(str, strides))})", highlight=False)
     console.print(f"input 'images': (N, 3, H, W) float32 RGB in [0, 255], normalised inside; outputs 'features_i' "
                   f"(padded window-normalised levels) and 'scores_i' (window logits), i = 0..{len(strides) - 1}; "
-                  "README, 'The network as ONNX', gives the shapes", highlight=False)
+                  "docs/onnx.md gives the shapes", highlight=False)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from ..io.files import writable_folder
-from .common import console, friendly_errors, progress_columns
+from .common import console, friendly_errors, make_progress, progress_columns
 
 
 @friendly_errors
@@ -28,7 +27,7 @@ def merge(
     from ..runs.merge import merge_results
 
     writable_folder(out.parent, "the merged results")
-    with Progress(*progress_columns(), console=console, transient=True) as progress:
+    with make_progress(*progress_columns(), console=console, transient=True) as progress:
         task = progress.add_task("merging", total=None)
         summary = merge_results(shards, out, fmt=fmt, allow_missing=allow_missing, on_image=lambda: progress.advance(task))
     table = Table(title="fastmask merge", show_header=False)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 
 from ..errors import FastMaskError
@@ -28,6 +27,7 @@ from .common import (
     console,
     friendly_errors,
     load_proposer,
+    make_progress,
     parse_shard,
     progress_columns,
     warn_if_untrained,
@@ -58,7 +58,7 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     if main_process and not options.get("resume") and partial_path(watched).exists():
         console.print(f"[yellow]Found an interrupted run ({partial_path(watched)}); starting over. Use --resume to continue it.[/]")
     # started once the images are known (after propose_jobs forks its workers: no display thread may run then)
-    progress = Progress(*progress_columns(), console=console, transient=False, disable=not main_process)
+    progress = make_progress(*progress_columns(), console=console, disable=not main_process)
 
     def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
         if main_process:

@@ -17,7 +17,7 @@ from ..io.files import write_json_atomic
 from ..modeling.config import PRESETS
 from ..modeling.registry import BODIES
 from ..training.events import TrainEvents
-from .common import DEVICE, console, friendly_errors, pair, progress_columns
+from .common import DEVICE, LineProgress, console, friendly_errors, make_progress, pair, progress_columns
 
 if TYPE_CHECKING:
     from ..training.settings import TrainSummary
@@ -35,7 +35,7 @@ class ProgressEvents(TrainEvents):
     """A training run drawn as one progress bar per epoch, its notes and validations printed above it
     (by the main process only, under torchrun)."""
 
-    def __init__(self, progress: Progress, main_process: bool) -> None:
+    def __init__(self, progress: Progress | LineProgress, main_process: bool) -> None:
         self.progress, self.main_process = progress, main_process
 
     def note(self, message: str) -> None:
@@ -135,7 +135,7 @@ def train_command(
                              checkpoint_every=checkpoint_every)
     main_process = launch().main
     columns = progress_columns("{task.description}", (TextColumn("{task.fields[losses]}"),))
-    with Progress(*columns, console=console, disable=not main_process) as progress:
+    with make_progress(*columns, console=console, disable=not main_process) as progress:
         summary = train(gt, images_dir, out, config=model_config, settings=settings, init=init,
                         val=(val_ann, val_images) if val_ann else None, resume=resume, device=device,
                         events=ProgressEvents(progress, main_process))

@@ -26,7 +26,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ..errors import FastMaskError, ParameterError
 from ..io.results_file import read_results
-from .ground_truth import BOX_ONLY, read_ground_truth
+from .ground_truth import BOX_ONLY, GroundTruth, read_ground_truth
 from .results import check_results
 
 MAX_DETS = (10, 100, 1000)
@@ -101,6 +101,34 @@ def _mean_recall(recall: np.ndarray) -> float | None:
     return float(valid.mean()) if valid.size else None
 
 
+def _mask_notes(iou_types: tuple[str, ...], raw: list[dict], truth: GroundTruth, notes: list[str]) -> tuple[str, ...]:
+    """The IoU types that can be measured, with a note for each part left out of mask AR: results and
+    ground-truth objects that are boxes only are counted in box AR alone (one odd record must not take
+    a whole file's mask figure away); masks are not evaluated where no result, or no object, has one.
+    Raises ParameterError where masks alone were asked for and cannot be."""
+    if "segm" not in iou_types:
+        return iou_types
+    with_masks = sum(1 for r in raw if "segmentation" in r)
+    objects, box_only = len(truth.kind), int((truth.kind == BOX_ONLY).sum())
+    why = None
+    if raw and not with_masks:
+        why = f"all {len(raw)} results are boxes only (no 'segmentation')"
+    elif objects and box_only == objects:
+        why = f"all {box_only} ground-truth objects are boxes only (no mask)"
+    if why:
+        if iou_types == ("segm",):
+            raise ParameterError("iou_types", f"mask AR needs masks, but {why} (use {{}} bbox)")
+        notes.append(f"masks not evaluated: {why}; boxes evaluated")
+        return tuple(t for t in iou_types if t != "segm")
+    if with_masks < len(raw):
+        notes.append(f"mask AR from the {with_masks} results with a mask: {len(raw) - with_masks} are boxes only "
+                     "(no 'segmentation'), counted in box AR only")
+    if box_only:
+        notes.append(f"mask AR over the {objects - box_only} ground-truth objects with a mask: {box_only} are boxes "
+                     "only, counted in box AR only")
+    return iou_types
+
+
 def evaluate(
     gt_path: Path,
     results: Path | list[dict],
@@ -123,38 +151,28 @@ def evaluate(
     if allow_missing and raw:
         image_ids = sorted({r["image_id"] for r in raw})
         evaluation.notes.append(f"evaluated on the {len(image_ids)} images the results cover")
-    iou_types = tuple(iou_types)
-    with_masks = [r for r in raw if "segmentation" in r]
-    if "segm" in iou_types:
-        if raw and len(with_masks) < len(raw):
-            if iou_types == ("segm",):
-                raise ParameterError("iou_types", f"{len(raw) - len(with_masks)} results have no 'segmentation': use {{}} bbox")
-            evaluation.notes.append(f"masks not evaluated: {len(raw) - len(with_masks)} of {len(raw)} results are boxes "
-                                    "only (no 'segmentation'); boxes evaluated")
-            iou_types = tuple(t for t in iou_types if t != "segm")
-        elif (truth.kind == BOX_ONLY).any():
-            box_only = int((truth.kind == BOX_ONLY).sum())
-            if iou_types == ("segm",):
-                raise ParameterError("iou_types", f"{box_only} ground-truth annotations are boxes only (no mask): mask AR "
-                                     "needs masks (use {} bbox)")
-            # as for box-only results: boxes are still measured, with every object; masks cannot be
-            evaluation.notes.append(f"masks not evaluated: {box_only} ground-truth annotations are boxes only; boxes evaluated")
-            iou_types = tuple(t for t in iou_types if t != "segm")
-    gt = truth.to_coco(masks="segm" in iou_types)
+    iou_types = _mask_notes(tuple(iou_types), raw, truth, evaluation.notes)
+    gts = dict.fromkeys(iou_types, truth.to_coco(masks="segm" in iou_types))
+    if "segm" in iou_types and (truth.kind == BOX_ONLY).any():  # left out of mask AR, as COCO leaves crowds out
+        gts["segm"] = truth.to_coco(box_only=False)
     if on_start:
         on_start(len(image_ids) * len(iou_types))
-    for iou_type in iou_types:
-        if iou_type == "bbox":  # a mask is scored as a box through its tight box (set in place, no copy)
+    # masks first: scoring boxes sets each mask result's box, and pycocotools reads a list with boxes as boxes
+    for iou_type in sorted(iou_types, key=IOU_TYPES.index):
+        scored = raw
+        if iou_type == "segm":
+            scored = [r for r in raw if "segmentation" in r]
+        else:  # a mask is scored as a box through its tight box (set in place, no copy)
             for r in raw:
                 if "segmentation" in r:
                     r["bbox"] = [float(v) for v in mask_utils.toBbox(r["segmentation"])]
-        recall = _recall(gt, raw, iou_type, image_ids, on_image)
+        recall = _recall(gts[iou_type], scored, iou_type, image_ids, on_image)
         metrics = {f"AR@{n}": _mean_recall(recall[:, 0, 0, m]) for m, n in enumerate(MAX_DETS)}
         for a, area in enumerate(AREAS[1:], start=1):
             metrics[f"AR_{area[0].upper()}@100"] = _mean_recall(recall[:, 0, a, MAX_DETS.index(100)])
         thresholds = [round(float(t), 2) for t in np.linspace(0.5, 0.95, recall.shape[0])]
         curves = {n: [max(float(v), 0.0) for v in recall[:, 0, 0, m]] for m, n in enumerate(MAX_DETS)}
-        evaluation.results[iou_type] = Recall(iou_type, metrics, thresholds, curves, len(image_ids), len(raw))
+        evaluation.results[iou_type] = Recall(iou_type, metrics, thresholds, curves, len(image_ids), len(scored))
     if not raw:
         evaluation.notes.append("the results list is empty: every AR is 0")
     return evaluation

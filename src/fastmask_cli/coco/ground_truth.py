@@ -10,7 +10,7 @@ its dataset for the same reason).
 
 `GroundTruth.to_coco` hands pycocotools a clean copy with its own integer ids (image ids of any JSON
 scalar type, as written, stay ours: `GroundTruth.index`), and `results.check_results` refuses results
-that COCOeval would score silently but wrongly. Rules, per kind (README, "Bad input"):
+that COCOeval would score silently but wrongly. Rules, per kind (docs/data.md, "Bad input"):
 
 - image ids: any JSON scalar, kept as written (1 and 1.0 are one id, "1" another); duplicates refused;
 - annotation ids: duplicated, missing or not positive integers are renumbered with a note (pycocotools
@@ -44,7 +44,7 @@ from ..errors import FastMaskError
 from ..io.files import no_gc, read_json, release_memory
 from .flat import FlatStrings, flat_annotations, take_annotations
 from .ids import id_key, is_number, pixels
-from .rle import check_rle_strings, compressed
+from .rle import MASK_ROW, check_rle_strings, compressed, is_mask_array
 
 _CHUNK = 1 << 16  # annotations whose coordinates are gathered in Python before becoming one array
 
@@ -134,10 +134,11 @@ class GroundTruth:
         rings = [ring.astype(np.float64).tolist() for ring in self.polygons(a)]
         return mask_utils.merge(mask_utils.frPyObjects(rings, frame[1], frame[0]))
 
-    def to_coco(self, masks: bool = True) -> COCO:
+    def to_coco(self, masks: bool = True, box_only: bool = True) -> COCO:
         """A pycocotools COCO index of this ground truth: image i has id i + 1, annotations ids 1..A,
         one category. Polygons go in with the coordinates as written (the clean copy).
-        With `masks` False, segmentations are left out (box evaluation needs none)."""
+        With `masks` False, segmentations are left out (box evaluation needs none); with `box_only`
+        False, so are the objects that have no mask (mask evaluation cannot use them)."""
         images = []
         for i, image_id in enumerate(self.ids):
             entry: dict[str, Any] = {"id": i + 1, "file_name": self.file_names[i] or str(image_id)}
@@ -146,6 +147,8 @@ class GroundTruth:
             images.append(entry)
         annotations = []
         for a in range(len(self.image)):
+            if not box_only and self.kind[a] == BOX_ONLY:
+                continue
             i = int(self.image[a])
             entry = {"id": a + 1, "image_id": i + 1, "category_id": 1, "iscrowd": int(self.crowd[a])}
             rle = None
@@ -262,7 +265,7 @@ def read_ground_truth(path: Path, what: str = "ground truth", annotations: bool 
     """Read and check a COCO instances file (`what` names it in messages). Raises FastMaskError in one
     line for what cannot be read right: not COCO, duplicated image ids, an unusable `iscrowd`.
     With `annotations` False, an image list alone will do (COCO's image_info files for test sets).
-    COCO train2017's size (118k images, 860k polygons) reads in about 10 s (README, "Training at COCO scale")."""
+    COCO train2017's size (118k images, 860k polygons) reads in about 10 s (docs/training.md, "At COCO scale")."""
     with no_gc():
         truth = _read_ground_truth(Path(path), what, annotations)
     release_memory()  # the parsed JSON is garbage now: give its pages back before workers fork
@@ -322,6 +325,10 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
     flat = [n for n, s in enumerate(segs) if type(s) is list and s and type(s[0]) in (int, float)]
     for n in flat:  # one polygon written as [x1, y1, x2, y2, ...] instead of a list of rings (some exporters)
         segs[n] = [segs[n]]
+    array = next((n for n, s in enumerate(segs) if type(s) is list and len(s) >= MASK_ROW and is_mask_array(s)), None)
+    if array is not None:  # rows of pixels would be read as polygon rings with vertices at 0 and 1
+        raise FastMaskError(f"{what} {path.name}: annotation {anns[array].get('id')!r} has a mask array (rows of 0/1), "
+                            "not polygons: write masks as RLE (pycocotools.mask.encode) or polygons")
     # [] and {} are how CVAT and coco-annotator write a box-only object: read as one, when its box is usable
     emptied = [type(s) in (list, dict) and not s for s in segs]
     kind = [_SEGMENTATION_KIND.get(type(s), _MALFORMED) if s else (BOX_ONLY if s is None or e else _EMPTY)

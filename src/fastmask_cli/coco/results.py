@@ -1,5 +1,5 @@
 """Results checked against ground truth, before pycocotools scores them: what COCOeval would score
-silently but wrongly is refused in one line (README, "Bad input")."""
+silently but wrongly is refused in one line (docs/data.md, "Bad input")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from pycocotools import mask as mask_utils
 from ..errors import FastMaskError
 from .ground_truth import GroundTruth, polygon_arrays
 from .ids import id_key, is_number, pixels
-from .rle import check_rle_strings, compressed
+from .rle import check_rle_strings, compressed, encode_mask_array, is_mask_array
+
+# What a box-only result writes where a mask would be: null, or an empty list or object (as ground truth
+# reads box-only objects). Never an empty mask: that would replace the result's own box by an empty one.
+NO_MASK = (None, [], {})
 
 
 def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
@@ -24,7 +28,9 @@ def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
     a score that is not a finite real number (booleans included), neither `segmentation` nor `bbox`,
     a box that is not four finite numbers of non-negative size, an RLE that does not decode to its
     image's size (pycocotools would score it as garbage, or crash). Polygon rings that are degenerate
-    are dropped (a result of only such rings is an empty mask), as in the ground truth."""
+    are dropped (a result of only such rings is an empty mask), as in the ground truth. A segmentation
+    of null, [] or {} makes a box result; a mask written as an array of rows (`mask.tolist()`) is
+    encoded as the mask it is, or refused when it is not the image's size."""
     notes = notes if notes is not None else []
     unknown: dict[tuple, int] = {}
     strings: list[tuple[int, bytes, int]] = []
@@ -48,7 +54,7 @@ def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
         if not is_number(score):
             raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has score {score!r}: "
                                 "proposals must be ranked by finite numbers")
-        if r.get("segmentation", []) is None:  # null: a box result, as if the key were absent
+        if "segmentation" in r and r["segmentation"] in NO_MASK:  # a box result, as if the key were absent
             del r["segmentation"]
         if "segmentation" in r:
             r.pop("bbox", None)  # a mask is boxed by its tight box (and pycocotools reads every box if the first has one)
@@ -89,6 +95,13 @@ def _result_mask(seg: Any, gt: GroundTruth, i: int, n: int, image_id: Any) -> di
     (to be checked), str where we encoded it here."""
     frame = gt.frame(i)
     where = f"result {n} (image_id {image_id!r})"
+    if is_mask_array(seg):
+        height, width = (frame[1], frame[0]) if frame else (len(seg), len(seg[0]))
+        rle = encode_mask_array(seg, height, width)
+        if rle is None:
+            raise FastMaskError(f"{where} has a mask array (rows of 0/1), not polygons, but not a {width}x{height} "
+                                f"one of 0s and 1s (it has {len(seg)} rows of {len(seg[0])})")
+        return rle
     if isinstance(seg, list):
         if frame is None:
             raise FastMaskError(f"{where} is a polygon, but the ground truth gives no width and height for its image")

@@ -78,3 +78,30 @@ def compressed(counts: list, size: list[int]) -> bytes | None:
     if not (counts and all(type(v) is int and v >= 0 for v in counts) and sum(counts) == size[0] * size[1]):
         return None
     return mask_utils.frPyObjects({"size": size, "counts": counts}, *size)["counts"]
+
+
+# A mask written as nested lists (`mask.tolist()`, as people save Segment Anything's masks) is told from
+# polygons by its first row: polygons never hold only 0s and 1s, at least this many of them.
+MASK_ROW = 8
+
+
+def is_mask_array(segmentation: object) -> bool:
+    """Whether a segmentation is a mask array (rows of 0/1 or true/false) rather than polygon rings: at
+    least `MASK_ROW` rows, the first of at least `MASK_ROW` values, all of them 0 or 1."""
+    if type(segmentation) is not list or len(segmentation) < MASK_ROW:
+        return False
+    row = segmentation[0]
+    return type(row) is list and len(row) >= MASK_ROW and all(type(v) in (int, float, bool) and v in (0, 1) for v in row)
+
+
+def encode_mask_array(rows: list, height: int, width: int) -> dict | None:
+    """COCO RLE (str counts) of a mask array of `height` rows of `width` 0/1 values; None when it is not
+    that shape or holds other values."""
+    try:
+        array = np.asarray(rows)
+    except ValueError:  # ragged rows
+        return None
+    if array.shape != (height, width) or array.dtype.kind not in "biuf" or not np.isin(array, (0, 1)).all():
+        return None
+    rle = mask_utils.encode(np.asfortranarray(array.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}

@@ -27,7 +27,7 @@ def check_backend(backend: str) -> None:
 
 @dataclass(frozen=True)
 class ProposerOptions:
-    """How proposals are made (paper §5.3, and the departures the README lists).
+    """How proposals are made (paper §5.3, and the departures docs/paper.md lists).
 
     device: "auto", "cpu", "cuda" or "cuda:N". precision: "fp32", "fp16" (CUDA) or "bf16".
     top_k: proposals per image. scales: pyramid levels (None: the model's). size: the longer image side

@@ -88,6 +88,50 @@ def writable_file(path: Path, what: str) -> Path:
     return path
 
 
+_HELD: set[str] = set()  # outputs this process holds the lock of (a run's parts may take it again)
+
+
+@contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of output `path` (the file `<path>.lock`, holding the owner's pid) while writing it
+    and its partial files: a second run on the same output is refused in one line instead of racing the
+    first. An flock, which the kernel releases when its process ends however it ends: a crashed run
+    leaves none held. Re-entrant within a process; the lock file is removed on release. Where the
+    system has no flock (Windows), runs are not guarded."""
+    path = Path(path)
+    key = os.path.abspath(path)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if key in _HELD or fcntl is None:
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FastMaskError(f"another fastmask run is writing {path} (pid {owner}): wait for it to end, "
+                                "or write elsewhere") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break  # else the holder removed the file as we opened it: lock the new one
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD.add(key)
+    try:
+        yield
+    finally:
+        _HELD.discard(key)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:

@@ -32,24 +32,47 @@ class ImageError(FastMaskError):
 
 
 def list_images(folder: Path) -> tuple[list[str], list[str]]:
-    """Image files under `folder` (recursively, as sorted relative POSIX paths), and the other files.
+    """Image files under `folder` (recursively, as sorted relative POSIX paths), and the other entries.
 
     A file is an image by its suffix (`IMAGE_SUFFIXES`) or, whatever its suffix, by its content: one
     that the installed OpenCV recognises (`cv2.haveImageReader`), or one in an image format it cannot
     decode (HEIC, JPEG XL, ...: listed, so that the run names it as skipped). Hidden files are left out.
+    Links to folders are followed, except to a folder already listed (a loop, or a second link to one),
+    and links to nothing, pipes and sockets, and sub-folders that cannot be listed are named among the
+    others with why, as those folders are.
     A name that is not valid UTF-8 is kept losslessly: its odd bytes as surrogates (`os.fsencode` gives them back)."""
     if not folder.exists():
         raise FastMaskError(f"images folder not found: {folder}")
     if not folder.is_dir():
         raise FastMaskError(f"not a folder: {folder}")
     images, others = [], []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+    listed: set[tuple[int, int]] = set()
+    def unreadable(error: OSError) -> None:  # a sub-folder that cannot be listed: named, not silently passed over
+        others.append(f"{Path(error.filename).relative_to(folder).as_posix()}/ (cannot be listed: {error.strerror})")
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        here = Path(root)
+        rel = here.relative_to(folder)
+        stat = here.stat()
+        if (stat.st_dev, stat.st_ino) in listed:
+            others.append(f"{rel.as_posix()}/ (a link to a folder already listed: not followed)")
+            dirs.clear()
             continue
-        is_image = path.suffix.lower() in IMAGE_SUFFIXES or _opencv_reads(path) or _announces_image(path)
-        (images if is_image else others).append(rel.as_posix())
-    return images, others
+        listed.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the first of two links to a folder is listed
+        for name in files:
+            path = here / name
+            if name.startswith("."):
+                continue
+            if not path.exists():
+                others.append(f"{(rel / name).as_posix()} (a link to nothing)")
+            elif not path.is_file():
+                others.append(f"{(rel / name).as_posix()} (not a regular file)")  # a pipe, a socket, a device
+            else:
+                is_image = path.suffix.lower() in IMAGE_SUFFIXES or _opencv_reads(path) or _announces_image(path)
+                (images if is_image else others).append((rel / name).as_posix())
+    by_parts = lambda name: name.split("/")  # noqa: E731 - the order of sorted Paths, which results keep
+    return sorted(images, key=by_parts), sorted(others, key=by_parts)
 
 
 def orient(image: np.ndarray, orientation: int) -> np.ndarray:

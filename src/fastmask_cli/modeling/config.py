@@ -13,6 +13,10 @@ from typing import Any
 from ..errors import FastMaskError
 from .registry import BODIES, HEADS, NECKS, ONE_STREAM_BODIES
 
+# Mask thresholds measured before weights ship (`export.ship_run`): the best depends on the body and the
+# training (0.35 gained the MobileNetV2 default 1.2 points of mask AR@100 over the 0.5 it trained with).
+MASK_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5)
+
 # Inference re-ranks near-duplicates behind distinct objects (see `Proposer._suppress`); chosen on the two-image fit test.
 DEFAULT_NMS, DEFAULT_NMS_IOU = "mask", 0.7
 
@@ -84,7 +88,7 @@ class FastMaskConfig:
 PRESETS: dict[str, FastMaskConfig] = {
     # The paper's FastMask-acc is a two-stream ResNet-50 cut after its fourth stage ("ResNet-39", still
     # `--body resnet50`); here the body is EfficientNet-Lite2, whose ImageNet weights install with pip:
-    # at 800x600 its network runs in half the time at a fifth of the FLOPs (README, speed table).
+    # at 800x600 its network runs in half the time at a fifth of the FLOPs (docs/speed.md).
     "accurate": FastMaskConfig(body="efficientnet_lite2"),
     # The fast configuration (the paper used PVANet): one-stream EfficientNet-Lite0, fewer channels.
     "fast": FastMaskConfig(

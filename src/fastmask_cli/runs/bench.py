@@ -251,21 +251,29 @@ def bench_folder(proposer: Proposer, report: BenchReport, folder: Path, runs: in
     after one untimed run each), adding `report.folder_rows`. Stages are timed in one process only."""
     timer = StageTimer(proposer.device)
     configs = [(k, b, j) for k in top_ks for b in backends for j in jobs]
-    variants = {(k, b): proposer.variant(timer=timer, top_k=k, backend=b) for k in top_ks for b in backends}
+    staged = {(k, b): proposer.variant(timer=timer, top_k=k, backend=b) for k in top_ks for b in backends}
+    # On a GPU the stage timer's synchronisations would stall the pipeline (readers, transfers, writer thread):
+    # the timed runs go without it there, and one more run per configuration splits the stages.
+    split_apart = proposer.device.type != "cpu"
+    variants = {key: proposer.variant(top_k=key[0], backend=key[1]) for key in staged} if split_apart else staged
     seconds: dict[tuple[int, str, int], list[float]] = {c: [] for c in configs}
     stages: dict[tuple[int, str, int], list[dict[str, float]]] = {c: [] for c in configs}
     images = 0
     with tempfile.TemporaryDirectory(prefix="fastmask-bench-") as tmp:
-        for i in range(runs + 1):
+        for i in range(runs + 1 + split_apart):
             for config in configs:
+                stage_run = split_apart and i == runs + 1
+                if stage_run and config[2] != 1:
+                    continue
                 timer.reset()
                 start = time.perf_counter()
-                summary = propose_jobs(variants[config[:2]], folder, Path(tmp) / f"run-{i}.json", weights_id="bench",
-                                       jobs=config[2], workers=workers, batch_size=batch_size)
+                summary = propose_jobs((staged if stage_run else variants)[config[:2]], folder, Path(tmp) / f"run-{i}.json",
+                                       weights_id="bench", jobs=config[2], workers=workers, batch_size=batch_size)
                 if i == 0:  # warm-up: caches, the exported graph, the file system
                     continue
-                seconds[config].append(time.perf_counter() - start)
-                if config[2] == 1:
+                if not stage_run:
+                    seconds[config].append(time.perf_counter() - start)
+                if config[2] == 1 and (stage_run or not split_apart):
                     stages[config].append({k: v / max(summary.images, 1) for k, v in timer.reset().items()})
                 images = summary.images
                 if on_run:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..io.files import output_lock
 from ..io.results_file import images_json_path
 from .folder import ProposeSummary, finished_run, propose_folder, run_records
 from .merge import MergeSummary, merge_results
@@ -19,9 +21,15 @@ def propose_torchrun(proposer: Proposer, images_dir: Path, out: Path, *, rank: i
                      **options: Any) -> tuple[ProposeSummary, MergeSummary | None]:
     """Under torchrun: propose this rank's slice into its shard file, wait for every rank, and on rank 0
     merge the shards into `out` (then remove them). Returns this rank's summary and, on rank 0, the merge's."""
+    out = Path(out)
+    with output_lock(out) if rank == 0 else contextlib.nullcontext():  # the other ranks lock their shard files
+        return _propose_ranks(proposer, images_dir, out, rank=rank, world=world, fmt=fmt, **options)
+
+
+def _propose_ranks(proposer: Proposer, images_dir: Path, out: Path, *, rank: int, world: int, fmt: str,
+                   **options: Any) -> tuple[ProposeSummary, MergeSummary | None]:
     import torch.distributed as dist
 
-    out = Path(out)
     if options.get("resume"):  # a finished run leaves no shards behind: recognise the merged file itself
         summary = ProposeSummary(out=str(out), file_list=str(images_json_path(out)))
         _, run = run_records(proposer, options["weights_id"], images_dir, options.get("ann"),

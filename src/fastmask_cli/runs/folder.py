@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FastMaskError, ParameterError
-from ..io.files import writable_file, writable_folder
+from ..io.files import output_lock, writable_file, writable_folder
 from ..io.images import MAX_PIXELS
 from ..io.results_file import check_format, images_json_path, images_writer, read_run, results_writer
 from .partial import PARTIAL_FORMAT, PartialLog, partial_path
@@ -97,6 +97,17 @@ def propose_folder(
     writable_file(out, "the results")
     if vis_dir is not None:
         writable_folder(Path(vis_dir), "overlays")
+    with output_lock(out):
+        return _propose(proposer, images_dir, out, plan, weights_id=weights_id, ann=ann, resume=resume, vis_dir=vis_dir,
+                        batch_size=batch_size, max_pixels=max_pixels, shard=shard, fmt=fmt, workers=workers,
+                        on_start=on_start, on_image=on_image)
+
+
+def _propose(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePlan, *, weights_id: str, ann: Path | None,
+             resume: bool, vis_dir: Path | None, batch_size: int, max_pixels: int, shard: tuple[int, int] | None,
+             fmt: str, workers: int | None, on_start: Callable[[int], None] | None,
+             on_image: Callable[[str], None] | None) -> ProposeSummary:
+    """`propose_folder`'s work, its arguments checked and its output locked."""
     mine = plan.shard(*shard) if shard else plan.files
     summary = ProposeSummary(out=str(out), ignored=plan.ignored, shard=shard, file_list=str(images_json_path(out)))
     if shard is None or shard[0] == 1:  # listed once over all shards

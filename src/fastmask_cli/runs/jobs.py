@@ -3,7 +3,7 @@ process writes.
 
 Why: on the CPU the network's threads keep every core busy only while the network runs; decoding,
 pasting and encoding masks run on one core in between. N processes of cores/N threads each keep every
-core busy (README, "Speed": 2 processes x 1 thread against 1 x 2 on 2 cores).
+core busy (docs/speed.md: 2 processes x 1 thread against 1 x 2 on 2 cores).
 
 How: the sorted image list is cut into 4N contiguous slices (plan.py's shards, so that a fast worker
 takes more of them), and forked workers take them in order, each proposing one slice at a time with
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from ..errors import FastMaskError, ParameterError
+from ..io.files import output_lock, writable_file
 from ..io.results_file import check_format, images_json_path
 from .folder import ProposeSummary, finished_run, propose_folder, run_records
 from .merge import merge_results
@@ -64,7 +65,7 @@ def resolve_jobs(jobs: str | int, device_type: str) -> int:
         raise ParameterError("jobs", f"{{}} must be at least 1, not {count}")
     if count > 1 and device_type != "cpu":
         raise ParameterError("jobs", f"{{}} {count} runs worker processes on the CPU; on GPUs run one process per GPU "
-                             "with torchrun (README, \"Large datasets\")")
+                             "with torchrun (docs/cli.md, \"Whole datasets\")")
     if count > 1 and "fork" not in mp.get_all_start_methods():
         raise ParameterError("jobs", "{} needs processes started by fork (Linux, macOS); use 1 here")
     return count
@@ -120,6 +121,16 @@ def propose_jobs(proposer: Proposer, images_dir: Path, out: Path, *, jobs: int, 
     if jobs > 1 and options.get("shard"):
         raise ParameterError("jobs", "{} and --shard both split the images: use one of them (or --jobs 1 in each shard)")
     plan = plan_images(images_dir, ann)
+    writable_file(out, "the results")
+    with output_lock(out):  # before anything is cleared: another run may be writing these files
+        return _propose_jobs(proposer, images_dir, out, plan, jobs=jobs, weights_id=weights_id, ann=ann, resume=resume,
+                             fmt=fmt, threads=threads, on_start=on_start, on_image=on_image, **options)
+
+
+def _propose_jobs(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePlan, *, jobs: int, weights_id: str,
+                  ann: Path | None, resume: bool, fmt: str, threads: int | None, on_start: Callable[[int], None] | None,
+                  on_image: Callable[[str], None] | None, **options: Any) -> ProposeSummary:
+    """`propose_jobs`' work, its output locked."""
     count = _split_to_resume(out) if resume else None  # a resumed run keeps its split, whatever `jobs` is now
     if count is None:
         count = 1 if min(jobs, len(plan.files)) <= 1 else min(SLICES_PER_JOB * jobs, len(plan.files))

@@ -196,7 +196,7 @@ def _shared(array: np.ndarray) -> np.ndarray:
 def _in_shared_memory(truth: GroundTruth) -> GroundTruth:
     """The ground truth's flat arrays moved into shared memory. Forked DataLoader workers then map their
     pages only as they read them, instead of inheriting (and counting in their PSS) all of them; at COCO
-    scale that is 200 MB per worker (README, "Training at COCO scale")."""
+    scale that is 200 MB per worker (docs/training.md, "At COCO scale")."""
     arrays = {f.name: _shared(getattr(truth, f.name)) for f in fields(truth) if isinstance(getattr(truth, f.name), np.ndarray)}
     names = truth.file_names
     for attribute in ("buffer", "offsets", "present"):

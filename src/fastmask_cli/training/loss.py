@@ -6,7 +6,7 @@ over the N windows sampled in the batch (positives and negatives about 1:1), P o
 Mask and attention losses are averaged over each window's pixels and taken on positive windows only.
 Departure from the paper: it divides the mask and attention terms by N too, so their weight falls
 as more negatives are sampled (or fewer positives exist); dividing them by P keeps a mask's weight
-fixed whatever the sampling (measured: 1024 windows per image then fit as well as 128; see README).
+fixed whatever the sampling (measured: 1024 windows per image then fit as well as 128; see docs/accuracy.md).
 `FastMaskLoss` wraps the model so that one forward call is one training step's loss, which is what
 DistributedDataParallel needs to see.
 

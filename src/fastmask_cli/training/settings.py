@@ -18,7 +18,7 @@ class TrainSettings:
 
     epochs: int = 30
     batch_size: int = 2  # images per step and per process
-    optimizer: str = "adamw"  # the paper's SGD fits the fully connected head far slower (see README)
+    optimizer: str = "adamw"  # the paper's SGD fits the fully connected head far slower (see docs/training.md)
     lr: float | None = None  # default: DEFAULT_LR of the optimizer
     momentum: float = 0.9  # SGD only (paper §5.2)
     weight_decay: float = 5e-5  # paper §5.2
