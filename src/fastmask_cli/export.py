@@ -85,8 +85,8 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     Before writing, precise BN recomputes the statistics of every BatchNorm that trained over `bn_images`
     of the run's training images (None: the run's own count; 0: as saved). With `ann` and `images` the
     AR at `top_k` is measured for each mask threshold of `thresholds` (or `mask_threshold` alone, where
-    given) and the one with the best mask AR@100 ships (`choose_threshold`), the grid recorded in the
-    manifest. on_batchnorm(images used, or None where the training data is not here; the run's meta) and
+    given, `thresholds` then unused) and the one with the best mask AR@100 ships (`choose_threshold`), the
+    grid recorded in the manifest (chosen on the set it is reported on: slightly optimistic). on_batchnorm(images used, or None where the training data is not here; the run's meta) and
     on_measure(threshold) report progress. Raises FastMaskError for untrained weights, ParameterError for
     `ann` without `images` or the reverse, or a `default` without them (a default is chosen on measured AR).
     """
@@ -96,7 +96,8 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         raise ParameterError(("default", "ann", "images"), "{0} weights are measured before they ship: give {1} and {2}")
     grid = [mask_threshold] if mask_threshold is not None else sorted(set(thresholds))
     if not grid or not all(0 < t < 1 for t in grid):
-        raise ParameterError("thresholds", "{} must be mask probabilities between 0 and 1")
+        raise ParameterError("mask_threshold" if mask_threshold is not None else "thresholds",
+                             "{} must be mask probabilities between 0 and 1")
     model, info = load_model(source)
     if not info.trained:
         raise FastMaskError(f"{source} holds untrained weights: nothing to ship")
@@ -120,7 +121,7 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
             if on_measure:
                 on_measure(threshold)
             model.config = model.config.with_overrides(mask_threshold=threshold)
-            measured.append((threshold, validate(model, ann, images, top_k=top_k, device=device)))
+            measured.append((threshold, validate(model, ann, images, top_k=top_k, device=device, backend="auto")))
         chosen, evaluation = choose_threshold(measured)
         model.config = model.config.with_overrides(mask_threshold=chosen)
         entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}

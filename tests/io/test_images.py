@@ -109,9 +109,14 @@ def test_linked_folders_are_followed_and_what_is_not_is_named(tmp_path):
     (folder / "val").symlink_to(elsewhere)
     (folder / "val-again").symlink_to(elsewhere)
     (folder / "loop").symlink_to(folder)
+    (folder / "up").symlink_to(tmp_path)
+    (folder / "0-current").symlink_to(folder / "a")  # sorts before its target: the real folder keeps its name
     (folder / "gone.png").symlink_to(tmp_path / "missing.png")
     os.mkfifo(folder / "pipe.png")
     images, others = list_images(folder)
     assert images == ["a/b.png", "a-c.png", "val/c.png"]
-    assert others == ["gone.png (a link to nothing)", "loop/ (a link to a folder already listed: not followed)",
-                      "pipe.png (not a regular file)", "val-again/ (a link to a folder already listed: not followed)"]
+    assert others == ["0-current/ (a link to a folder inside this one, listed under its own name: not followed)",
+                      "gone.png (a link to nothing)",
+                      "loop/ (a link to a folder inside this one, listed under its own name: not followed)",
+                      "pipe.png (not a regular file)", "up/ (a link to a folder that holds this one: not followed)",
+                      "val-again/ (a link to a folder already listed: not followed)"]

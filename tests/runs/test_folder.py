@@ -274,10 +274,16 @@ def test_a_second_run_on_one_output_is_refused_until_the_first_ends(five_images,
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        # the first run's files, which a second run must not clear before it is refused
+        theirs = [out.parent / "r.json.partial", out.parent / "r.shard-1-of-8.json.partial"]
+        for path in theirs:
+            path.write_text("{}\n")
         for jobs in ("1", "2"):
             refused = propose(five_images, out, tiny_checkpoint, "--jobs", jobs)
             assert refused.exit_code == 1 and f"another fastmask run is writing {out} (pid {holder.pid})" in refused.flat
-        assert sorted(p.name for p in out.parent.iterdir()) == ["r.json.lock"]
+        assert sorted(p.name for p in out.parent.iterdir()) == sorted(["r.json.lock", *(p.name for p in theirs)])
+        for path in theirs:
+            path.unlink()
     finally:
         holder.kill()
         holder.wait()

@@ -142,7 +142,18 @@ def progress_columns(description: str = "[progress.description]{task.description
 
 
 # Seconds between progress lines where the output is not a terminal (a batch job's log); 0: a line per step.
-PROGRESS_INTERVAL = float(os.environ.get("FASTMASK_PROGRESS_INTERVAL", "30"))
+def _interval(text: str | None, default: float = 30.0) -> float:
+    try:
+        return max(float(text), 0.0) if text else default
+    except ValueError:  # a typo in the environment must not break every command
+        return default
+
+
+PROGRESS_INTERVAL = _interval(os.environ.get("FASTMASK_PROGRESS_INTERVAL"))
+
+
+def _count(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 class LineProgress:
@@ -188,7 +199,7 @@ class LineProgress:
         if self.disable or t["finished"] or not t["done"]:
             return
         per_step = (now - t["start"]) / t["done"]
-        line = f"{t['description']}: {t['done']:g}" + (f"/{t['total']:g}" if t["total"] else "")
+        line = f"{t['description']}: {_count(t['done'])}" + (f"/{_count(t['total'])}" if t["total"] else "")
         line += f", {per_step:.3g} s each, {timedelta(seconds=round(now - t['start']))} elapsed"
         if t["total"] and t["done"] < t["total"]:
             line += f", {timedelta(seconds=round(per_step * (t['total'] - t['done'])))} left"

@@ -152,9 +152,10 @@ def evaluate(
         image_ids = sorted({r["image_id"] for r in raw})
         evaluation.notes.append(f"evaluated on the {len(image_ids)} images the results cover")
     iou_types = _mask_notes(tuple(iou_types), raw, truth, evaluation.notes)
-    gts = dict.fromkeys(iou_types, truth.to_coco(masks="segm" in iou_types))
-    if "segm" in iou_types and (truth.kind == BOX_ONLY).any():  # left out of mask AR, as COCO leaves crowds out
-        gts["segm"] = truth.to_coco(box_only=False)
+    if (truth.kind == BOX_ONLY).any():  # left out of mask AR, as COCO leaves crowds out: an index for each
+        gts = {t: truth.to_coco(masks=t == "segm", box_only=t == "bbox") for t in iou_types}
+    else:  # one index serves both
+        gts = dict.fromkeys(iou_types, truth.to_coco(masks="segm" in iou_types))
     if on_start:
         on_start(len(image_ids) * len(iou_types))
     # masks first: scoring boxes sets each mask result's box, and pycocotools reads a list with boxes as boxes

@@ -13,9 +13,11 @@ from .ground_truth import GroundTruth, polygon_arrays
 from .ids import id_key, is_number, pixels
 from .rle import check_rle_strings, compressed, encode_mask_array, is_mask_array
 
-# What a box-only result writes where a mask would be: null, or an empty list or object (as ground truth
-# reads box-only objects). Never an empty mask: that would replace the result's own box by an empty one.
-NO_MASK = (None, [], {})
+
+def _no_mask(segmentation: Any) -> bool:
+    """What a box-only result writes where a mask would be: null, or an empty list or object (as ground
+    truth reads box-only objects). Never an empty mask: that would replace the result's own box by an empty one."""
+    return segmentation is None or (type(segmentation) in (list, dict) and not segmentation)
 
 
 def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
@@ -54,7 +56,8 @@ def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
         if not is_number(score):
             raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has score {score!r}: "
                                 "proposals must be ranked by finite numbers")
-        if "segmentation" in r and r["segmentation"] in NO_MASK:  # a box result, as if the key were absent
+        emptied = "segmentation" in r and _no_mask(r["segmentation"])
+        if emptied:  # a box result, as if the key were absent
             del r["segmentation"]
         if "segmentation" in r:
             r.pop("bbox", None)  # a mask is boxed by its tight box (and pycocotools reads every box if the first has one)
@@ -69,7 +72,8 @@ def check_results(results: list, gt: GroundTruth, allow_missing: bool = False,
                 raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has bbox {box!r}: "
                                     "it must be [x, y, width, height], finite, of non-negative size")
         else:
-            raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has neither 'segmentation' nor 'bbox'")
+            what = "an empty 'segmentation' and no 'bbox'" if emptied else "neither 'segmentation' nor 'bbox'"
+            raise FastMaskError(f"result {n} (image_id {r['image_id']!r}) has {what}")
         r["image_id"] = i + 1
         r["category_id"] = 1
         r["_n"] = n

@@ -88,7 +88,21 @@ def writable_file(path: Path, what: str) -> Path:
     return path
 
 
-_HELD: set[str] = set()  # outputs this process holds the lock of (a run's parts may take it again)
+_HELD: dict[str, int] = {}  # outputs this process holds the lock of -> its descriptor (a run's parts may lock again)
+_UNSUPPORTED = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})  # file systems without flock
+
+
+def _forget_locks() -> None:
+    """In a forked child: close the inherited lock descriptors. The parent's own keep its locks held, and a
+    child that outlives a killed parent must not keep them (later runs would be refused for nothing)."""
+    for fd in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks)
 
 
 @contextmanager
@@ -97,7 +111,7 @@ def output_lock(path: Path) -> Iterator[None]:
     and its partial files: a second run on the same output is refused in one line instead of racing the
     first. An flock, which the kernel releases when its process ends however it ends: a crashed run
     leaves none held. Re-entrant within a process; the lock file is removed on release. Where the
-    system has no flock (Windows), runs are not guarded."""
+    system or file system has no flock (Windows, NFS without its lock service), runs are not guarded."""
     path = Path(path)
     key = os.path.abspath(path)
     try:
@@ -109,25 +123,38 @@ def output_lock(path: Path) -> Iterator[None]:
         return
     lock = path.with_name(path.name + ".lock")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a lock file another user left, a read-only folder: unguarded, as before locks
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                yield
+                return
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        except OSError as exc:
+            held = exc.errno in (errno.EAGAIN, errno.EACCES)  # EWOULDBLOCK is EAGAIN on Linux
+            owner = os.read(fd, 32).decode(errors="replace").strip() if held else ""
             os.close(fd)
-            raise FastMaskError(f"another fastmask run is writing {path} (pid {owner}): wait for it to end, "
-                                "or write elsewhere") from None
+            if held:
+                raise FastMaskError(f"another fastmask run is writing {path} (pid {owner or 'unknown'}): wait for it "
+                                    "to end, or write elsewhere") from None
+            if exc.errno in _UNSUPPORTED:
+                yield
+                return
+            raise
         with contextlib.suppress(FileNotFoundError):
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break  # else the holder removed the file as we opened it: lock the new one
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    _HELD.add(key)
+    _HELD[key] = fd
     try:
+        with room_for(lock):
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         yield
     finally:
-        _HELD.discard(key)
+        _HELD.pop(key, None)
         lock.unlink(missing_ok=True)
         os.close(fd)
 

@@ -37,9 +37,9 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
     A file is an image by its suffix (`IMAGE_SUFFIXES`) or, whatever its suffix, by its content: one
     that the installed OpenCV recognises (`cv2.haveImageReader`), or one in an image format it cannot
     decode (HEIC, JPEG XL, ...: listed, so that the run names it as skipped). Hidden files are left out.
-    Links to folders are followed, except to a folder already listed (a loop, or a second link to one),
-    and links to nothing, pipes and sockets, and sub-folders that cannot be listed are named among the
-    others with why, as those folders are.
+    Links to folders outside `folder` are followed (the first of two links to one); links to folders
+    inside it (listed under their own names) or holding it (a loop), links to nothing, pipes and sockets,
+    and sub-folders that cannot be listed are named among the others with why.
     A name that is not valid UTF-8 is kept losslessly: its odd bytes as surrogates (`os.fsencode` gives them back)."""
     if not folder.exists():
         raise FastMaskError(f"images folder not found: {folder}")
@@ -47,6 +47,19 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
         raise FastMaskError(f"not a folder: {folder}")
     images, others = [], []
     listed: set[tuple[int, int]] = set()
+    top = folder.resolve()
+
+    def followed(link: Path) -> bool:
+        target = link.resolve()
+        if target == top or top in target.parents:
+            why = "a link to a folder inside this one, listed under its own name"
+        elif target in top.parents:
+            why = "a link to a folder that holds this one"
+        else:
+            return True
+        others.append(f"{link.relative_to(folder).as_posix()}/ ({why}: not followed)")
+        return False
+
     def unreadable(error: OSError) -> None:  # a sub-folder that cannot be listed: named, not silently passed over
         others.append(f"{Path(error.filename).relative_to(folder).as_posix()}/ (cannot be listed: {error.strerror})")
 
@@ -59,7 +72,8 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
             dirs.clear()
             continue
         listed.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the first of two links to a folder is listed
+        # sorted: the first of two links to one folder is the one listed
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (not (here / d).is_symlink() or followed(here / d)))
         for name in files:
             path = here / name
             if name.startswith("."):

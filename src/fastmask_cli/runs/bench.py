@@ -276,7 +276,7 @@ def bench_folder(proposer: Proposer, report: BenchReport, folder: Path, runs: in
                 if config[2] == 1 and (stage_run or not split_apart):
                     stages[config].append({k: v / max(summary.images, 1) for k, v in timer.reset().items()})
                 images = summary.images
-                if on_run:
+                if on_run and not stage_run:  # the staged run is not one of the `runs` counted
                     on_run(f"folder, top-{config[0]}, {config[1]}, {config[2]} processes")
     if images == 0:
         raise FastMaskError(f"no readable images in {folder}")
