@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io.files import output_lock
+from ..io.files import output_lock, writable_file
 from ..io.results_file import images_json_path
 from .folder import ProposeSummary, finished_run, propose_folder, run_records
 from .merge import MergeSummary, merge_results
@@ -21,7 +21,7 @@ def propose_torchrun(proposer: Proposer, images_dir: Path, out: Path, *, rank: i
                      **options: Any) -> tuple[ProposeSummary, MergeSummary | None]:
     """Under torchrun: propose this rank's slice into its shard file, wait for every rank, and on rank 0
     merge the shards into `out` (then remove them). Returns this rank's summary and, on rank 0, the merge's."""
-    out = Path(out)
+    out = writable_file(Path(out), "the results")  # its folder made before rank 0 puts the lock file there
     with output_lock(out) if rank == 0 else contextlib.nullcontext():  # the other ranks lock their shard files
         return _propose_ranks(proposer, images_dir, out, rank=rank, world=world, fmt=fmt, **options)
 
