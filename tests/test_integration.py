@@ -6,19 +6,17 @@ from pathlib import Path
 
 import pytest
 from pycocotools.coco import COCO
-from typer.testing import CliRunner
 
-from fastmask_cli.cli import app
 from support import SHARED_DATA
+from support.cli import run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-runner = CliRunner()
 
 
 def test_readme_first_command_on_the_shipped_photos(tmp_path):
     """What README's first command does: the default weights over examples/photos, overlays beside."""
     out, vis = tmp_path / "results.json", tmp_path / "vis"
-    result = runner.invoke(app, ["propose", str(EXAMPLES / "photos"), "--out", str(out), "--vis", str(vis)])
+    result = run("propose", str(EXAMPLES / "photos"), "--out", str(out), "--vis", str(vis))
     assert result.exit_code == 0, result.output
     photos = sorted(p.name for p in (EXAMPLES / "photos").glob("*.jpg"))
     listing = json.loads((tmp_path / "results.images.json").read_text())
@@ -30,8 +28,8 @@ def test_readme_first_command_on_the_shipped_photos(tmp_path):
 def test_the_ann_example_on_the_drawn_scenes(tmp_path):
     """The --ann example: default weights, the drawn example scenes, their ground truth's image ids."""
     out = tmp_path / "results.json"
-    result = runner.invoke(app, ["propose", str(EXAMPLES / "images"), "--out", str(out),
-                                 "--ann", str(EXAMPLES / "annotations.json")])
+    result = run("propose", str(EXAMPLES / "images"), "--out", str(out),
+                 "--ann", str(EXAMPLES / "annotations.json"))
     assert result.exit_code == 0, result.output
     gt = COCO(str(EXAMPLES / "annotations.json"))
     results = gt.loadRes(str(out))
@@ -49,7 +47,7 @@ def test_real_coco_images_with_ground_truth_ids(tmp_path):
     for im in picked:
         shutil.copy(SHARED_DATA / "val" / im["file_name"], folder / im["file_name"])
     out = tmp_path / "r.json"
-    result = runner.invoke(app, ["propose", str(folder), "--out", str(out), "--ann", str(ann), "--top-k", "50"])
+    result = run("propose", str(folder), "--out", str(out), "--ann", str(ann), "--top-k", "50")
     assert result.exit_code == 0, result.output
     results = COCO(str(ann)).loadRes(str(out))
     assert {a["image_id"] for a in results.anns.values()} == {im["id"] for im in picked}
@@ -66,8 +64,8 @@ def test_eval_proposes_and_measures_on_real_images(tmp_path):
     folder.mkdir()
     for im in json.loads(ann.read_text())["images"][:2]:
         shutil.copy(SHARED_DATA / "val" / im["file_name"], folder / im["file_name"])
-    result = runner.invoke(app, ["eval", str(ann), str(tmp_path / "r.json"), "--images", str(folder), "--top-k", "100",
-                                 "--allow-missing", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png")])
+    result = run("eval", str(ann), str(tmp_path / "r.json"), "--images", str(folder), "--top-k", "100",
+                 "--allow-missing", "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "p.png"))
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["segm"]["images"] == 2 and metrics["bbox"]["proposals"] == 200

@@ -1,9 +1,11 @@
 """The package's layout holds: every import goes to the same pipeline stage or one below it, and no
-modules import each other in a circle (function-level imports included)."""
+modules import each other in a circle (function-level imports included, and the imports made from
+strings: a registry's "module:Class" entries and the package's lazy `_EXPORTS`)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import fastmask_cli
@@ -34,7 +36,21 @@ def imports(path: Path) -> set[str]:
                 found.add(".".join(target))
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fastmask_cli."):
             found.add(node.module.removeprefix("fastmask_cli."))
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
+            found |= {".".join(package + [value.value]) for value in node.value.values}  # loaded by __getattr__
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and REGISTRY_ENTRY.match(node.value):
+            target = ".".join(package + [node.value.partition(":")[0]])  # registry.Registry imports it when asked
+            if _exists(target):
+                found.add(target)
     return {name for name in found if name}
+
+
+REGISTRY_ENTRY = re.compile(r"^[a-z_][a-z0-9_.]*:[A-Za-z_]\w*$")
+
+
+def _exists(module: str) -> bool:
+    path = PACKAGE.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def graph() -> dict[str, set[str]]:
@@ -74,3 +90,10 @@ def test_no_import_circles() -> None:
     for node in edges:
         if node not in state:
             visit(node, [])
+
+
+def test_string_imports_are_followed() -> None:
+    """The registry's entries and the lazy exports are edges of the graph the tests above check."""
+    modules = graph()
+    assert "modeling.bodies.mobilenet_v2" in modules["modeling.registry"] and "modeling.head" in modules["modeling.registry"]
+    assert {"coco.evaluate", "runs.jobs", "training.engine"} <= modules[""]

@@ -10,10 +10,6 @@ __version__ = "0.1.0"
 from importlib import import_module
 from typing import Any
 
-# Imported now, not lazily: it shares its name with its module, which would shadow it once loaded.
-# (It needs no torch.)
-from .coco.evaluate import evaluate  # noqa: F401 - re-exported
-
 # Attributes load on first use, so that `fastmask eval` and `--help` do not pay for importing torch.
 _EXPORTS = {
     "PRESETS": "modeling.config", "FastMaskConfig": "modeling.config", "preset": "modeling.config",
@@ -21,7 +17,7 @@ _EXPORTS = {
     "load_model": "modeling.weights", "save_checkpoint": "modeling.checkpoint",
     "FastMaskError": "errors", "ParameterError": "errors",
     "GroundTruth": "coco.ground_truth", "read_ground_truth": "coco.ground_truth", "check_results": "coco.results",
-    "Evaluation": "coco.evaluate",
+    "Evaluation": "coco.evaluate", "evaluate": "coco.evaluate",
     "read_image": "io.images", "read_results": "io.results_file",
     "Proposals": "inference.proposer", "Proposer": "inference.proposer", "ProposerOptions": "inference.options",
     "OnnxNetwork": "inference.backend",
@@ -30,7 +26,7 @@ _EXPORTS = {
     "TrainSettings": "training.settings", "train": "training.engine",
     "export_onnx": "export", "ship_run": "export", "ship_weights": "export",
 }
-__all__ = sorted([*_EXPORTS, "evaluate"]) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:

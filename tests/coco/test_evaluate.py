@@ -7,11 +7,10 @@ import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-from typer.testing import CliRunner
 
 from fastmask_cli import FastMaskError
-from fastmask_cli.cli import app
 from fastmask_cli.coco.evaluate import evaluate
+from support.cli import run
 from support.coco_data import CocoData, cocoeval_ar
 
 H, W = 200, 300
@@ -151,9 +150,8 @@ def test_empty_results_and_gt_without_masks(tmp_path):
 def test_eval_command_writes_table_json_and_plot(tmp_path):
     gt = write_gt(tmp_path / "gt.json", RECTS)
     (tmp_path / "r.json").write_text(json.dumps([result(1, *RECTS[0][0], 0.9)]))
-    runner = CliRunner()
-    out = runner.invoke(app, ["eval", str(gt), str(tmp_path / "r.json"), "--json", str(tmp_path / "m.json"),
-                              "--plot", str(tmp_path / "recall.png")])
+    out = run("eval", str(gt), str(tmp_path / "r.json"), "--json", str(tmp_path / "m.json"),
+              "--plot", str(tmp_path / "recall.png"))
     assert out.exit_code == 0, out.output
     flat = " ".join(re.sub(r"[\u2500-\u257f]", " ", out.output).split())
     assert "AR@100 25.0 31.3 25.0 43.1" in flat  # ours beside the paper's, masks and boxes
@@ -161,7 +159,7 @@ def test_eval_command_writes_table_json_and_plot(tmp_path):
     assert metrics["segm"]["metrics"]["AR@100"] == 0.25 and len(metrics["bbox"]["recall"]["1000"]) == 10
     plot = cv2.imread(str(tmp_path / "recall.png"))
     assert plot is not None and plot.shape[1] > plot.shape[0]  # two panels side by side
-    bad = runner.invoke(app, ["eval", str(gt), str(tmp_path / "missing.json")])
+    bad = run("eval", str(gt), str(tmp_path / "missing.json"))
     assert bad.exit_code == 1 and "results file not found" in bad.output and "Traceback" not in bad.output
 
 
@@ -180,7 +178,7 @@ def test_corrupt_results_stop_the_run_naming_the_first(tmp_path, corrupt, words)
     with pytest.raises(FastMaskError) as error:
         evaluate(gt, tmp_path / "r.json")
     assert all(w in str(error.value) for w in words), str(error.value)
-    out = CliRunner().invoke(app, ["eval", str(gt), str(tmp_path / "r.json")])
+    out = run("eval", str(gt), str(tmp_path / "r.json"))
     lines = out.output.strip().splitlines()
     assert out.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: result 1 ")
 

@@ -1,4 +1,4 @@
-"""One reading of COCO ground truth and results (issue 23): every kind of broken file gives either the
+"""One reading of COCO ground truth and results: every kind of broken file gives either the
 AR of its clean copy, as pycocotools measures it on that clean copy, or a one-line refusal."""
 
 from __future__ import annotations

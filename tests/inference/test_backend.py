@@ -9,13 +9,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fastmask_cli import FastMaskError, Proposer, load_model
-from fastmask_cli.cli import app
 from fastmask_cli.inference.backend import OnnxNetwork, cache_dir, weights_digest, write_onnx
 from fastmask_cli.inference.proposer import pad_batch
 from support import assert_same_proposals, draw_scene, tiny_model
+from support.cli import run
 
 
 @torch.inference_mode()
@@ -114,7 +113,7 @@ def test_backend_choice() -> None:
 
 def test_cli_export_onnx_runs_in_onnxruntime_with_the_pytorch_outputs(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "deploy" / "model.onnx"
-    result = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "--onnx", str(out), "--scales", "3"])
+    result = run("export", str(tiny_checkpoint), "--onnx", str(out), "--scales", "3")
     assert result.exit_code == 0, result.output
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
@@ -127,7 +126,7 @@ def test_cli_export_onnx_runs_in_onnxruntime_with_the_pytorch_outputs(tiny_check
         expected = model(images, 3)
     for e, g in zip(expected.features + expected.scores, outputs):
         assert np.allclose(e.numpy(), g, atol=1e-4, rtol=1e-4)
-    refused = CliRunner().invoke(app, ["export", str(tiny_checkpoint)])
+    refused = run("export", str(tiny_checkpoint))
     assert refused.exit_code == 1 and "--onnx" in refused.output and "Traceback" not in refused.output
 
 

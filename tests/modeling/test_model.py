@@ -153,4 +153,4 @@ def test_presets_and_config_validation():
         FastMaskConfig(neck="lstm")
     with pytest.raises(FastMaskError, match="unknown keys"):
         FastMaskConfig.from_dict({**TINY.to_dict(), "depth": 3})
-    assert isinstance(FastMask(TINY), FastMask)
+    assert FastMask(TINY).strides() == [16, 24, 32, 48]  # two streams interleave: 16, 32 and the pooled-by-3 stream's 24, 48 (paper §5.1)

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
 from fastmask_cli import Proposer
-from fastmask_cli.cli import app
 from fastmask_cli.cli.common import int_list, parse_size
 from fastmask_cli.errors import FastMaskError
 from fastmask_cli.runs.bench import STAGES, bench
 from support import draw_scene, tiny_model
+from support.cli import run
 
 
 def test_pyramid_at_one_scale_is_the_one_shot_model() -> None:
@@ -76,8 +75,8 @@ def test_bench_rows_stages_and_speedup() -> None:
 
 def test_cli_bench_writes_json(tiny_checkpoint: Path, image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--weights", str(tiny_checkpoint), "--scales", "1,3", "--pyramid", "--runs", "1",
-                                      "--warmup", "0", "--size", "128x96", "--images", str(image_folder), "--json", str(out)])
+    result = run("bench", "--weights", str(tiny_checkpoint), "--scales", "1,3", "--pyramid", "--runs", "1",
+                 "--warmup", "0", "--size", "128x96", "--images", str(image_folder), "--json", str(out))
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert [(r["scales"], r["top_k"], r["mode"], r["backend"]) for r in data["rows"]] == [
@@ -90,7 +89,7 @@ def test_cli_bench_writes_json(tiny_checkpoint: Path, image_folder: Path, tmp_pa
 def test_cli_bench_table_fits_80_columns(tiny_checkpoint: Path, image_folder: Path, monkeypatch) -> None:
     monkeypatch.setattr("fastmask_cli.cli.common.console.width", 80)
     args = ["bench", "--weights", str(tiny_checkpoint), "--runs", "1", "--warmup", "0", "--size", "128x96", "--images", str(image_folder)]
-    result = CliRunner().invoke(app, args)
+    result = run(*args)
     assert result.exit_code == 0, result.output
     header = next(line for line in result.output.splitlines() if "scales" in line and "mode" in line)
     for column in ("top-k", "backend", "img/s", "s/img", "network s", "net/floor"):
@@ -99,16 +98,16 @@ def test_cli_bench_table_fits_80_columns(tiny_checkpoint: Path, image_folder: Pa
     rows = [line for line in result.output.splitlines() if "one-shot" in line and line.startswith("│")]  # not progress lines
     assert len(rows) == 4 and {"onnx", "torch"} <= {cell.strip() for line in rows for cell in line.split("│")}
     monkeypatch.setattr("fastmask_cli.cli.common.console.width", 200)
-    wide = CliRunner().invoke(app, [*args, "--wide", "--backend", "torch", "--top-k", "50"])
+    wide = run(*args, "--wide", "--backend", "torch", "--top-k", "50")
     assert wide.exit_code == 0 and "p90 s" in wide.output and "nms s" in wide.output and "GFLOPs" in wide.output
     assert "onnx" not in wide.output.split("machine:")[0]
 
 
 def test_cli_bench_folder_times_propose_from_files_to_results(tiny_checkpoint: Path, image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--weights", str(tiny_checkpoint), "--runs", "2", "--warmup", "0", "--size", "128x96",
-                                      "--images", str(image_folder), "--top-k", "5,20", "--backend", "torch", "--folder",
-                                      "--batch-size", "2", "--jobs", "1,2", "--wide", "--json", str(out)])
+    result = run("bench", "--weights", str(tiny_checkpoint), "--runs", "2", "--warmup", "0", "--size", "128x96",
+                 "--images", str(image_folder), "--top-k", "5,20", "--backend", "torch", "--folder",
+                 "--batch-size", "2", "--jobs", "1,2", "--wide", "--json", str(out))
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     rows = data["folder_rows"]
@@ -130,7 +129,7 @@ def test_cli_bench_folder_times_propose_from_files_to_results(tiny_checkpoint: P
                                            (["--top-k", "ten"], "--top-k"), (["--backend", "tpu"], "--backend"),
                                            (["--backend", "onnx", "--precision", "bf16"], "--backend onnx")])
 def test_cli_bench_bad_options(tiny_checkpoint: Path, image_folder: Path, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(app, ["bench", "--weights", str(tiny_checkpoint), "--images", str(image_folder), *args])
+    result = run("bench", "--weights", str(tiny_checkpoint), "--images", str(image_folder), *args)
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
 

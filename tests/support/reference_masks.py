@@ -1,5 +1,5 @@
 """The dense post-processing of fastmask 0.1 (before masks were kept as crops), verbatim in what it
-computes, kept as the reference that `masks.paste_crops`, `encode_crops` and `mask_nms` must equal byte
+computes, kept as the reference that `postprocess.paste_crops`, `encode_crops` and `mask_nms` must equal byte
 for byte: every mask placed into a full (W, H) image, encoded by `pycocotools.mask.encode`, and
 duplicates found on the full mask-IoU matrix."""
 

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from fastmask_cli import Proposer, load_model, preset
-from fastmask_cli.cli import app
 from fastmask_cli.training.engine import train
 from fastmask_cli.training.precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorms
 from fastmask_cli.training.settings import TrainSettings
@@ -106,8 +104,8 @@ def test_the_default_preset_from_scratch_works_in_eval_mode_as_in_training(fit_s
     if bn_images:
         assert eval_ar >= 0.5 and abs(eval_ar - batch_ar) <= 0.05 and summary.bn_warning is None
         # shipped by `fastmask export` (which recomputes the statistics too), it proposes as the final validation measured
-        result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--name", "fitted", "--weights-dir", str(tmp_path / "w"),
-                                          "--ann", str(fit_set / "gt.json"), "--images", str(fit_set), "--top-k", "100"])
+        result = run("export", str(tmp_path / "run"), "--name", "fitted", "--weights-dir", str(tmp_path / "w"),
+                     "--ann", str(fit_set / "gt.json"), "--images", str(fit_set), "--top-k", "100")
         assert result.exit_code == 0, result.output
         assert "recomputed over 4 training images" in result.output
         shipped = json.loads((tmp_path / "w" / "manifest.json").read_text())["models"][0]
@@ -119,7 +117,7 @@ def test_the_default_preset_from_scratch_works_in_eval_mode_as_in_training(fit_s
         assert shipped["metrics"]["segm"]["AR@100"] == pytest.approx(grid[chosen], abs=1e-4)
         model, _ = load_model(str(tmp_path / "w" / "fitted.pt"))
         assert Proposer(model, device="cpu").backend == "onnx"  # and the shipped file runs on the default backend
-    else:  # the old behaviour, kept for --bn-images 0: the run says so plainly
+    else:  # --bn-images 0 ships the statistics as trained: the run says so plainly
         assert eval_ar < 0.5 * batch_ar and "do not describe the weights" in summary.bn_warning
 
 
@@ -133,8 +131,8 @@ def test_export_recomputes_only_what_training_let_train(fit_set: Path, tmp_path:
     settings = {**TrainSettings(freeze_bn=True, bn_images=4).to_dict()}
     save_checkpoint(tmp_path / "run.pt", model, meta={"trained_on": str(fit_set / "gt.json"), "images": str(fit_set),
                                                       "epochs": 1, "settings": settings})
-    result = CliRunner().invoke(app, ["export", str(tmp_path / "run.pt"), "--name", "tuned", "--weights-dir", str(tmp_path / "w"),
-                                      "--device", "cpu"])
+    result = run("export", str(tmp_path / "run.pt"), "--name", "tuned", "--weights-dir", str(tmp_path / "w"),
+                 "--device", "cpu")
     assert result.exit_code == 0, result.output
     shipped, _ = load_model(str(tmp_path / "w" / "tuned.pt"))
     before, after = model.state_dict(), shipped.state_dict()

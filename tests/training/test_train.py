@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from fastmask_cli import load_model
-from fastmask_cli.cli import app
 from fastmask_cli.errors import FastMaskError
 from fastmask_cli.training.engine import train
 from fastmask_cli.training.events import TrainEvents
 from fastmask_cli.training.settings import TrainSettings
 from fastmask_cli.training.validation import validate
 from support import SHARED_DATA, TINY
+from support.cli import run
 from support.coco_data import write_shapes_dataset
 
 CONFIG = TINY.with_overrides(size=192)
@@ -94,18 +93,17 @@ def test_an_unreadable_image_is_skipped_not_fatal(shapes, tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_cli_train_writes_a_run_that_propose_loads(shapes, tmp_path: Path, monkeypatch) -> None:
     gt, images = shapes
-    runner = CliRunner()
     out = tmp_path / "run"
     # the CLI trains a preset; a tiny one keeps this test fast
     monkeypatch.setitem(__import__("fastmask_cli.modeling.config", fromlist=["PRESETS"]).PRESETS, "fast", CONFIG)
-    result = runner.invoke(app, ["train", str(gt), str(images), "--out", str(out), "--epochs", "1", "--size", "192",
-                                 "--workers", "0", "--batch-size", "4", "--json", str(tmp_path / "s.json")])
+    result = run("train", str(gt), str(images), "--out", str(out), "--epochs", "1", "--size", "192",
+                 "--workers", "0", "--batch-size", "4", "--json", str(tmp_path / "s.json"))
     assert result.exit_code == 0, result.output
     assert "seconds per iteration" in result.output
     assert json.loads((tmp_path / "s.json").read_text())["iterations"] == 2
-    result = runner.invoke(app, ["propose", str(images), "--out", str(tmp_path / "r.json"), "--weights", str(out)])
+    result = run("propose", str(images), "--out", str(tmp_path / "r.json"), "--weights", str(out))
     assert result.exit_code == 0, result.output
-    again = runner.invoke(app, ["train", str(gt), str(images), "--out", str(out), "--epochs", "1"])
+    again = run("train", str(gt), str(images), "--out", str(out), "--epochs", "1")
     assert again.exit_code == 1 and "--resume" in again.output
 
 
@@ -113,7 +111,7 @@ def test_cli_train_writes_a_run_that_propose_loads(shapes, tmp_path: Path, monke
 def test_cli_train_rejects_bad_ground_truth(tmp_path: Path, shapes, content: str, message: str) -> None:
     gt = tmp_path / "gt.json"
     gt.write_text(content)
-    result = CliRunner().invoke(app, ["train", str(gt), str(shapes[1]), "--out", str(tmp_path / "run")])
+    result = run("train", str(gt), str(shapes[1]), "--out", str(tmp_path / "run"))
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
 
@@ -145,10 +143,9 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     gt, images = shapes
     train(gt, images, tmp_path / "run", config=CONFIG, settings=settings(epochs=1), device="cpu")
     shipped = tmp_path / "weights"
-    runner = CliRunner()
-    result = runner.invoke(app, ["export", str(tmp_path / "run"), "--name", "tiny", "--weights-dir", str(shipped), "--default",
-                                 "--ann", str(gt), "--images", str(images), "--top-k", "50", "--train-command", "fastmask train ...",
-                                 "--mask-threshold", "0.3"])
+    result = run("export", str(tmp_path / "run"), "--name", "tiny", "--weights-dir", str(shipped), "--default",
+                 "--ann", str(gt), "--images", str(images), "--top-k", "50", "--train-command", "fastmask train ...",
+                 "--mask-threshold", "0.3")
     assert result.exit_code == 0, result.output
     entry = json.loads((shipped / "manifest.json").read_text())["models"][0]
     assert entry["name"] == "tiny" and entry["default"] and entry["training"]["epochs"] == 1
@@ -160,7 +157,7 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     model, info = load_model()
     assert info.name == "tiny" and info.trained and info.sha256 == entry["sha256"]
     assert model.config.mask_threshold == entry["config"]["mask_threshold"] == 0.3
-    listed = runner.invoke(app, ["weights"])
+    listed = run("weights")
     assert listed.exit_code == 0 and "tiny" in listed.output
     (shipped / "tiny.pt").write_bytes((shipped / "tiny.pt").read_bytes()[:-10] + b"0123456789")
     with pytest.raises(FastMaskError, match="sha256"):
@@ -190,7 +187,7 @@ def test_fine_tuning_starts_from_a_trained_network_and_may_add_the_stride8_level
     out = tmp_path / "tuned"
     args = ["train", str(gt), str(images), "--out", str(out), "--init", str(tmp_path / "first"), "--epochs", "1",
             "--size", "192", "--workers", "0", "--batch-size", "4", "--lr", "1e-12", "--warmup", "1", "--bn-images", "0"]
-    result = CliRunner().invoke(app, [*args, "--stride8"])
+    result = run(*args, "--stride8")
     assert result.exit_code == 0, result.output
     assert "network initialised from" in result.output and "starting fresh: reduce8" in result.output
     model, info = load_model(str(out / "model.pt"))
@@ -201,11 +198,11 @@ def test_fine_tuning_starts_from_a_trained_network_and_may_add_the_stride8_level
     assert all(torch.allclose(first[k], tuned[k], atol=1e-6) for k in weights)  # lr 1e-12: where it started
     # an interrupted run (only its training checkpoint) is a start too
     (tmp_path / "first" / "model.pt").unlink()
-    result = CliRunner().invoke(app, [*args[:4], str(tmp_path / "again"), *args[5:]])
+    result = run(*args[:4], str(tmp_path / "again"), *args[5:])
     assert result.exit_code == 0, result.output
     assert load_model(str(tmp_path / "again"))[1].meta["init"].startswith(str(tmp_path / "first" / "checkpoint.pt"))
     # a configuration the network does not fit is one line, before any training
-    result = CliRunner().invoke(app, [*args[:4], str(tmp_path / "other"), *args[5:], "--config", "accurate"])
+    result = run(*args[:4], str(tmp_path / "other"), *args[5:], "--config", "accurate")
     assert result.exit_code == 1 and "drop the --config" in result.output
     assert len(result.output.strip().splitlines()) <= 3 and "Traceback" not in result.output
 
@@ -215,7 +212,7 @@ def test_fine_tuning_from_shipped_weights_whose_file_is_missing_is_one_line(shap
     (tmp_path / "weights" / "manifest.json").write_text(json.dumps({"models": [{"name": "gone", "file": "gone.pt", "sha256": "0"}]}))
     monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path / "weights"))
     gt, images = shapes
-    result = CliRunner().invoke(app, ["train", str(gt), str(images), "--out", str(tmp_path / "run"), "--init", "gone"])
+    result = run("train", str(gt), str(images), "--out", str(tmp_path / "run"), "--init", "gone")
     assert result.exit_code == 1 and "'gone' are listed but their file is missing" in result.output, result.output
 
 
@@ -304,7 +301,7 @@ def _free_port() -> int:
 def _torchrun(script: Path, *args: str, stop_at: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AT": str(stop_at)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(_free_port()), str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+                          str(_free_port()), str(script), *args], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 

@@ -26,6 +26,7 @@ from .common import (
     make_progress,
     parse_size,
     progress_columns,
+    say_note,
 )
 
 
@@ -161,7 +162,7 @@ def bench_command(
         console.print(f"{config.scales} scales, top-{config.top_k}, {config.backend}: one shot is {ratio:.2f}x faster than "
                       f"the image pyramid (runs side by side: {low:.2f}x to {high:.2f}x; paper, 8 scales: 1.7x)", highlight=False)
     if not info.trained:
-        console.print("[yellow]note:[/] untrained weights: every mask fills its window, so paste-back and RLE are at their slowest.")
+        say_note("untrained weights: every mask fills its window, so paste-back and RLE are at their slowest.")
     if json_out:
         write_json_atomic(json_out, report.to_dict())
         console.print(f"results: {json_out}", highlight=False)

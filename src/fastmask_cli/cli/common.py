@@ -114,7 +114,7 @@ def load_proposer(weights: str | None, init: Path | None, **options: Any) -> tup
     model, info = load_model(weights, init)
     proposer = Proposer(model, **options)
     for note in proposer.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        say_note(note)
     return proposer, info
 
 # Options shared by `propose` and `eval --images`: declared once.
@@ -229,9 +229,10 @@ def make_progress(*columns: Any, console: Console, transient: bool = False, disa
     return LineProgress(console, disable=disable)
 
 
-def say_note(message: str) -> None:
-    """A note the user should read, in yellow."""
-    console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+def say_note(message: str, on: Console | None = None) -> None:
+    """A note the user should read, in yellow, on `on` (default: the commands' stderr console; a progress
+    display's own console prints it above the bar). The message is text, never markup."""
+    (on or console).print(f"[yellow]note:[/] {escape(message)}", highlight=False)
 
 
 def int_list(text: str, option: str, example: str = "100,1000", too_low: str = "must be at least 1") -> list[int]:
@@ -288,7 +289,7 @@ def command_line(ctx: typer.Context) -> str:
     """The command as it ran, from the options typer parsed (JSON records say what produced them)."""
     words = ["fastmask", ctx.info_name or ""]
     for key, value in ctx.params.items():
-        flag = {"json_out": "--json"}.get(key, "--" + key.replace("_", "-"))
+        flag = flag_of(key)
         if value is True:
             words.append(flag)
         elif value not in (None, False):

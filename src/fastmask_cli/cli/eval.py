@@ -28,6 +28,7 @@ from .common import (
     load_proposer,
     make_progress,
     progress_columns,
+    say_note,
 )
 from .propose import run_propose
 
@@ -87,7 +88,7 @@ def eval_command(
         console.print(f"{first.images} images, {first.proposals} proposals. Paper: FastMask two-stream ResNet-39, "
                       "80k COCO training images, first 5k COCO val images (Table 3).", highlight=False)
     for note in evaluation.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        say_note(note)
     if json_out:
         write_json_atomic(json_out, evaluation.to_dict())
         console.print(f"metrics: {json_out}", highlight=False)

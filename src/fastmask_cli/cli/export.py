@@ -9,7 +9,7 @@ import typer
 
 from ..errors import FastMaskError
 from ..modeling.config import MASK_THRESHOLDS
-from .common import DEVICE, console, float_list, friendly_errors
+from .common import DEVICE, console, float_list, friendly_errors, say_note
 
 
 @friendly_errors
@@ -65,8 +65,8 @@ def export_command(
 def _say_batchnorm(used: int | None, meta: dict[str, Any]) -> None:
     """What precise BN did before shipping (`export.ship_run`), in one line."""
     if used is None:
-        console.print(f"[yellow]note:[/] BatchNorm statistics shipped as saved: the training data ({meta.get('trained_on')}, "
-                      f"{meta.get('images')}) is not here", highlight=False)
+        say_note(f"BatchNorm statistics shipped as saved: the training data ({meta.get('trained_on')}, "
+                 f"{meta.get('images')}) is not here")
     elif used:
         console.print(f"BatchNorm statistics recomputed over {used} training images of {meta['trained_on']}", highlight=False)
 

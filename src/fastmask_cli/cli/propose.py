@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ..errors import FastMaskError
+from ..inference.options import DEFAULT_NMS, DEFAULT_NMS_IOU
 from ..io.files import write_json_atomic
 from ..io.images import MAX_PIXELS
-from ..modeling.config import DEFAULT_NMS, DEFAULT_NMS_IOU
 from .common import (
     BACKEND,
     BATCH_SIZE,
@@ -30,6 +29,7 @@ from .common import (
     make_progress,
     parse_shard,
     progress_columns,
+    say_note,
     warn_if_untrained,
 )
 
@@ -103,9 +103,9 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     if len(skipped) > 20:
         console.print(f"  ... and {len(skipped) - 20} more (see --json)")
     for rel, note in summary.notes[:5]:
-        console.print(f"[yellow]note:[/] {escape(rel)} {escape(note)}", highlight=False)
+        say_note(f"{rel} {note}")
     if len(summary.notes) > 5:
-        console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 5} more images like these (see --json)")
+        say_note(f"... and {len(summary.notes) - 5} more images like these (see --json)")
     return summary
 
 

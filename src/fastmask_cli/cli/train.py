@@ -17,7 +17,7 @@ from ..io.files import write_json_atomic
 from ..modeling.config import PRESETS
 from ..modeling.registry import BODIES
 from ..training.events import TrainEvents
-from .common import DEVICE, LineProgress, console, friendly_errors, make_progress, pair, progress_columns
+from .common import DEVICE, LineProgress, console, friendly_errors, make_progress, pair, progress_columns, say_note
 
 if TYPE_CHECKING:
     from ..training.settings import TrainSummary
@@ -40,7 +40,7 @@ class ProgressEvents(TrainEvents):
 
     def note(self, message: str) -> None:
         if self.main_process:
-            self.progress.console.print(f"[yellow]note:[/] {message}", highlight=False)
+            say_note(message, self.progress.console)
 
     def epoch_start(self, epoch: int, epochs: int, iterations: int) -> None:
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=iterations, losses="")

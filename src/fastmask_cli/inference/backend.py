@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import FastMaskError
+from ..io.files import atomic_path
 from ..modeling.model import FastMask, Pyramid
 from ..modeling.weights import sha256_of
 from ..modeling.windows import Level, WindowGrid
@@ -98,14 +98,8 @@ def write_onnx(model: FastMask, path: Path, scales: int) -> None:
         raise FastMaskError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # OSError: for_model and the CLI say which folder
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:  # processes exporting at once each replace it whole; a full disk is one line
+        tmp.write_bytes(buffer.getvalue())
 
 
 def cache_dir() -> Path:

@@ -28,12 +28,6 @@ from .options import ProposerOptions, check_backend
 from .postprocess import box_iou, decode_masks, encode_crops, greedy_nms, mask_nms, paste_crops
 from .preprocess import Prepared, pad_batch, prepare
 
-# oneDNN (PyTorch's CPU convolutions) keeps up to 1024 compiled primitives, one per layer and input
-# shape; photos of many sizes fill it, and RSS grew by 1.1 GB over 60 shapes at size 800. 128 holds
-# every layer of one shape, so a folder of same-size images runs as fast. Read at the first
-# convolution; a value the user set is kept.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
-
 # With suppression, windows decoded beyond top-k: top-k of them, but at least 100 (an object has
 # several near-duplicate windows, so a short list needs room to reach the next objects) and at most 200.
 NMS_EXTRA = (100, 200)
@@ -127,6 +121,11 @@ class Proposer:
 
     def __init__(self, model: FastMask, options: ProposerOptions | None = None, *, timer: StageTimer | None = None,
                  _network: _Network | None = None, **overrides: Any) -> None:
+        # oneDNN (PyTorch's CPU convolutions) keeps up to 1024 compiled primitives, one per layer and input
+        # shape; photos of many sizes fill it, and RSS grew by 1.1 GB over 60 shapes at size 800. 128 holds
+        # every layer of one shape, so a folder of same-size images runs as fast. Read at the process's first
+        # convolution (set here, not on import, so that importing us changes nothing); a value the user set is kept.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
         options = replace(options or ProposerOptions(), **overrides)
         cfg = model.config
         self.options = options

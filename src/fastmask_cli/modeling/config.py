@@ -17,9 +17,6 @@ from .registry import BODIES, HEADS, NECKS, ONE_STREAM_BODIES
 # training (0.35 gained the MobileNetV2 default 1.2 points of mask AR@100 over the 0.5 it trained with).
 MASK_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5)
 
-# Inference re-ranks near-duplicates behind distinct objects (see `Proposer._suppress`); chosen on the two-image fit test.
-DEFAULT_NMS, DEFAULT_NMS_IOU = "mask", 0.7
-
 
 @dataclass(frozen=True)
 class FastMaskConfig:
