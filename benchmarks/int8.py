@@ -4,7 +4,7 @@ calibrated on training images, against fp32; speed of the graph, and AR through 
 Not part of fastmask: int8 lost masks AR@100 beyond the 0.3 points allowed, so `propose` has no int8
 precision. Reproduce with
 
-    fastmask export fast-stride8-iou-mnv2ssd-coco386 --onnx /tmp/q/fp32.onnx
+    fastmask export fast-stride8-iou-mnv2ssd-coco482-lsj --onnx /tmp/q/fp32.onnx
     python benchmarks/int8.py /tmp/q/fp32.onnx ../shared/data/train --calibration 16
 
 then, for AR, put the int8 file in place of the cached graph of the weights (in $FASTMASK_CACHE, with

@@ -25,6 +25,7 @@ from .modeling.checkpoint import save_checkpoint
 from .modeling.config import MASK_THRESHOLDS
 from .modeling.model import FastMask
 from .modeling.weights import MANIFEST, load_model, read_manifest, sha256_of
+from .modeling.weights import weights_dir as default_weights_dir
 from .training.validation import precise_bn_of_run, validate
 
 
@@ -64,6 +65,18 @@ def body_source(body: str, init: str | None) -> dict[str, str] | None:
         return None
     return {"package": packaged.package, "version": version(packaged.package), "file": path.name,
             "sha256": sha256_of(path), "licence": packaged.licence}
+
+
+def inherited_body_source(init: str | None, directories: Sequence[Path]) -> dict[str, str] | None:
+    """The body source of the shipped weights a run was fine-tuned from (`init` "NAME (sha256 ...)", as
+    training records it), from the first manifest of `directories` that lists NAME; else None. A model
+    fine-tuned from shipped weights keeps their body's provenance and licence."""
+    name = str(init).split(" ", 1)[0]
+    for directory in directories:
+        found = next((m for m in read_manifest(directory) if m.get("name") == name), None)
+        if found is not None:
+            return found.get("body_source")
+    return None
 
 
 @dataclass
@@ -108,7 +121,8 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         on_batchnorm(used, info.meta)
     meta = {k: v for k, v in info.meta.items() if k != "val"}
     entry: dict[str, Any] = {"training": meta}
-    source = body_source(model.config.body, meta.get("init"))
+    source = (body_source(model.config.body, meta.get("init"))
+              or inherited_body_source(meta.get("init"), [Path(weights_dir), default_weights_dir()]))
     if source:
         entry["body_source"] = source
     if train_command:

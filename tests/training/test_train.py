@@ -164,6 +164,18 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
         load_model()
 
 
+def test_weights_fine_tuned_from_shipped_ones_keep_their_body_source(tmp_path: Path) -> None:
+    from fastmask_cli.export import inherited_body_source
+
+    source = {"package": "some-package", "version": "1.0", "file": "body.pb", "sha256": "ab" * 32, "licence": "Apache-2.0"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": [{"name": "base", "body_source": source},
+                                                                    {"name": "own"}]}))
+    assert inherited_body_source("base (sha256 e8291481a7ba)", [tmp_path / "none", tmp_path]) == source
+    assert inherited_body_source("own (sha256 0123)", [tmp_path]) is None  # trained from scratch: nothing to carry
+    assert inherited_body_source("runs/x/model.pt (sha256 0123)", [tmp_path]) is None
+    assert inherited_body_source(None, [tmp_path]) is None
+
+
 @pytest.mark.slow
 def test_init_loads_an_imagenet_body_before_training(shapes, tmp_path: Path) -> None:
     from fastmask_cli.modeling.bodies.resnet import ResNetBody as Body
