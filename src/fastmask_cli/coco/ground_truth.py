@@ -44,9 +44,8 @@ from ..errors import FastMaskError
 from ..io.files import no_gc, read_json, release_memory
 from .flat import FlatStrings, flat_annotations, take_annotations
 from .ids import id_key, is_number, pixels
-from .rle import MASK_ROW, check_rle_strings, compressed, is_mask_array
-
-_CHUNK = 1 << 16  # annotations whose coordinates are gathered in Python before becoming one array
+from .polygons import CHUNK, polygon_arrays
+from .rle import MASK_ROW, annotation_rle, is_mask_array
 
 # What an annotation's mask is (`GroundTruth.kind`); negative codes mark, while reading, why one is skipped.
 BOX_ONLY, POLYGONS, RLE = 0, 1, 2
@@ -174,22 +173,6 @@ class GroundTruth:
         return coco
 
 
-def polygon_arrays(pending: list[tuple[int, list]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coords float64, ring lengths, ring owners) of the usable rings of `pending` (annotation, rings)
-    polygons, checked at once: >= 3 points, even length, finite numbers, non-zero area."""
-    owners, flat, lengths = [], [], []
-    for a, rings in pending:
-        for ring in rings:
-            if type(ring) is list and len(ring) >= 6 and len(ring) % 2 == 0:
-                owners.append(a)
-                lengths.append(len(ring))
-                flat.extend(ring)
-    coords, good = _ring_coordinates(flat, lengths)
-    del flat
-    lengths_np = np.asarray(lengths, dtype=np.int64)
-    return coords[np.repeat(good, lengths_np)], lengths_np[good], np.asarray(owners, dtype=np.int64)[good]
-
-
 _SEGMENTATION_KIND = {list: POLYGONS, dict: RLE}  # a truthy segmentation of another type is malformed
 
 
@@ -224,43 +207,6 @@ def _areas(raw: list) -> np.ndarray:
     return areas
 
 
-MAX_COORDINATE = 1e5  # px from the origin: a ring beyond is no object of any image (and exhausts pycocotools' rasteriser)
-
-
-def _ring_coordinates(flat: list, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(all coordinates as float64, which rings are usable): numbers (not strings or booleans), finite,
-    within MAX_COORDINATE, and not all on one line (a ring of no area in any sense; a self-crossing
-    ring whose signed areas cancel is kept: it covers pixels)."""
-    if not lengths:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    lengths_np = np.asarray(lengths, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths_np)[:-1]])
-    numeric = np.ones(len(lengths), dtype=bool)
-    coords = None
-    if set(map(type, flat)) <= {int, float}:
-        with contextlib.suppress(OverflowError):  # an int too large for a float: found ring by ring below
-            coords = np.asarray(flat, dtype=np.float64)
-    if coords is None:  # something other than numbers in some ring: find which, ring by ring
-        coords = np.zeros(len(flat))
-        for r, (start, n) in enumerate(zip(starts, lengths)):
-            ring = flat[start : start + n]
-            if all(is_number(v) for v in ring):
-                coords[start : start + n] = ring
-            else:
-                numeric[r] = False
-    with np.errstate(invalid="ignore"):
-        bounded = np.logical_and.reduceat(np.isfinite(coords) & (np.abs(coords) <= MAX_COORDINATE), starts) & numeric
-    x, y = coords[0::2], coords[1::2]
-    point_starts, points = starts // 2, lengths_np // 2
-    following = np.arange(1, len(x) + 1)  # each point's next, wrapping to its ring's first point
-    following[np.cumsum(points) - 1] = point_starts
-    x0, y0 = np.repeat(x[point_starts], points), np.repeat(y[point_starts], points)
-    with np.errstate(invalid="ignore", over="ignore"):
-        cross = (x - x0) * (y[following] - y0) - (x[following] - x0) * (y - y0)
-        spread = np.maximum.reduceat(np.where(np.isfinite(cross), np.abs(cross), 0.0), point_starts)
-    return coords, bounded & (spread > 0)
-
-
 def read_ground_truth(path: Path, what: str = "ground truth", annotations: bool = True) -> GroundTruth:
     """Read and check a COCO instances file (`what` names it in messages). Raises FastMaskError in one
     line for what cannot be read right: not COCO, duplicated image ids, an unusable `iscrowd`.
@@ -272,6 +218,20 @@ def read_ground_truth(path: Path, what: str = "ground truth", annotations: bool 
     return truth
 
 
+# Why annotations are skipped, for the reasons the reader finds (an RLE's own reasons come from `rle.annotation_rle`).
+SKIPPED = {
+    "object": "not a JSON object",
+    _EMPTY: "empty segmentation",
+    _MALFORMED: "malformed segmentation",
+    "image": "on an image id that no image has",
+    "degenerate": "degenerate polygon (fewer than 3 points, odd length, not numbers, not finite, far outside "
+                  "any image, or on one line)",
+    "emptied": "empty segmentation and no usable 'bbox'",
+    "no size": "box of no size and no mask",
+    "empty mask": "empty mask",
+}
+
+
 def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundTruth:
     data = read_json(path, what)
     if isinstance(data, dict) and not need_annotations and not isinstance(data.get("annotations"), list):
@@ -280,10 +240,38 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
         raise FastMaskError(f"{what} {path} is not COCO (needs 'images' and 'annotations' lists)")
     notes: list[str] = []
     skipped: Counter[str] = Counter()
+    ids, file_names, widths, heights, index = _images(data["images"], path, what, notes)
+    anns = _annotation_objects(data["annotations"], path, what, skipped)
+    del data
+    arrays, kept_ids = _annotations(anns, index, widths, heights, path, what, notes, skipped)
+    del anns
+    order = np.argsort(arrays["image"], kind="stable")
+    if (order != np.arange(len(order))).any():
+        arrays = take_annotations(arrays, order)
+    image_anns = np.searchsorted(arrays["image"], np.arange(len(ids) + 1)).astype(np.int64)
 
+    numbered = [a for a in kept_ids if type(a) is int and a > 0]
+    if len(set(numbered)) < len(kept_ids):
+        repeats = len(numbered) - len(set(numbered))
+        notes.append(f"annotation ids renumbered ({repeats} repeated, {len(kept_ids) - len(numbered)} missing or not "
+                     "positive integers): pycocotools needs them unique")
+    for reason, count in skipped.items():
+        notes.append(f"{count} annotations skipped: {reason}")
+    for field_name, values in (("area", arrays["area"]), ("bbox", arrays["bbox"][:, 0])):
+        if np.isnan(values).any():
+            notes.append(f"{int(np.isnan(values).sum())} annotations without a usable '{field_name}': derived from the mask")
+    return GroundTruth(path, ids, FlatStrings(file_names), widths, heights, image_anns=image_anns, notes=notes,
+                       skipped=dict(skipped), index=index, **arrays)
+
+
+def _images(entries: list, path: Path, what: str, notes: list[str]
+            ) -> tuple[list, list[str | None], np.ndarray, np.ndarray, dict[tuple, int]]:
+    """The image columns: ids as written, file names, widths and heights (int32, -1 where unknown), and
+    the index from `id_key` to position. Entries without a usable id are skipped with a note; a
+    duplicated id, or no image at all, is a FastMaskError."""
     ids, file_names, widths, heights, index = [], [], [], [], {}
     malformed = 0
-    for entry in data["images"]:
+    for entry in entries:
         key = id_key(entry.get("id", [])) if isinstance(entry, dict) else None
         if key is None:
             malformed += 1
@@ -304,23 +292,75 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
         notes.append(f"{malformed} image entries without a usable 'id' (a JSON number or string) were skipped")
     if not ids:
         raise FastMaskError(f"{what} {path} lists no images")
-    widths_np, heights_np = np.asarray(widths, dtype=np.int32), np.asarray(heights, dtype=np.int32)
+    return ids, file_names, np.asarray(widths, dtype=np.int32), np.asarray(heights, dtype=np.int32), index
 
-    # Column by column: COCO has a million annotations, and comprehensions cost a fraction of a loop body.
-    anns = data["annotations"]
-    del data
+
+def _annotation_objects(anns: list, path: Path, what: str, skipped: Counter[str]) -> list[dict]:
+    """The annotations that are JSON objects (the others counted); a panoptic file is a FastMaskError."""
     if any(type(a) is dict and "segments_info" in a for a in anns):
         raise FastMaskError(f"{what} {path} is a COCO panoptic file (annotations with 'segments_info', masks in PNG "
                             "files): give COCO instances, with each object's 'segmentation' (panopticapi's "
                             "panoptic2detection_coco_format.py converts one)")
     if not all(type(a) is dict for a in anns):
-        skipped["not a JSON object"] += sum(1 for a in anns if type(a) is not dict)
+        skipped[SKIPPED["object"]] += sum(1 for a in anns if type(a) is not dict)
         anns = [a for a in anns if type(a) is dict]
+    return anns
+
+
+def _annotations(anns: list[dict], index: dict[tuple, int], widths: np.ndarray, heights: np.ndarray, path: Path,
+                 what: str, notes: list[str], skipped: Counter[str]) -> tuple[dict[str, np.ndarray], list]:
+    """The flat arrays of the usable annotations (`flat_annotations`) and their ids as written.
+
+    Column by column: COCO has a million annotations, and comprehensions cost a fraction of a loop body."""
     image = _image_indices([a.get("image_id", []) for a in anns], index)
     crowd = [a.get("iscrowd") or 0 for a in anns]  # missing or null: not a crowd, as pycocotools reads it
     odd = next((n for n, c in enumerate(crowd) if c not in (0, 1) or type(c) not in (int, float, bool)), None)
     if odd is not None:
         raise FastMaskError(f"{what} {path.name}: annotation {anns[odd].get('id')!r} has iscrowd {crowd[odd]!r}: it must be 0 or 1")
+    segs, kind, emptied, flat = _segmentations(anns, path, what)
+    rle = _read_rles(segs, kind, image, widths, heights, skipped)
+    for code in (_EMPTY, _MALFORMED):
+        count = sum(1 for n, k in enumerate(kind) if k == code and image[n] is not None)
+        if count:
+            skipped[SKIPPED[code]] += count
+    unknown = sum(1 for i in image if i is None)
+    if unknown:
+        skipped[SKIPPED["image"]] += unknown
+    keep = [i is not None and k >= 0 for i, k in zip(image, kind)]
+    flat_kept = sum(1 for n in flat if keep[n])
+    if not all(keep):
+        anns, image, crowd, segs, kind, rle, emptied = (list(compress(column, keep))
+                                                        for column in (anns, image, crowd, segs, kind, rle, emptied))
+    boxes, areas = _boxes([a.get("bbox") for a in anns]), _areas([a.get("area") for a in anns])
+    ann_ids = [a.get("id") for a in anns]
+    rows = [n for n, k in enumerate(kind) if k == POLYGONS]
+    polygons = [polygon_arrays([(n, segs[n]) for n in rows[start : start + CHUNK]]) for start in range(0, len(rows), CHUNK)]
+    del segs, rows
+    kind_np = np.asarray(kind, dtype=np.int8)
+    rings_of = np.bincount(np.concatenate([o for _, _, o in polygons]) if polygons else np.zeros(0, np.int64),
+                           minlength=len(kind)).astype(np.int64)
+    usable = _usable(kind_np, rings_of, boxes, np.asarray(emptied, dtype=bool), skipped)
+    if flat_kept:
+        notes.append(f"{flat_kept} polygons written as one flat list [x1, y1, x2, y2, ...] instead of a list of "
+                     "rings: read as one ring each")
+    boxes_only = int((np.asarray(emptied, dtype=bool) & usable).sum())
+    if boxes_only:
+        notes.append(f"{boxes_only} annotations with an empty 'segmentation' ([] or {{}}, as CVAT and coco-annotator "
+                     "write box-only objects) read as boxes only: evaluated as boxes; mask AR needs masks")
+    arrays = flat_annotations(kind, image, [bool(c) for c in crowd], boxes, areas, rle, polygons, rings_of, usable)
+    kept_ids = [a for a, k in zip(ann_ids, usable) if k]
+    empty = _empty_polygons(arrays, widths, heights)
+    if empty.any():
+        skipped[SKIPPED["empty mask"]] += int(empty.sum())
+        arrays = take_annotations(arrays, np.flatnonzero(~empty))
+        kept_ids = [a for a, e in zip(kept_ids, empty) if not e]
+    return arrays, kept_ids
+
+
+def _segmentations(anns: list[dict], path: Path, what: str) -> tuple[list, list[int], list[bool], list[int]]:
+    """Each annotation's segmentation (a flat polygon wrapped as one ring), its kind (BOX_ONLY, POLYGONS,
+    RLE, or a negative skip code), whether it was written empty ([] or {}), and which were flat polygons.
+    A mask array (rows of 0/1) is a FastMaskError: read as rings, it would score without a word."""
     segs = [a.get("segmentation") for a in anns]
     flat = [n for n, s in enumerate(segs) if type(s) is list and s and type(s[0]) in (int, float)]
     for n in flat:  # one polygon written as [x1, y1, x2, y2, ...] instead of a list of rings (some exporters)
@@ -333,114 +373,34 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
     emptied = [type(s) in (list, dict) and not s for s in segs]
     kind = [_SEGMENTATION_KIND.get(type(s), _MALFORMED) if s else (BOX_ONLY if s is None or e else _EMPTY)
             for s, e in zip(segs, emptied)]
-    rle: list[bytes] = [b""] * len(anns)
+    return segs, kind, emptied, flat
+
+
+def _read_rles(segs: list, kind: list[int], image: list[int | None], widths: np.ndarray, heights: np.ndarray,
+               skipped: Counter[str]) -> list[bytes]:
+    """Each RLE annotation's compressed counts (b"" for the others); one that cannot be used has its kind
+    set to _BAD_RLE and its reason counted."""
+    rle: list[bytes] = [b""] * len(segs)
     for n in [n for n, k in enumerate(kind) if k == RLE]:  # crowds mostly, few
         if image[n] is not None:
-            rle[n], reason = _rle_counts(segs[n], image[n], widths_np, heights_np)
+            rle[n], reason = annotation_rle(segs[n], image[n], widths, heights)
             if reason:
                 skipped[reason] += 1
                 kind[n] = _BAD_RLE
-    for code, reason in ((_EMPTY, "empty segmentation"), (_MALFORMED, "malformed segmentation")):
-        count = sum(1 for n, k in enumerate(kind) if k == code and image[n] is not None)
+    return rle
+
+
+def _usable(kind: np.ndarray, rings_of: np.ndarray, boxes: np.ndarray, emptied: np.ndarray,
+            skipped: Counter[str]) -> np.ndarray:
+    """Which annotations have a mask or a box to be scored by: polygons with a usable ring, box-only
+    objects with a box of some size. The others are counted by reason."""
+    degenerate = (kind == POLYGONS) & (rings_of == 0)
+    box_only_unusable = (kind == BOX_ONLY) & np.isnan(boxes[:, 0])
+    for reason, count in (("degenerate", degenerate.sum()), ("emptied", (box_only_unusable & emptied).sum()),
+                          ("no size", (box_only_unusable & ~emptied).sum())):
         if count:
-            skipped[reason] += count
-    unknown = sum(1 for i in image if i is None)
-    if unknown:
-        skipped["on an image id that no image has"] += unknown
-    keep = [i is not None and k >= 0 for i, k in zip(image, kind)]
-    flat_kept = sum(1 for n in flat if keep[n])
-    if not all(keep):
-        anns, image, crowd, segs, kind, rle, emptied = (list(compress(column, keep))
-                                                        for column in (anns, image, crowd, segs, kind, rle, emptied))
-    box_raw = [a.get("bbox") for a in anns]
-    area_raw = [a.get("area") for a in anns]
-    ann_ids = [a.get("id") for a in anns]
-    del anns
-    polygons = []
-    rows = [n for n, k in enumerate(kind) if k == POLYGONS]
-    for start in range(0, len(rows), _CHUNK):
-        polygons.append(polygon_arrays([(n, segs[n]) for n in rows[start : start + _CHUNK]]))
-    del segs, rows
-    crowd = [bool(c) for c in crowd]
-
-    boxes, areas = _boxes(box_raw), _areas(area_raw)
-    del box_raw, area_raw
-    kind_np = np.asarray(kind, dtype=np.int8)
-    rings_of = np.bincount(np.concatenate([o for _, _, o in polygons]) if polygons else np.zeros(0, np.int64),
-                           minlength=len(kind)).astype(np.int64)
-    degenerate = (kind_np == POLYGONS) & (rings_of == 0)
-    box_only_unusable = (kind_np == BOX_ONLY) & np.isnan(boxes[:, 0])
-    emptied_np = np.asarray(emptied, dtype=bool)
-    del emptied
-    usable = ~degenerate & ~box_only_unusable
-    if degenerate.any():
-        skipped["degenerate polygon (fewer than 3 points, odd length, not numbers, not finite, far outside "
-                "any image, or on one line)"] += int(degenerate.sum())
-    if (box_only_unusable & emptied_np).any():
-        skipped["empty segmentation and no usable 'bbox'"] += int((box_only_unusable & emptied_np).sum())
-    if (box_only_unusable & ~emptied_np).any():
-        skipped["box of no size and no mask"] += int((box_only_unusable & ~emptied_np).sum())
-    if flat_kept:
-        notes.append(f"{flat_kept} polygons written as one flat list [x1, y1, x2, y2, ...] instead of a list of "
-                     "rings: read as one ring each")
-    boxes_only = int((emptied_np & usable).sum())
-    if boxes_only:
-        notes.append(f"{boxes_only} annotations with an empty 'segmentation' ([] or {{}}, as CVAT and coco-annotator "
-                     "write box-only objects) read as boxes only: evaluated as boxes; mask AR needs masks")
-    arrays = flat_annotations(kind, image, crowd, boxes, areas, rle, polygons, rings_of, usable)
-    del kind, image, crowd, rle, polygons
-    kept_ids = [a for a, k in zip(ann_ids, usable) if k]
-    del ann_ids
-    empty = _empty_polygons(arrays, widths_np, heights_np)
-    if empty.any():
-        skipped["empty mask"] += int(empty.sum())
-        arrays = take_annotations(arrays, np.flatnonzero(~empty))
-        kept_ids = [a for a, e in zip(kept_ids, empty) if not e]
-
-    order = np.argsort(arrays["image"], kind="stable")
-    if (order != np.arange(len(order))).any():
-        arrays = take_annotations(arrays, order)
-    image_anns = np.searchsorted(arrays["image"], np.arange(len(ids) + 1)).astype(np.int64)
-
-    numbered = [a for a in kept_ids if type(a) is int and a > 0]
-    if len(set(numbered)) < len(kept_ids):
-        repeats = len(numbered) - len(set(numbered))
-        notes.append(f"annotation ids renumbered ({repeats} repeated, {len(kept_ids) - len(numbered)} missing or not "
-                     "positive integers): pycocotools needs them unique")
-    for reason, count in skipped.items():
-        notes.append(f"{count} annotations skipped: {reason}")
-    for field_name, values in (("area", arrays["area"]), ("bbox", arrays["bbox"][:, 0])):
-        if np.isnan(values).any():
-            notes.append(f"{int(np.isnan(values).sum())} annotations without a usable '{field_name}': derived from the mask")
-    return GroundTruth(path, ids, FlatStrings(file_names), widths_np, heights_np, image_anns=image_anns, notes=notes,
-                       skipped=dict(skipped), index=index, **arrays)
-
-
-def _rle_counts(seg: dict, i: int, widths: np.ndarray, heights: np.ndarray) -> tuple[bytes, str | None]:
-    """Compressed counts of an RLE segmentation, or why it is skipped. Where the image entry gives no
-    size, a good RLE's size becomes the image's."""
-    size, counts = seg.get("size"), seg.get("counts")
-    size = [pixels(v) for v in size] if isinstance(size, list) and len(size) == 2 else [-1, -1]
-    if min(size) <= 0:
-        return b"", "malformed RLE (its 'size' is not [height, width])"
-    if widths[i] > 0 and size != [int(heights[i]), int(widths[i])]:
-        return b"", "RLE that does not decode to its image's size"
-    if isinstance(counts, str):
-        encoded = counts.encode("ascii") if counts.isascii() else b""
-        valid, area = check_rle_strings([encoded], np.array([size[0] * size[1]]))
-        if not valid[0]:
-            return b"", "RLE that does not decode to its image's size"
-    elif isinstance(counts, list) and counts and all(type(v) is int and v >= 0 for v in counts):
-        encoded, area = compressed(counts, size), [sum(counts[1::2])]
-        if encoded is None:
-            return b"", "RLE that does not decode to its image's size"
-    else:
-        return b"", "malformed RLE (its 'counts' are neither a string nor non-negative integers)"
-    if area[0] == 0:
-        return b"", "empty mask"
-    if widths[i] <= 0:
-        heights[i], widths[i] = size
-    return encoded, None
+            skipped[SKIPPED[reason]] += int(count)
+    return ~degenerate & ~box_only_unusable
 
 
 def _empty_polygons(arrays: dict[str, np.ndarray], widths: np.ndarray, heights: np.ndarray) -> np.ndarray:

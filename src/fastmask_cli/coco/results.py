@@ -9,8 +9,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import FastMaskError
-from .ground_truth import GroundTruth, polygon_arrays
+from .ground_truth import GroundTruth
 from .ids import id_key, is_number, pixels
+from .polygons import polygon_arrays
 from .rle import check_rle_strings, compressed, encode_mask_array, is_mask_array
 
 

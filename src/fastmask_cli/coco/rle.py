@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .ids import pixels
+
 
 def decode_rle_strings(strings: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run lengths of compressed RLE strings (pycocotools' `rleFrString` format), all at once.
@@ -105,3 +107,30 @@ def encode_mask_array(rows: list, height: int, width: int) -> dict | None:
         return None
     rle = mask_utils.encode(np.asfortranarray(array.astype(np.uint8)))
     return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def annotation_rle(seg: dict, i: int, widths: np.ndarray, heights: np.ndarray) -> tuple[bytes, str | None]:
+    """Compressed counts of a ground-truth RLE segmentation on image `i`, or (b"", why it is skipped).
+    Where the image entry gives no size (`widths[i]` <= 0), a good RLE's size becomes the image's."""
+    size, counts = seg.get("size"), seg.get("counts")
+    size = [pixels(v) for v in size] if isinstance(size, list) and len(size) == 2 else [-1, -1]
+    if min(size) <= 0:
+        return b"", "malformed RLE (its 'size' is not [height, width])"
+    if widths[i] > 0 and size != [int(heights[i]), int(widths[i])]:
+        return b"", "RLE that does not decode to its image's size"
+    if isinstance(counts, str):
+        encoded = counts.encode("ascii") if counts.isascii() else b""
+        valid, area = check_rle_strings([encoded], np.array([size[0] * size[1]]))
+        if not valid[0]:
+            return b"", "RLE that does not decode to its image's size"
+    elif isinstance(counts, list) and counts and all(type(v) is int and v >= 0 for v in counts):
+        encoded, area = compressed(counts, size), [sum(counts[1::2])]
+        if encoded is None:
+            return b"", "RLE that does not decode to its image's size"
+    else:
+        return b"", "malformed RLE (its 'counts' are neither a string nor non-negative integers)"
+    if area[0] == 0:
+        return b"", "empty mask"
+    if widths[i] <= 0:
+        heights[i], widths[i] = size
+    return encoded, None
