@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.table import Table
 
-from ..errors import FastMaskError
 from ..inference.options import DEFAULT_NMS, DEFAULT_NMS_IOU
 from ..io.files import write_json_atomic
 from ..io.images import MAX_PIXELS
@@ -49,11 +48,7 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     from ..runs.plan import shard_path
 
     main_process = rank is None or rank[0] == 0
-    if jobs == "auto" and (rank is not None or options.get("shard")):
-        jobs = 1  # torchrun's ranks and a job array's tasks already split the images
-    jobs = resolve_jobs(jobs, proposer.device.type)
-    if jobs > 1 and rank is not None:
-        raise FastMaskError("--jobs and torchrun both start processes: use one of them (--jobs 1 under torchrun)")
+    jobs = resolve_jobs(jobs, proposer.device.type, torchrun=rank is not None, shard=options.get("shard"))
     watched = out if rank is None else shard_path(out, rank[0] + 1, rank[1])
     if main_process and not options.get("resume") and partial_path(watched).exists():
         console.print(f"[yellow]Found an interrupted run ({partial_path(watched)}); starting over. Use --resume to continue it.[/]")
@@ -157,8 +152,6 @@ def propose(
         options["shard"] = parse_shard(shard)
     here = launch()
     rank = (here.rank, here.world) if here.distributed else None
-    if rank is not None and shard:
-        raise FastMaskError("--shard and torchrun both split the images: use one of them")
     if rank is not None:
         device = rank_device(device, here.local_rank)
     proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,

@@ -5,10 +5,10 @@ Why: on the CPU the network's threads keep every core busy only while the networ
 pasting and encoding masks run on one core in between. N processes of cores/N threads each keep every
 core busy (docs/speed.md: 2 processes x 1 thread against 1 x 2 on 2 cores).
 
-How: the sorted image list is cut into 4N contiguous slices (plan.py's shards, so that a fast worker
-takes more of them), and forked workers take them in order, each proposing one slice at a time with
+How: a split run (split.py): the sorted image list is cut into 4N contiguous shards (so that a fast
+worker takes more of them), and forked workers take them in order, each proposing one shard at a time with
 `propose_folder` into `<out stem>.shard-K-of-S<suffix>`: resumable and never half-written as any run.
-When all are done, `merge_results` streams the slices into `out` in file order (byte for byte what one
+When all are done, `join_shards` streams the shards into `out` in file order (byte for byte what one
 process writes, `.images.json` included) and removes them. Workers are forked, not spawned: they
 inherit the loaded weights and the image list instead of importing PyTorch and reading the folder
 again (about a second each).
@@ -20,7 +20,6 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -33,14 +32,14 @@ from ..errors import FastMaskError, ParameterError
 from ..io.files import output_lock, writable_file
 from ..io.results_file import check_format, images_json_path
 from .folder import ProposeSummary, finished_run, propose_folder, run_records
-from .merge import merge_results
 from .partial import PartialLog, partial_path
-from .plan import ImagePlan, plan_images, shard_path
+from .plan import ImagePlan, plan_images
+from .split import finished_split, join_shards, leftover_shards, shard_paths, split_to_resume
 
 if TYPE_CHECKING:
     from ..inference.proposer import Proposer
 
-SLICES_PER_JOB = 4
+SHARDS_PER_JOB = 4
 MAX_AUTO_JOBS = 8  # each worker holds its own buffers (about 0.5 GB at top-1000): a bound on memory
 
 
@@ -52,11 +51,15 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_jobs(jobs: str | int, device_type: str) -> int:
+def resolve_jobs(jobs: str | int, device_type: str, *, torchrun: bool = False, shard: tuple[int, int] | None = None) -> int:
     """What `--jobs` means: a number, or "auto" (one per core, at most MAX_AUTO_JOBS, on the CPU; one on a
-    GPU, where torchrun runs one process per GPU). Raises ParameterError for anything else."""
+    GPU, where torchrun runs one process per GPU; one where torchrun's ranks or a job array's `shard`
+    already split the images). The one rule for which splits combine: any one of the three, or `--jobs`
+    within each `--shard`. Raises ParameterError (FastMaskError for torchrun's) for anything else."""
+    if torchrun and shard:
+        raise FastMaskError("--shard and torchrun both split the images: use one of them")
     if jobs == "auto":
-        return min(cpu_cores(), MAX_AUTO_JOBS) if device_type == "cpu" else 1
+        return 1 if torchrun or shard else min(cpu_cores(), MAX_AUTO_JOBS) if device_type == "cpu" else 1
     try:
         count = int(jobs)
     except ValueError:
@@ -68,42 +71,16 @@ def resolve_jobs(jobs: str | int, device_type: str) -> int:
                              "with torchrun (docs/cli.md, \"Whole datasets\")")
     if count > 1 and "fork" not in mp.get_all_start_methods():
         raise ParameterError("jobs", "{} needs processes started by fork (Linux, macOS); use 1 here")
+    if count > 1 and torchrun:
+        raise FastMaskError("--jobs and torchrun both start processes: use one of them (--jobs 1 under torchrun)")
+    if count > 1 and shard:
+        raise ParameterError("jobs", "{} and --shard both split the images: use one of them (or --jobs 1 in each shard)")
     return count
 
 
 def worker_threads(jobs: int) -> int:
     """Threads of each of `jobs` workers: the cores shared among them."""
     return max(1, cpu_cores() // jobs)
-
-
-def slice_paths(out: Path, slices: int) -> list[Path]:
-    return [shard_path(out, k, slices) for k in range(1, slices + 1)]
-
-
-def _slice_files(out: Path) -> dict[Path, int]:
-    """Files that runs of `--jobs` left beside `out` (slices, their partial logs and image lists) -> their slice count."""
-    stem, suffix = (out.stem, out.suffix) if out.suffix else (out.name, "")
-    pattern = re.compile(rf"{re.escape(stem)}\.shard-\d+-of-(\d+){re.escape(suffix)}(\.partial|\.images\.json)?|"
-                         rf"{re.escape(stem)}\.shard-\d+-of-(\d+)\.images\.json")
-    found = {}
-    for path in out.parent.glob(f"{stem}.shard-*"):
-        match = pattern.fullmatch(path.name)
-        if match:
-            found[path] = int(match.group(1) or match.group(3))
-    return found
-
-
-def _split_to_resume(out: Path) -> int | None:
-    """How the interrupted run into `out` split the images: 1 (one process), the count of its slices, or None."""
-    found = _slice_files(out)
-    counts = {n for path, n in found.items() if path.name.endswith(".partial")}
-    if len(counts) > 1:
-        raise ParameterError("resume", f"runs split {len(counts)} ways were interrupted into {out}; run without {{}} "
-                             "to start over")
-    if counts:
-        return counts.pop()
-    finished = set(found.values())  # every slice done, the join interrupted
-    return finished.pop() if len(finished) == 1 else (1 if partial_path(out).exists() else None)
 
 
 def propose_jobs(proposer: Proposer, images_dir: Path, out: Path, *, jobs: int, weights_id: str,
@@ -117,9 +94,7 @@ def propose_jobs(proposer: Proposer, images_dir: Path, out: Path, *, jobs: int, 
     propose_folder raises; a worker's error stops the others and is raised here."""
     out = Path(out)
     check_format(fmt)
-    jobs = resolve_jobs(jobs, proposer.device.type)
-    if jobs > 1 and options.get("shard"):
-        raise ParameterError("jobs", "{} and --shard both split the images: use one of them (or --jobs 1 in each shard)")
+    jobs = resolve_jobs(jobs, proposer.device.type, shard=options.get("shard"))
     plan = plan_images(images_dir, ann)
     writable_file(out, "the results")
     with output_lock(out):  # before anything is cleared: another run may be writing these files
@@ -131,47 +106,42 @@ def _propose_jobs(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePl
                   ann: Path | None, resume: bool, fmt: str, threads: int | None, on_start: Callable[[int], None] | None,
                   on_image: Callable[[str], None] | None, **options: Any) -> ProposeSummary:
     """`propose_jobs`' work, its output locked."""
-    count = _split_to_resume(out) if resume else None  # a resumed run keeps its split, whatever `jobs` is now
+    count = split_to_resume(out) if resume else None  # a resumed run keeps its split, whatever `jobs` is now
     if count is None:
-        count = 1 if min(jobs, len(plan.files)) <= 1 else min(SLICES_PER_JOB * jobs, len(plan.files))
+        count = 1 if min(jobs, len(plan.files)) <= 1 else min(SHARDS_PER_JOB * jobs, len(plan.files))
     if not resume and out.parent.is_dir():  # the files of interrupted runs, which this one starts over
-        for path in [*_slice_files(out), partial_path(out)]:
+        for path in [*leftover_shards(out), partial_path(out)]:
             path.unlink(missing_ok=True)
     if count == 1:  # one process (a one-process log cannot be split)
         return propose_folder(proposer, images_dir, out, weights_id=weights_id, ann=ann, resume=resume, fmt=fmt,
                               plan=plan, on_start=on_start, on_image=on_image, **options)
-    summary = ProposeSummary(out=str(out), ignored=plan.ignored, file_list=str(images_json_path(out)))
-    if resume:  # a finished run leaves no slices behind: recognise the merged file itself
-        _, run = run_records(proposer, weights_id, images_dir, ann, plan, None, fmt)
-        if finished_run(out, run, summary):
-            return summary
-    slices = slice_paths(out, count)
+    if resume and (finished := finished_split(proposer, weights_id, images_dir, ann, plan, fmt, out)):
+        return finished
+    shards = shard_paths(out, count)
     jobs = min(jobs, count)
 
     records = dict(weights_id=weights_id, ann=ann, resume=resume, fmt=fmt)
-    todo = _left_to_do(proposer, images_dir, plan, slices, records) if resume else len(plan.files)
+    todo = _left_to_do(proposer, images_dir, plan, shards, records) if resume else len(plan.files)
     threads = threads or worker_threads(jobs)
     started = time.perf_counter()
-    done = _run_workers(proposer, images_dir, slices, plan, jobs, threads, lambda: on_start and on_start(todo),
+    done = _run_workers(proposer, images_dir, shards, plan, jobs, threads, lambda: on_start and on_start(todo),
                         on_image, {**options, **records})
+    summary = ProposeSummary(out=str(out), ignored=plan.ignored, file_list=str(images_json_path(out)))
     summary.seconds = time.perf_counter() - started
-    merged = merge_results(slices, out, fmt=fmt, as_one_run=True)
-    for path in slices:
-        path.unlink()
-        images_json_path(path).unlink()
+    merged = join_shards(shards, out, fmt, as_one_run=True)
     summary.images, summary.proposals, summary.skipped = merged.images, merged.proposals, merged.skipped
     summary.resumed = sum(part.resumed for part in done)
     summary.notes = [note for part in done for note in part.notes]
     return summary
 
 
-def _left_to_do(proposer: Proposer, images_dir: Path, plan: ImagePlan, slices: list[Path], records: dict[str, Any]) -> int:
-    """Images that the slices' partial logs and finished slice files do not hold yet (what a resume redoes).
+def _left_to_do(proposer: Proposer, images_dir: Path, plan: ImagePlan, shards: list[Path], records: dict[str, Any]) -> int:
+    """Images that the shards' partial logs and finished shard files do not hold yet (what a resume redoes).
     Raises as propose_folder's resume would, before any worker starts."""
     left = 0
-    for k, path in enumerate(slices, 1):
-        mine = plan.shard(k, len(slices))
-        header, run = run_records(proposer, records["weights_id"], images_dir, records["ann"], plan, (k, len(slices)),
+    for k, path in enumerate(shards, 1):
+        mine = plan.shard(k, len(shards))
+        header, run = run_records(proposer, records["weights_id"], images_dir, records["ann"], plan, (k, len(shards)),
                                   records["fmt"])
         if finished_run(path, run, ProposeSummary(out=str(path))):
             continue
@@ -181,14 +151,14 @@ def _left_to_do(proposer: Proposer, images_dir: Path, plan: ImagePlan, slices: l
     return left
 
 
-def _run_workers(proposer: Proposer, images_dir: Path, slices: list[Path], plan: ImagePlan, jobs: int, threads: int,
+def _run_workers(proposer: Proposer, images_dir: Path, shards: list[Path], plan: ImagePlan, jobs: int, threads: int,
                  started: Callable[[], Any], on_image: Callable[[str], None] | None,
                  options: dict[str, Any]) -> list[ProposeSummary]:
-    """Fork `jobs` workers that take the slices in order; relay their progress; the slices' summaries in order."""
+    """Fork `jobs` workers that take the shards in order; relay their progress; the shards' summaries in order."""
     context = mp.get_context("fork")
-    next_slice = context.Value("i", 0)
+    next_shard = context.Value("i", 0)
     events = context.Queue()
-    workers = [context.Process(target=_work, args=(proposer, images_dir, slices, plan, next_slice, events, threads, options),
+    workers = [context.Process(target=_work, args=(proposer, images_dir, shards, plan, next_shard, events, threads, options),
                                name=f"fastmask-job-{j + 1}") for j in range(jobs)]
     # OpenCV's thread pool does not survive a fork (a forked worker hung in it): stopped for the fork, then restored
     opencv_threads = cv2.getNumThreads()
@@ -201,17 +171,17 @@ def _run_workers(proposer: Proposer, images_dir: Path, slices: list[Path], plan:
     started()  # after the fork: a progress display's thread must not be running when it happens
     done: dict[int, ProposeSummary] = {}
     try:
-        while len(done) < len(slices):
+        while len(done) < len(shards):
             try:
                 kind, value = events.get(timeout=0.5)
             except queue.Empty:
                 if any(w.exitcode not in (None, 0) for w in workers) or not any(w.is_alive() for w in workers):
-                    raise FastMaskError("a worker process stopped before its slice was done (out of memory?); "
+                    raise FastMaskError("a worker process stopped before its shard was done (out of memory?); "
                                         "rerun with --resume to continue") from None
                 continue
             if kind == "image" and on_image:
                 on_image(value)
-            elif kind == "slice":
+            elif kind == "shard":
                 done[value[0]] = value[1]
             elif kind == "error":
                 raise value
@@ -227,16 +197,16 @@ def _run_workers(proposer: Proposer, images_dir: Path, slices: list[Path], plan:
             worker.join(timeout=10)
         raise
     finally:
-        for worker in workers:  # each slice's partial log keeps what it finished (a cut line is dropped on resume)
+        for worker in workers:  # each shard's partial log keeps what it finished (a cut line is dropped on resume)
             if worker.is_alive():
                 worker.terminate()
             worker.join()
     return [done[k] for k in sorted(done)]
 
 
-def _work(proposer: Proposer, images_dir: Path, slices: list[Path], plan: ImagePlan, next_slice: Any, events: Any,
+def _work(proposer: Proposer, images_dir: Path, shards: list[Path], plan: ImagePlan, next_shard: Any, events: Any,
           threads: int, options: dict[str, Any]) -> None:
-    """One worker: `threads` threads; slices taken in turn until none are left, progress sent as events."""
+    """One worker: `threads` threads; shards taken in turn until none are left, progress sent as events."""
     import torch
 
     from ..inference.backend import set_session_threads
@@ -247,13 +217,13 @@ def _work(proposer: Proposer, images_dir: Path, slices: list[Path], plan: ImageP
     set_session_threads(threads)
     try:
         while True:
-            with next_slice.get_lock():
-                k, next_slice.value = next_slice.value, next_slice.value + 1
-            if k >= len(slices):
+            with next_shard.get_lock():
+                k, next_shard.value = next_shard.value, next_shard.value + 1
+            if k >= len(shards):
                 return
-            part = propose_folder(proposer, images_dir, slices[k], shard=(k + 1, len(slices)), plan=plan,
+            part = propose_folder(proposer, images_dir, shards[k], shard=(k + 1, len(shards)), plan=plan,
                                   on_image=lambda rel: events.put(("image", rel)), **options)
-            events.put(("slice", (k, part)))
+            events.put(("shard", (k, part)))
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent stops the run
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes it on too: once is enough
         events.put(("interrupted", None))

@@ -15,7 +15,7 @@ from ..io.images import list_images
 
 
 def shard_path(out: Path, k: int, n: int) -> Path:
-    """Where torchrun's rank k-1 of n writes its slice."""
+    """Where shard k of n of a split run into `out` is written (split.py: `--jobs`, torchrun)."""
     return out.with_name(f"{out.stem}.shard-{k}-of-{n}{out.suffix}")
 
 

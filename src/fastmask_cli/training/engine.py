@@ -1,4 +1,4 @@
-"""Training engine (paper §5.2): SGD with warm-up, multi-scale augmented batches, per-epoch checkpoints
+"""Training engine (paper §5.2): AdamW (or SGD, the paper's) with warm-up and cosine decay, multi-scale augmented batches, per-epoch checkpoints
 that resume exactly, validation AR through `evaluate`, and DistributedDataParallel under torchrun.
 
     from fastmask_cli.training.engine import TrainSettings, train
@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..coco.ground_truth import read_ground_truth
-from ..device import autocast, launch, resolve_device
+from ..device import autocast, check_precision, launch, rank_device, resolve_device
 from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
 from ..io.files import writable_folder
@@ -58,10 +58,9 @@ def _distributed(device: str) -> tuple[int, int, torch.device]:
     here = launch()
     if not here.distributed:
         return 0, 1, resolve_device(device)
-    target = resolve_device(device)
+    target = resolve_device(rank_device(device, here.local_rank))  # as `propose` under torchrun picks its GPU
     if target.type == "cuda":
-        torch.cuda.set_device(here.local_rank)
-        target = torch.device("cuda", here.local_rank)
+        torch.cuda.set_device(target)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     return dist.get_rank(), here.world, target
@@ -192,8 +191,7 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
     else:
         optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     precision = settings.precision if settings.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
-    if precision == "fp16" and dev.type != "cuda":
-        raise FastMaskError("fp16 training needs a CUDA device; on the CPU use fp32 or bf16")
+    check_precision(precision, dev)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
     run = Run(out, settings, model, runner, optimizer, scaler, precision, dataset, sampler, dev, rank, world,
