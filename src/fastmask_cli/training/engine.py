@@ -8,7 +8,8 @@ that resume exactly, validation AR through `evaluate`, and DistributedDataParall
 A run folder holds `checkpoint.pt` (everything needed to resume; checkpoint.py), `model.pt` (the latest
 weights, in the format `fastmask propose --weights` loads), `best.pt` (the best by validation mask
 AR@100) and `log.jsonl` (one JSON object per logged step, epoch and validation). Settings are in
-settings.py, stopping in preemption.py, measuring in validation.py; this file is the loop.
+settings.py, stopping in preemption.py, measuring in validation.py, what runs after each epoch in
+hooks.py; this file builds the run and is the loop.
 
 Preemption: `checkpoint.pt` is also written every `checkpoint_every` iterations, and when SIGTERM or
 SIGUSR1 arrives (what Slurm sends before preempting or at the time limit): every process stops at the
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +39,19 @@ from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
 from ..io.files import writable_folder
 from ..modeling.bodies import initialise, resolve_init
-from ..modeling.checkpoint import load_network, save_checkpoint
+from ..modeling.checkpoint import load_network
 from ..modeling.config import FastMaskConfig
 from ..modeling.model import FastMask
 from ..modeling.weights import starting_checkpoint
 from .assign import AssignRule
-from .checkpoint import BEST, CHECKPOINT, LOG, MODEL, load_training_state, rng_state, save_training_state, set_rng_state
+from .checkpoint import CHECKPOINT, LOG, load_training_state, rng_state, save_training_state, set_rng_state
 from .dataset import Augment, CocoInstances, Sample
 from .events import TrainEvents
+from .hooks import Checkpointer, EpochEnd, Hook, PreciseBN, Validation
 from .loss import FastMaskLoss, Target
-from .precise_bn import training_batchnorms
-from .preemption import SkipBatches, StopSignals, stop_agreed, worker_init
+from .preemption import SkipBatches, stop_agreed, worker_init
+from .run import Run
 from .settings import TrainSettings, TrainSummary
-from .validation import flat_metrics, precise_bn, validate
 
 
 def _distributed(device: str) -> tuple[int, int, torch.device]:
@@ -89,91 +90,25 @@ def _collate(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-@dataclass
-class Run:
-    """A training run, set up: what it trains, with what, on which data, and where it stands."""
-
-    out: Path
-    settings: TrainSettings
-    model: FastMask
-    runner: torch.nn.Module  # the model and its loss, wrapped in DDP under torchrun
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    precision: str  # fp32, bf16 or fp16 (autocast)
-    dataset: CocoInstances
-    sampler: DistributedSampler
-    device: torch.device
-    rank: int
-    world: int
-    init: str | None  # what the body started from (a file, or "imagenet (package version)")
-    start_epoch: int = 0
-    iteration: int = 0
-    best: dict | None = None
-    midway: dict | None = None  # where the interrupted epoch `start_epoch` stood: steps, this rank's rng, totals
-    stop: StopSignals = field(default_factory=StopSignals)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def iterations_per_epoch(self) -> int:
-        return math.ceil(len(self.sampler) / self.settings.batch_size)
-
-
 def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, settings: TrainSettings,
           init: str | Path | None, resume: bool, device: str, events: TrainEvents) -> Run:
     """Build (or restore from `out/checkpoint.pt`) the model, optimiser and data of a run."""
     rank, world, dev = _distributed(device)
-    state = None
-    if (out / CHECKPOINT).exists():
-        if not resume:
-            raise ParameterError(("resume", "out"), f"{out} already holds a training run; pass {{0}} to continue it, or choose another {{1}}")
-        state = load_training_state(out / CHECKPOINT)
-        stored = TrainSettings.from_dict(state["settings"])
-        config = FastMaskConfig.from_dict(state["config"])
-        free = ("epochs", "workers", "checkpoint_every")  # may change on resume: they do not change the result
-        given, settings = settings, replace(stored, **{k: getattr(settings, k) for k in free})
-        differ = [f"{k} {v!r} (given {getattr(given, k)!r})" for k, v in asdict(settings).items()
-                  if v != getattr(given, k) and k not in free]
-        if differ and given != TrainSettings(**{k: getattr(given, k) for k in free}):
-            events.note("the run's own settings are kept: " + ", ".join(differ))
-        init = state.get("init")
-        midway = state.get("midway")
-        if midway and midway["world"] != world:
-            events.note(f"the run was stopped in epoch {state['epoch'] + 1} on {midway['world']} processes, now {world}: "
-                        "that epoch starts again from its beginning")
-            state["midway"] = None
-        where = f"in epoch {state['epoch'] + 1}" if state.get("midway") else f"after epoch {state['epoch']}"
-        events.note(f"resuming {out} {where} (iteration {state['iteration']})")
-    elif resume:
-        events.note(f"nothing to resume in {out}: starting a new run")
+    state = _stored_run(out, resume, events)
+    if state is not None:  # the run's own architecture and settings; only those that leave the result alone may change
+        config, init = FastMaskConfig.from_dict(state["config"]), state.get("init")
+        settings = _resumed_settings(state, settings, out, world, events)
     if rank == 0:
         writable_folder(out, "the training run")
-
     augment = Augment(settings.size, settings.jitter, settings.crop, settings.flip, settings.copy_paste)
     dataset = CocoInstances(gt_path, images_dir, augment, seed=settings.seed)
     if rank == 0:
         for message in dataset.report.notes:
             events.note(message)
-
     torch.manual_seed(settings.seed)
     model = FastMask(config)
     if state is None:
-        init, note = resolve_init(config.body, init)
-        if note and rank == 0:
-            events.note(note)
-    if init is not None and state is None:
-        start = starting_checkpoint(init)
-        if start is not None:  # fine-tuning a whole trained network
-            path, digest, _, weights = start
-            fresh = load_network(model, weights, path)
-            # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
-            init = f"{path if Path(str(init)).exists() else init} (sha256 {digest[:12]})"
-            events.note(f"network initialised from {init}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
-        else:
-            report, init = initialise(model.body, config.body, init)
-            events.note(f"body initialised: {report.summary()}")
+        init = _initialise(model, config, init, rank, events)
     if settings.freeze_bn is None:  # a pretrained body keeps its ImageNet statistics; batch-2 statistics are noise
         settings = replace(settings, freeze_bn=init is not None)
     try:
@@ -184,12 +119,7 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
     objective = FastMaskLoss(model, settings.windows_per_image, AssignRule(settings.size_range, settings.centre_fraction),
                              settings.objectness)
     runner = DistributedDataParallel(objective, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else objective
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = build_optimizer(model, settings)
     precision = settings.precision if settings.precision != "auto" else ("bf16" if dev.type == "cuda" else "fp32")
     check_precision(precision, dev)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -197,16 +127,82 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
     run = Run(out, settings, model, runner, optimizer, scaler, precision, dataset, sampler, dev, rank, world,
               str(init) if init is not None else None)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        run.start_epoch, run.iteration, run.best = state["epoch"], state["iteration"], state.get("best")
-        if state.get("midway"):
-            midway = state["midway"]
-            run.midway = {"batches": midway["batches"], "steps": midway["steps"], "rng": midway["rng"][rank],
-                          "totals": midway["totals"][rank]}
+        _restore(run, state)
     return run
+
+
+def _stored_run(out: Path, resume: bool, events: TrainEvents) -> dict[str, Any] | None:
+    """The training state in `out` to resume (None: a new run). ParameterError where `out` holds a run
+    and `resume` is not given."""
+    if not (out / CHECKPOINT).exists():
+        if resume:
+            events.note(f"nothing to resume in {out}: starting a new run")
+        return None
+    if not resume:
+        raise ParameterError(("resume", "out"), f"{out} already holds a training run; pass {{0}} to continue it, or choose another {{1}}")
+    return load_training_state(out / CHECKPOINT)
+
+
+def _resumed_settings(state: dict[str, Any], given: TrainSettings, out: Path, world: int, events: TrainEvents) -> TrainSettings:
+    """The stored run's settings, with those that do not change the result taken from `given`; says
+    which given settings were not taken, and where the run resumes (an epoch interrupted on another
+    number of processes starts again: its `midway` is dropped from `state`)."""
+    free = ("epochs", "workers", "checkpoint_every")  # may change on resume: they do not change the result
+    settings = replace(TrainSettings.from_dict(state["settings"]), **{k: getattr(given, k) for k in free})
+    differ = [f"{k} {v!r} (given {getattr(given, k)!r})" for k, v in asdict(settings).items()
+              if v != getattr(given, k) and k not in free]
+    if differ and given != TrainSettings(**{k: getattr(given, k) for k in free}):
+        events.note("the run's own settings are kept: " + ", ".join(differ))
+    midway = state.get("midway")
+    if midway and midway["world"] != world:
+        events.note(f"the run was stopped in epoch {state['epoch'] + 1} on {midway['world']} processes, now {world}: "
+                    "that epoch starts again from its beginning")
+        state["midway"] = None
+    where = f"in epoch {state['epoch'] + 1}" if state.get("midway") else f"after epoch {state['epoch']}"
+    events.note(f"resuming {out} {where} (iteration {state['iteration']})")
+    return settings
+
+
+def _initialise(model: FastMask, config: FastMaskConfig, init: str | Path | None, rank: int, events: TrainEvents) -> str | Path | None:
+    """A new run's starting weights (`train`'s `init`): a whole trained network to fine-tune, or the
+    body's pretrained weights, or none. Returns what it started from, as the run records it."""
+    init, note = resolve_init(config.body, init)
+    if note and rank == 0:
+        events.note(note)
+    if init is None:
+        return None
+    start = starting_checkpoint(init)
+    if start is not None:  # fine-tuning a whole trained network
+        path, digest, _, weights = start
+        fresh = load_network(model, weights, path)
+        # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
+        init = f"{path if Path(str(init)).exists() else init} (sha256 {digest[:12]})"
+        events.note(f"network initialised from {init}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
+        return init
+    report, init = initialise(model.body, config.body, init)
+    events.note(f"body initialised: {report.summary()}")
+    return init
+
+
+def build_optimizer(model: FastMask, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW (the default) or SGD with momentum (the paper's) over the parameters that train."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def _restore(run: Run, state: dict[str, Any]) -> None:
+    """Weights, optimiser, scaler and place in the schedule from a stored training state."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.iteration, run.best = state["epoch"], state["iteration"], state.get("best")
+    if state.get("midway"):
+        midway = state["midway"]
+        run.midway = {"batches": midway["batches"], "steps": midway["steps"], "rng": midway["rng"][run.rank],
+                      "totals": midway["totals"][run.rank]}
 
 
 def train_step(run: Run, samples: list[Sample]) -> dict[str, float]:
@@ -304,53 +300,6 @@ def train_one_epoch(run: Run, epoch: int, events: TrainEvents, summary: TrainSum
     return {"type": "epoch", "epoch": epoch + 1, "iteration": run.iteration, **{k: v / max(steps, 1) for k, v in totals.items()}}
 
 
-# Eval-mode AR on the training sample below this fraction of its AR with batch statistics: the running
-# statistics do not describe the weights (seen at 0.0 against 87 on a two-image fit before precise BN).
-BN_GAP = 0.5
-
-
-def evaluate_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None,
-                   check_bn: bool = False) -> None:
-    """AR on val and on a fixed sample of the training images (unaugmented), into `record`; keeps best.pt.
-    With `check_bn`, the training sample is measured again with batch statistics, and a large gap
-    between the two is recorded as `bn_warning`."""
-    settings, model = run.settings, run.model
-    if settings.train_sample > 0:
-        record["train"] = flat_metrics(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample))
-        if check_bn and training_batchnorms(model):
-            batch = flat_metrics(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample,
-                                   batch_statistics=True))
-            record["train_batch_statistics"] = batch
-            eval_ar, batch_ar = record["train"]["mask AR@100"] or 0.0, batch["mask AR@100"] or 0.0
-            if batch_ar >= 0.05 and eval_ar < BN_GAP * batch_ar:
-                record["bn_warning"] = (
-                    f"on the training sample, mask AR@100 is {eval_ar * 100:.1f} in eval mode but {batch_ar * 100:.1f} with "
-                    "batch statistics: the BatchNorm running statistics do not describe the weights"
-                    + (" (--bn-images 0 kept the running averages; give it images)" if settings.bn_images == 0 else
-                       " even after recomputing them; raise --bn-images"))
-    if val is not None:
-        record["val"] = flat_metrics(validate(model, val[0], val[1], settings.val_top_k, device=str(run.device)))
-        if run.best is None or (record["val"]["mask AR@100"] or 0.0) > (run.best["val"]["mask AR@100"] or 0.0):
-            run.best = {"epoch": record["epoch"], "val": record["val"], "train": record.get("train")}
-            save_checkpoint(run.out / BEST, model, {**_meta(run, gt_path, images_dir, record), "val_set": str(val[0])})
-            record["best"] = True
-    model.train()
-
-
-def _meta(run: Run, gt_path: Path, images_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """What a saved model records of how it was trained."""
-    return {"trained_on": str(gt_path), "images": str(images_dir), "epochs": record["epoch"], "iterations": run.iteration,
-            "init": run.init or "scratch", "settings": run.settings.to_dict(),
-            **{k: record[k] for k in ("val", "train") if k in record}}
-
-
-def save_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path) -> None:
-    """model.pt (for --weights) and checkpoint.pt (for --resume) after an epoch, both atomic."""
-    save_checkpoint(run.out / MODEL, run.model, _meta(run, gt_path, images_dir, record))
-    save_training_state(run.out / CHECKPOINT, run.model, run.optimizer, run.scaler, run.settings, record["epoch"],
-                         run.iteration, run.best, run.init)
-
-
 def train(
     gt_path: Path,
     images_dir: Path,
@@ -387,7 +336,8 @@ def train(
     log = open(out / LOG, "a") if run.main else None
     try:
         with run.stop:
-            _train_epochs(run, gt_path, images_dir, val, events, summary, log)
+            hooks = [PreciseBN(), Validation(gt_path, images_dir, val, events), Checkpointer(gt_path, images_dir, log)]
+            _train_epochs(run, hooks, val is not None, events, summary, log)
     finally:
         if log is not None:
             log.close()
@@ -396,9 +346,10 @@ def train(
     return summary
 
 
-def _train_epochs(run: Run, gt_path: Path, images_dir: Path, val: tuple[Path, Path] | None, events: TrainEvents,
-                  summary: TrainSummary, log: Any) -> None:
-    """The epochs from where the run stands; returns early (checkpoint written) when asked to stop."""
+def _train_epochs(run: Run, hooks: list[Hook], has_val: bool, events: TrainEvents, summary: TrainSummary,
+                  log: Any) -> None:
+    """The epochs from where the run stands, `hooks` called after each (measuring every `val_every`
+    epochs where there is a val set, and after the last); returns early (checkpoint written) when asked to stop."""
     settings = run.settings
     for epoch in range(run.start_epoch, settings.epochs):
         if stop_agreed(run.stop, run.world, run.device):  # asked between epochs: the last epoch's checkpoint is already written
@@ -410,17 +361,9 @@ def _train_epochs(run: Run, gt_path: Path, images_dir: Path, val: tuple[Path, Pa
         summary.last_loss = record.get("loss", summary.last_loss)
         last = epoch + 1 == settings.epochs
         # without val, the training sample is measured at the end only: it is there to compare with val
-        validating = last or (val is not None and (epoch + 1) % settings.val_every == 0)
-        if validating and settings.bn_images > 0:  # every process: statistics are averaged over them
-            record["bn_images"] = precise_bn(run.model, run.dataset, settings.bn_images, run.device, run.rank, run.world)
-        if run.main:
-            if validating:
-                evaluate_epoch(run, record, gt_path, images_dir, val, check_bn=last)
-                if record.get("bn_warning"):
-                    events.note(record["bn_warning"])
-            save_epoch(run, record, gt_path, images_dir)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+        end = EpochEnd(record, last, last or (has_val and (epoch + 1) % settings.val_every == 0))
+        for hook in hooks:
+            hook.after_epoch(run, end)
         if run.world > 1:
             dist.barrier()
         summary.epochs, summary.iterations, summary.best = epoch + 1, run.iteration, run.best
