@@ -20,7 +20,7 @@ from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
 from .inference.options import ProposerOptions
 from .io.files import atomic_path, writable_folder
-from .modeling.bodies.pretrained import PACKAGED
+from .modeling.bodies.pretrained import packaged, packaged_weights
 from .modeling.checkpoint import save_checkpoint
 from .modeling.config import MASK_THRESHOLDS
 from .modeling.model import FastMask
@@ -55,16 +55,16 @@ def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Pa
 def body_source(body: str, init: str | None) -> dict[str, str] | None:
     """Where a run's packaged body weights came from, for the manifest: package, version, file, sha256 and
     licence; None when `init` (the run's label: "imagenet (...)", "coco-ssd (...)") names no package of
-    the body's (`PACKAGED`) or that package is not installed here."""
-    packaged = PACKAGED.get(body)
-    if packaged is None or not str(init).startswith(packaged.init):
+    the body's (its `BodySpec.pretrained`) or that package is not installed here."""
+    source = packaged(body)
+    if source is None or not str(init).startswith(source.init):
         return None
     try:
-        path = packaged.locate()[0]
+        path = packaged_weights(body, source.init)[0]
     except FastMaskError:
         return None
-    return {"package": packaged.package, "version": version(packaged.package), "file": path.name,
-            "sha256": sha256_of(path), "licence": packaged.licence}
+    return {"package": source.package, "version": version(source.package), "file": path.name,
+            "sha256": sha256_of(path), "licence": source.licence}
 
 
 def inherited_body_source(init: str | None, directories: Sequence[Path]) -> dict[str, str] | None:

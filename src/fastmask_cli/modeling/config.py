@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..errors import FastMaskError
-from .registry import BODIES, HEADS, NECKS, ONE_STREAM_BODIES
+from .registry import BODIES, HEADS, NECKS
 
 # Mask thresholds measured before weights ship (`export.ship_run`): the best depends on the body and the
 # training (0.35 gained the MobileNetV2 default 1.2 points of mask AR@100 over the 0.5 it trained with).
@@ -46,7 +46,8 @@ class FastMaskConfig:
             (self.neck in NECKS, f"neck must be one of {', '.join(NECKS)}, not {self.neck!r}"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}, not {self.head!r}"),
             (self.streams in (1, 2), f"streams must be 1 or 2, not {self.streams}"),
-            (self.streams == 1 or self.body not in ONE_STREAM_BODIES, f"the {self.body} body has one stream (streams 1)"),
+            (self.body not in BODIES or self.streams in BODIES.spec(self.body).streams,
+             f"the {self.body} body has one stream (streams 1)"),
             (isinstance(self.stride8, bool), f"stride8 must be true or false, not {self.stride8!r}"),
             (self.window >= 2 and self.window % 2 == 0, "window must be an even number of cells"),
             (0 <= self.window_pad < self.window, "window_pad must be in [0, window)"),

