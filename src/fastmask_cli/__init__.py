@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_model": "modeling.weights", "save_checkpoint": "modeling.checkpoint",
     "FastMaskError": "errors", "ParameterError": "errors",
     "GroundTruth": "coco.ground_truth", "read_ground_truth": "coco.ground_truth", "check_results": "coco.results",
-    "Evaluation": "coco.evaluate", "evaluate": "coco.evaluate",
+    "Evaluation": "coco.evaluate", "evaluate": "coco.evaluate", "report": "coco.report",
     "read_image": "io.images", "read_results": "io.results_file",
     "Proposals": "inference.proposer", "Proposer": "inference.proposer", "ProposerOptions": "inference.options",
     "OnnxNetwork": "inference.backend",

@@ -148,3 +148,30 @@ def test_compiled_proposer_gives_the_eager_proposals() -> None:
     compiled = Proposer(model, device="cpu", top_k=10, compile=True).propose(image)
     assert np.allclose(eager.scores, compiled.scores, atol=1e-4)
     assert np.array_equal(eager.boxes, compiled.boxes)
+
+
+def test_cli_bench_with_ground_truth_measures_each_scale_count(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The paper's Table 4 for the user's data: AR@10 / AR@100 beside s/img per scale count and mode, each
+    row what propose and eval give at those settings."""
+    from fastmask_cli.coco.evaluate import evaluate
+    from support.coco_data import write_shapes_dataset
+
+    gt, images = write_shapes_dataset(tmp_path / "shapes", images=3)
+    out = tmp_path / "bench.json"
+    result = run("bench", "--weights", str(tiny_checkpoint), "--scales", "1,2", "--pyramid", "--runs", "1", "--warmup", "0",
+                 "--size", "128x96", "--top-k", "10", "--backend", "torch", "--images", str(images), "--ann", str(gt),
+                 "--json", str(out))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["accuracy_rows"]
+    assert [(r["scales"], r["mode"], r["images"]) for r in rows] == [(s, m, 3) for s in (1, 2) for m in ("one-shot", "pyramid")]
+    assert all(r["s_per_image"] > 0 and 0 <= r["segm"]["AR@10"] <= r["segm"]["AR@100"] <= 1 for r in rows)
+    assert "AR (%) against scales" in result.flat and "paper, Table 4" in result.flat
+    proposed = run("propose", str(images), "--out", str(tmp_path / "p.json"), "--weights", str(tiny_checkpoint), "--ann", str(gt),
+                   "--scales", "2", "--top-k", "100")
+    assert proposed.exit_code == 0, proposed.output
+    measured = evaluate(gt, tmp_path / "p.json")
+    row = next(r for r in rows if r["scales"] == 2 and r["mode"] == "one-shot")
+    assert row["segm"]["AR@100"] == pytest.approx(measured.results["segm"].metrics["AR@100"])
+    assert row["bbox"]["AR@10"] == pytest.approx(measured.results["bbox"].metrics["AR@10"])
+    lonely = run("bench", "--weights", str(tiny_checkpoint), "--ann", str(gt))
+    assert lonely.exit_code == 1 and "give their folder with --images" in lonely.output

@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from ..coco.evaluate import IOU_TYPES, PAPER, evaluate
-from ..coco.plot import plot_recall
+from ..coco.evaluate import IOU_TYPES
 from ..errors import FastMaskError
 from ..io.files import writable_file, write_json_atomic
 from .common import (
@@ -26,10 +24,8 @@ from .common import (
     console,
     friendly_errors,
     load_proposer,
-    make_progress,
-    progress_columns,
-    say_note,
 )
+from .evaluation import REPORT, REPORT_IMAGES, check_report, measure, write_report
 from .propose import run_propose
 
 
@@ -53,6 +49,13 @@ def eval_command(
     workers: Optional[int] = WORKERS,
     jobs: str = JOBS,
     init: Optional[Path] = INIT,
+    report_dir: Optional[Path] = REPORT,
+    report_images: int = REPORT_IMAGES,
+    pictures: Optional[Path] = typer.Option(None, "--report-pictures", help="Folder of the ground truth's images, for "
+                                            "the report's pictures. Default: --images, else the folder recorded beside "
+                                            "the results by fastmask propose."),
+    bench: Optional[Path] = typer.Option(None, "--report-bench", help="JSON of `fastmask bench --ann --json`: its "
+                                         "accuracy against speed table and plot go in the report."),
 ) -> None:
     """Class-agnostic average recall (AR@10/100/1000, masks and boxes, small/medium/large) of RESULTS against GT."""
     iou_types = {"both": IOU_TYPES, "segm": ("segm",), "bbox": ("bbox",)}.get(iou_type)
@@ -61,37 +64,19 @@ def eval_command(
     for path, what in ((json_out, "--json"), (plot, "--plot")):  # fail now, not after the evaluation
         if path is not None:
             writable_file(path, what)
+    check_report(report_dir, report_images, bench)
     if images is not None:
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
                                        backend=backend)
         run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers, jobs=jobs)
-    with make_progress(*progress_columns("evaluating {task.description}", remaining=False),
-                       console=console, transient=True) as progress:
-        evaluation = evaluate(gt, results, iou_types, allow_missing,
-                              on_start=lambda total: progress.add_task(str(results), total=total),
-                              on_image=lambda: progress.advance(progress.task_ids[0]))
-    table = Table(title=f"average recall (%) of {results.name}, class-agnostic, IoU 0.50:0.95")
-    table.add_column("metric")
-    for t in evaluation.results:
-        table.add_column(f"{t} (ours)", justify="right")
-        table.add_column(f"{t} (paper)", justify="right", style="dim")
-    first = next(iter(evaluation.results.values()), None)
-    for metric in first.metrics if first else []:
-        row = [metric]
-        for t, r in evaluation.results.items():
-            paper = PAPER[t].get(metric)
-            value = r.metrics[metric]
-            row += ["n/a" if value is None else f"{value * 100:.1f}", "" if paper is None else f"{paper:.1f}"]
-        table.add_row(*row)
-    console.print(table)
-    if first:
-        console.print(f"{first.images} images, {first.proposals} proposals. Paper: FastMask two-stream ResNet-39, "
-                      "80k COCO training images, first 5k COCO val images (Table 3).", highlight=False)
-    for note in evaluation.notes:
-        say_note(note)
+    evaluation = measure(gt, results, iou_types, allow_missing)
     if json_out:
         write_json_atomic(json_out, evaluation.to_dict())
         console.print(f"metrics: {json_out}", highlight=False)
     if plot:
+        from ..coco.figures import plot_recall
+
         plot_recall(evaluation, plot)
         console.print(f"recall plot: {plot}", highlight=False)
+    if report_dir is not None:
+        write_report(evaluation, report_dir, results, pictures or images, report_images, bench)

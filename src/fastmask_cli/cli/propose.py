@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.table import Table
 
+from ..errors import FastMaskError
 from ..inference.options import DEFAULT_NMS, DEFAULT_NMS_IOU
 from ..io.files import write_json_atomic
 from ..io.images import MAX_PIXELS
@@ -31,6 +32,7 @@ from .common import (
     say_note,
     warn_if_untrained,
 )
+from .evaluation import REPORT, REPORT_IMAGES, check_report, measure, write_report
 
 if TYPE_CHECKING:
     from ..inference.proposer import Proposer
@@ -134,6 +136,8 @@ def propose(
                                  "(the top-k set stays, so AR@1000 does too); drop: remove them."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
     init: Optional[Path] = INIT,
+    report_dir: Optional[Path] = REPORT,
+    report_images: int = REPORT_IMAGES,
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this (read from the header, before decoding)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
 ) -> None:
@@ -145,6 +149,12 @@ def propose(
     """
     from ..device import launch, rank_device
     from ..io.results_file import check_format
+
+    if report_dir is not None and ann is None:
+        raise FastMaskError("--report measures the proposals: give the ground truth with --ann")
+    if report_dir is not None and shard:
+        raise FastMaskError("--report needs the whole folder: after `fastmask merge`, run `fastmask eval GT MERGED --report DIR`")
+    check_report(report_dir, report_images)
 
     options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
                                "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers, "jobs": jobs}
@@ -164,3 +174,5 @@ def propose(
         write_json_atomic(json_out, {**summary.to_dict(), "weights": info.describe(), "settings": proposer.settings()})
     if not info.trained:
         console.print("[bold red]Reminder: these proposals come from an UNTRAINED model.[/]")
+    if report_dir is not None:
+        write_report(measure(ann, out), report_dir, out, images_dir, report_images)

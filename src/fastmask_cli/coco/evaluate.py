@@ -27,6 +27,7 @@ from pycocotools.cocoeval import COCOeval
 from ..errors import FastMaskError, ParameterError
 from ..io.results_file import read_results
 from .ground_truth import BOX_ONLY, GroundTruth, read_ground_truth
+from .matches import MatchCollector, Matches
 from .results import check_results
 
 MAX_DETS = (10, 100, 1000)
@@ -54,8 +55,13 @@ class Recall:
 
 @dataclass
 class Evaluation:
+    """AR per IoU type, what happened to each object (`matches`, for reports), the notes, and the ground
+    truth it was measured against (`truth`: file names, masks and category names for reports)."""
+
     results: dict[str, Recall] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was skipped and why
+    matches: dict[str, Matches] = field(default_factory=dict, repr=False)
+    truth: GroundTruth | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"notes": self.notes, **{t: {"metrics": r.metrics, "iou_thresholds": r.iou_thresholds,
@@ -69,8 +75,9 @@ def _quiet() -> contextlib.AbstractContextManager:
 
 
 def _recall(gt: COCO, results: list[dict], iou_type: str, image_ids: list[int],
-            on_image: Callable[[], None] | None) -> np.ndarray:
-    """COCOeval recall array (T, 1, A, M) for these results, class-agnostic."""
+            on_image: Callable[[], None] | None, collect: MatchCollector | None = None) -> np.ndarray:
+    """COCOeval recall array (T, 1, A, M) for these results, class-agnostic; `collect` gathers each
+    object's matches as the images go by."""
     with _quiet():
         dt = gt.loadRes(results) if results else COCO()
     ev = COCOeval(gt, dt, iou_type)
@@ -86,6 +93,8 @@ def _recall(gt: COCO, results: list[dict], iou_type: str, image_ids: list[int],
         ev.ious[image_id, -1] = ev.computeIoU(image_id, -1)
         for a, area in enumerate(p.areaRng):
             ev.evalImgs[a * len(image_ids) + i] = ev.evaluateImg(image_id, -1, area, p.maxDets[-1])
+        if collect is not None:
+            collect.add(ev, image_id, ev.evalImgs[i])  # area "all" comes first
         del ev.ious[image_id, -1]  # COCOeval keeps them all; they are not needed again
         if on_image:
             on_image()
@@ -142,7 +151,7 @@ def evaluate(
     A results list passed in is normalised in place (category, RLE, tight boxes), as COCO.loadRes does.
     """
     truth = read_ground_truth(gt_path)
-    evaluation = Evaluation(notes=list(truth.notes))
+    evaluation = Evaluation(notes=list(truth.notes), truth=truth)
     raw = read_results(results) if isinstance(results, (str, Path)) else results
     if not isinstance(raw, list):
         raise FastMaskError(f"results are a {type(raw).__name__}, not a COCO results list")
@@ -167,13 +176,15 @@ def evaluate(
             for r in raw:
                 if "segmentation" in r:
                     r["bbox"] = [float(v) for v in mask_utils.toBbox(r["segmentation"])]
-        recall = _recall(gts[iou_type], scored, iou_type, image_ids, on_image)
+        collect = MatchCollector(iou_type, scored)
+        recall = _recall(gts[iou_type], scored, iou_type, image_ids, on_image, collect)
         metrics = {f"AR@{n}": _mean_recall(recall[:, 0, 0, m]) for m, n in enumerate(MAX_DETS)}
         for a, area in enumerate(AREAS[1:], start=1):
             metrics[f"AR_{area[0].upper()}@100"] = _mean_recall(recall[:, 0, a, MAX_DETS.index(100)])
         thresholds = [round(float(t), 2) for t in np.linspace(0.5, 0.95, recall.shape[0])]
         curves = {n: [max(float(v), 0.0) for v in recall[:, 0, 0, m]] for m, n in enumerate(MAX_DETS)}
         evaluation.results[iou_type] = Recall(iou_type, metrics, thresholds, curves, len(image_ids), len(scored))
+        evaluation.matches[iou_type] = collect.matches(np.asarray(thresholds))
     if not raw:
         evaluation.notes.append("the results list is empty: every AR is 0")
     return evaluation

@@ -32,9 +32,9 @@ class FlatStrings:
         return (self[i] for i in range(len(self)))
 
 
-def flat_annotations(kind: list, image: list, crowd: list, boxes: np.ndarray, areas: np.ndarray, rle: list,
-                      polygons: list[tuple[np.ndarray, np.ndarray, np.ndarray]], counts: np.ndarray,
-                      usable: np.ndarray) -> dict[str, np.ndarray]:
+def flat_annotations(kind: list, image: list, crowd: list, category: list, boxes: np.ndarray, areas: np.ndarray,
+                     rle: list, polygons: list[tuple[np.ndarray, np.ndarray, np.ndarray]], counts: np.ndarray,
+                     usable: np.ndarray) -> dict[str, np.ndarray]:
     """The annotations where `usable`, in flat arrays (see `GroundTruth`); `counts`: usable rings per annotation."""
     keep = np.flatnonzero(usable)
     ring_lengths = np.concatenate([n for _, n, _ in polygons]) if polygons else np.zeros(0, np.int64)
@@ -42,6 +42,7 @@ def flat_annotations(kind: list, image: list, crowd: list, boxes: np.ndarray, ar
     return {
         "image": np.asarray(image, dtype=np.int32)[keep],
         "crowd": np.asarray(crowd, dtype=bool)[keep],
+        "category": np.asarray(category, dtype=np.int64)[keep],
         "area": areas[keep],
         "bbox": boxes[keep],
         "kind": np.asarray(kind, dtype=np.int8)[keep],
@@ -55,7 +56,7 @@ def flat_annotations(kind: list, image: list, crowd: list, boxes: np.ndarray, ar
 
 def take_annotations(arrays: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
     """The annotations `keep` (indices, in that order) of flat `arrays`, rings and RLE bytes regathered."""
-    out = {name: arrays[name][keep] for name in ("image", "crowd", "area", "bbox", "kind")}
+    out = {name: arrays[name][keep] for name in ("image", "crowd", "category", "area", "bbox", "kind")}
     rings, ring_offsets, coords = arrays["rings"], arrays["ring_offsets"], arrays["coords"]
     ring_index = gather_ranges(rings, keep)
     point_index = gather_ranges(ring_offsets, ring_index)

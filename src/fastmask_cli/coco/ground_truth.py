@@ -58,6 +58,7 @@ class GroundTruth:
 
     Images: `ids` (as written), `file_names` (None where absent), `widths`/`heights` (int32, -1 where
     unknown). Annotations, A of them, in flat arrays: `image` (index into the images), `crowd`,
+    `category` (the `category_id` as written, -1 where not an integer; named in `categories`),
     `area` (NaN: derive from the mask), `bbox` (A, 4) x, y, w, h (NaN: derive), `kind` (0 box only,
     1 polygons, 2 RLE), `rings` (A+1 offsets into `ring_offsets`), `ring_offsets` (R+1 offsets into
     `coords`, float64 x, y pairs as written; float32 in `for_training`), `rle` (A+1 offsets into `rle_bytes`, compressed RLE strings).
@@ -71,6 +72,7 @@ class GroundTruth:
     heights: np.ndarray
     image: np.ndarray
     crowd: np.ndarray
+    category: np.ndarray
     area: np.ndarray
     bbox: np.ndarray
     kind: np.ndarray
@@ -83,6 +85,7 @@ class GroundTruth:
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # kind -> annotations skipped
     index: dict[tuple, int] = field(default_factory=dict)  # id_key(image id) -> image index
+    categories: dict[int, str] = field(default_factory=dict)  # category id -> name, as the file lists them
 
     def __len__(self) -> int:
         return len(self.widths)
@@ -241,6 +244,7 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
     notes: list[str] = []
     skipped: Counter[str] = Counter()
     ids, file_names, widths, heights, index = _images(data["images"], path, what, notes)
+    categories = _categories(data.get("categories"))
     anns = _annotation_objects(data["annotations"], path, what, skipped)
     del data
     arrays, kept_ids = _annotations(anns, index, widths, heights, path, what, notes, skipped)
@@ -261,7 +265,15 @@ def _read_ground_truth(path: Path, what: str, need_annotations: bool) -> GroundT
         if np.isnan(values).any():
             notes.append(f"{int(np.isnan(values).sum())} annotations without a usable '{field_name}': derived from the mask")
     return GroundTruth(path, ids, FlatStrings(file_names), widths, heights, image_anns=image_anns, notes=notes,
-                       skipped=dict(skipped), index=index, **arrays)
+                       skipped=dict(skipped), index=index, categories=categories, **arrays)
+
+
+def _categories(entries: Any) -> dict[int, str]:
+    """Category id -> name, for the entries that have an integer id (proposals are class-agnostic: the
+    names only label objects in reports)."""
+    if not isinstance(entries, list):
+        return {}
+    return {c["id"]: str(c.get("name", c["id"])) for c in entries if isinstance(c, dict) and type(c.get("id")) is int}
 
 
 def _images(entries: list, path: Path, what: str, notes: list[str]
@@ -314,6 +326,7 @@ def _annotations(anns: list[dict], index: dict[tuple, int], widths: np.ndarray, 
     Column by column: COCO has a million annotations, and comprehensions cost a fraction of a loop body."""
     image = _image_indices([a.get("image_id", []) for a in anns], index)
     crowd = [a.get("iscrowd") or 0 for a in anns]  # missing or null: not a crowd, as pycocotools reads it
+    category = [c if type(c) is int else -1 for c in (a.get("category_id") for a in anns)]
     odd = next((n for n, c in enumerate(crowd) if c not in (0, 1) or type(c) not in (int, float, bool)), None)
     if odd is not None:
         raise FastMaskError(f"{what} {path.name}: annotation {anns[odd].get('id')!r} has iscrowd {crowd[odd]!r}: it must be 0 or 1")
@@ -329,8 +342,8 @@ def _annotations(anns: list[dict], index: dict[tuple, int], widths: np.ndarray, 
     keep = [i is not None and k >= 0 for i, k in zip(image, kind)]
     flat_kept = sum(1 for n in flat if keep[n])
     if not all(keep):
-        anns, image, crowd, segs, kind, rle, emptied = (list(compress(column, keep))
-                                                        for column in (anns, image, crowd, segs, kind, rle, emptied))
+        anns, image, crowd, category, segs, kind, rle, emptied = (
+            list(compress(column, keep)) for column in (anns, image, crowd, category, segs, kind, rle, emptied))
     boxes, areas = _boxes([a.get("bbox") for a in anns]), _areas([a.get("area") for a in anns])
     ann_ids = [a.get("id") for a in anns]
     rows = [n for n, k in enumerate(kind) if k == POLYGONS]
@@ -347,7 +360,7 @@ def _annotations(anns: list[dict], index: dict[tuple, int], widths: np.ndarray, 
     if boxes_only:
         notes.append(f"{boxes_only} annotations with an empty 'segmentation' ([] or {{}}, as CVAT and coco-annotator "
                      "write box-only objects) read as boxes only: evaluated as boxes; mask AR needs masks")
-    arrays = flat_annotations(kind, image, [bool(c) for c in crowd], boxes, areas, rle, polygons, rings_of, usable)
+    arrays = flat_annotations(kind, image, [bool(c) for c in crowd], category, boxes, areas, rle, polygons, rings_of, usable)
     kept_ids = [a for a, k in zip(ann_ids, usable) if k]
     empty = _empty_polygons(arrays, widths, heights)
     if empty.any():

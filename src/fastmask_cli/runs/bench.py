@@ -8,6 +8,9 @@ the pyramid, ONNX Runtime against PyTorch) are taken run by run and reported wit
 is split into its stages (network, top-k + mask decoding, paste-back, RLE encoding, suppression). The
 pyramid baseline runs the same body, reduce, norm and head on the image resized once per level
 (`FastMask.image_pyramid`), the multi-shot way.
+
+With ground truth (`bench_accuracy`), each scale count and mode also proposes over the whole folder
+and is measured: the paper's Table 4 (AR@10 and AR@100 beside the speed) for the user's images.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..coco.evaluate import evaluate
 from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
 from ..inference.proposer import Proposer, StageTimer
@@ -89,11 +93,25 @@ class FolderRow:
 
 
 @dataclass
+class AccuracyRow:
+    """One scale count and mode measured on ground truth: AR@10 / AR@100 of masks and boxes ([0, 1]; None
+    where not measured) beside the seconds per image of that proposing run (files to results file)."""
+
+    scales: int
+    mode: str
+    images: int
+    s_per_image: float
+    segm: dict[str, float | None] | None
+    bbox: dict[str, float | None] | None
+
+
+@dataclass
 class BenchReport:
     machine: dict[str, Any]
     settings: dict[str, Any]
     rows: list[BenchRow] = field(default_factory=list)
     folder_rows: list[FolderRow] = field(default_factory=list)
+    accuracy_rows: list[AccuracyRow] = field(default_factory=list)
 
     def _ratios(self, slow: Callable[[BenchConfig], BenchConfig | None]) -> dict[BenchConfig, tuple[float, float, float]]:
         """For each row whose `slow(config)` counterpart was timed: that one's latency / this one's, run by run
@@ -121,6 +139,7 @@ class BenchReport:
 
         return {"machine": self.machine, "settings": self.settings, "rows": [asdict(r) for r in self.rows],
                 "folder_rows": [{**asdict(r), "other_s": r.other_s} for r in self.folder_rows],
+                "accuracy_rows": [asdict(r) for r in self.accuracy_rows],
                 "speedup_one_shot_vs_pyramid": table(self.speedup()), "speedup_onnx_vs_torch": table(self.backend_speedup())}
 
 
@@ -288,3 +307,32 @@ def bench_folder(proposer: Proposer, report: BenchReport, folder: Path, runs: in
             stages_s={name: float(np.median([run.get(name, 0.0) for run in stages[config]])) for name in STAGES}
             if stages[config] else {},
         ))
+
+
+ACCURACY_TOP_K = 100  # AR@10 and AR@100, as the paper's Table 4
+
+
+def bench_accuracy(proposer: Proposer, report: BenchReport, gt: Path, folder: Path, scale_counts: list[int],
+                   pyramid: bool = False, jobs: int = 1, on_run: Callable[[str], None] | None = None) -> None:
+    """For each scale count, one shot and (with `pyramid`) the image pyramid: propose the top 100 over
+    `folder` (image ids from `gt`) at the proposer's own size, and measure masks and boxes AR@10 / AR@100,
+    adding `report.accuracy_rows`; the seconds per image are that run's own. Raises what `evaluate` and
+    `propose_jobs` raise."""
+    modes = ["one-shot"] + ["pyramid"] * pyramid
+    with tempfile.TemporaryDirectory(prefix="fastmask-bench-ann-") as tmp:
+        for scales in scale_counts:
+            for mode in modes:
+                variant = proposer.variant(scales=scales, multi_shot=mode == "pyramid", top_k=ACCURACY_TOP_K,
+                                           backend="torch" if mode == "pyramid" else proposer.backend)
+                out = Path(tmp) / f"{mode}-{scales}.json"
+                start = time.perf_counter()
+                summary = propose_jobs(variant, folder, out, jobs=jobs, weights_id="bench", ann=gt)
+                seconds = time.perf_counter() - start
+                if summary.images == 0:
+                    raise FastMaskError(f"no image of {gt.name} was found in {folder}")
+                evaluation = evaluate(gt, out)
+                measured = {t: {k: r.metrics[k] for k in ("AR@10", "AR@100")} for t, r in evaluation.results.items()}
+                report.accuracy_rows.append(AccuracyRow(scales, mode, summary.images, seconds / summary.images,
+                                                        measured.get("segm"), measured.get("bbox")))
+                if on_run:
+                    on_run(f"AR of {mode}, {scales} scales")
