@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,10 @@ def evaluate(
         image_ids = sorted({r["image_id"] for r in raw})
         evaluation.notes.append(f"evaluated on the {len(image_ids)} images the results cover")
     iou_types = _mask_notes(tuple(iou_types), raw, truth, evaluation.notes)
+    most = max(Counter(r["image_id"] for r in raw).values(), default=0)
+    if 0 < most < MAX_DETS[-1]:  # AR@1000 would silently read as AR@most
+        evaluation.notes.append(f"at most {most} results per image: AR@{MAX_DETS[-1]} counts those "
+                                f"(propose with --top-k {MAX_DETS[-1]} to measure it)")
     if (truth.kind == BOX_ONLY).any():  # left out of mask AR, as COCO leaves crowds out: an index for each
         gts = {t: truth.to_coco(masks=t == "segm", box_only=t == "bbox") for t in iou_types}
     else:  # one index serves both

@@ -117,6 +117,6 @@ def _axes(ax: "Axes", title: str, xlabel: str, xlim: tuple[float, float]) -> Non
     ax.set_xlabel(xlabel)
     ax.set_ylabel("recall")
     ax.set_xlim(*xlim)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)  # a curve at recall 1 stays visible
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

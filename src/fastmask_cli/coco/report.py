@@ -156,7 +156,8 @@ def _gallery(truth: Any, matches: Matches, images: Path | None, out_dir: Path, c
                      f"{picture}</div>")
     legend = ("<p>Outlines: <span class='f2'>found at IoU ≥ 0.75</span>, <span class='f1'>found at 0.5–0.75</span>, "
               f"<span class='f0'>missed</span> within the top {TOP}, <span class='crowd'>crowd</span> (not counted). "
-              "Right: each missed object with the best proposal for it (any rank), its IoU and rank. Click for full size.</p>")
+              "Right, where an object was missed: each missed object with the best proposal for it (any rank), its IoU and rank. "
+              "Click for full size.</p>")
     return f"<section id='gallery'><h2>Gallery</h2>{legend}{''.join(cards) or '<p>no image has an object to show</p>'}</section>"
 
 
@@ -176,7 +177,8 @@ def _picture(truth: Any, matches: Matches, i: int, rows: np.ndarray, images: Pat
 
         image = cv2.resize(image, frame, interpolation=cv2.INTER_AREA)  # the objects are in the ground truth's grid
     links = []
-    for suffix, picture in zip(("fates", "misses"), draw_fates(image, truth, matches, rows)):
+    missed = bool(((matches.status()[rows] == MISSED) & ~matches.crowd[rows]).any())
+    for suffix, picture in list(zip(("fates", "misses"), draw_fates(image, truth, matches, rows)))[: 1 + missed]:
         path = out_dir / "gallery" / f"{n:04d}-{suffix}.jpg"
         with room_for(path):
             path.write_bytes(encode_jpeg(picture))

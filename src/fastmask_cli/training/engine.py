@@ -169,17 +169,12 @@ def _initialise(model: FastMask, config: FastMaskConfig, init: str | Path | None
     """A new run's starting weights: the whole trained network `finetune`, or the body's pretrained
     weights `init`, or none. Returns what it started from, as the run records it."""
     if finetune is not None:
-        if init is not None and str(init) != "auto":
-            raise ParameterError(("init", "finetune"), "give {0} (the body's starting weights) or {1} (a trained network), not both")
         path, digest, _, weights = fine_tune_start(finetune)
         fresh = load_network(model, weights, path)
         # a shipped name stays a name (the manifest's provenance); a folder is shown as the file taken from it
         start = f"{path if Path(str(finetune)).exists() else finetune} (sha256 {digest[:12]})"
         events.note(f"network initialised from {start}" + (f"; starting fresh: {', '.join(fresh)}" if fresh else ""))
         return start
-    if init is not None and str(init) not in NAMED_INITS and starting_checkpoint(init) is not None:
-        raise ParameterError(("init", "finetune"), f"{{0}} takes the body's starting weights ({', '.join(NAMED_INITS)} or a "
-                             f"state-dict FILE); {init} is a trained network: fine-tune it with {{1}} {init}")
     init, note = resolve_init(config.body, init)
     if note and rank == 0:
         events.note(note)
@@ -188,6 +183,16 @@ def _initialise(model: FastMask, config: FastMaskConfig, init: str | Path | None
     report, init = initialise(model.body, config.body, init)
     events.note(f"body initialised: {report.summary()}")
     return init
+
+
+def check_start(init: str | Path | None, finetune: str | Path | None) -> None:
+    """ParameterError where `init` and `finetune` are both given, or `init` names a whole trained network
+    (the old spelling of `finetune`)."""
+    if finetune is not None and init is not None and str(init) != "auto":
+        raise ParameterError(("init", "finetune"), "give {0} (the body's starting weights) or {1} (a trained network), not both")
+    if finetune is None and init is not None and str(init) not in NAMED_INITS and starting_checkpoint(init) is not None:
+        raise ParameterError(("init", "finetune"), f"{{0}} takes the body's starting weights ({', '.join(NAMED_INITS)} or a "
+                             f"state-dict FILE); {init} is a trained network: fine-tune it with {{1}} {init}")
 
 
 def build_optimizer(model: FastMask, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -338,6 +343,8 @@ def train(
         read_ground_truth(val[0], "validation ground truth")  # fail now, not after the first epoch
         if not Path(val[1]).is_dir():
             raise FastMaskError(f"validation images folder not found: {val[1]}")
+    if not resume:
+        check_start(init, finetune)  # before the run folder is made
     run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events, finetune)
     settings = run.settings
     summary = TrainSummary(str(out), epochs=run.start_epoch, iterations=run.iteration, best=run.best)
