@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.table import Table
 
-from ..coco.evaluate import PAPER, evaluate
+from ..coco.evaluate import PAPER, PAPER_SOURCE, evaluate
 from ..errors import FastMaskError
 from ..io.files import read_json, writable_folder
 from .common import console, make_progress, progress_columns, say_note
@@ -46,8 +46,7 @@ def measure(gt: Path, results: Path, iou_types: tuple[str, ...] = ("segm", "bbox
         table.add_row(*row)
     console.print(table)
     if first:
-        console.print(f"{first.images} images, {first.proposals} proposals. Paper: FastMask two-stream ResNet-39, "
-                      "80k COCO training images, first 5k COCO val images (Table 3).", highlight=False)
+        console.print(f"{first.images} images, {first.proposals} proposals. {PAPER_SOURCE}", highlight=False)
     for note in evaluation.notes:
         say_note(note)
     return evaluation

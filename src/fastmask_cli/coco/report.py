@@ -18,13 +18,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..errors import FastMaskError
 from ..io.files import atomic_path, room_for, writable_folder
 from ..io.images import ImageError, read_image
 from ..io.results_file import read_run
-from .evaluate import PAPER, Evaluation
+from .evaluate import PAPER, PAPER_SOURCE, Evaluation
 from .figures import plot_accuracy_against_speed, plot_recall, plot_recall_against_proposals, plot_recall_by_area
 from .gallery import draw_fates, encode_jpeg
 from .matches import FOUND, LOOSE, MISSED, TOP, Matches
@@ -118,8 +119,7 @@ def _summary(evaluation: Evaluation, results: Path | None) -> str:
         facts.append(("masks", "not evaluated (the results or the ground truth have no masks): the figures are for boxes only"))
     notes = "".join(f"<li>{_text(n)}</li>" for n in evaluation.notes) or "<li>none</li>"
     return (f"<section id='summary'><h2>Average recall (%), class-agnostic, IoU 0.50:0.95</h2>{_table(header, rows)}"
-            "<p class='dim'>Paper: FastMask two-stream ResNet-39, 80k COCO training images, first 5k COCO val images "
-            "(Table 3).</p><h3>What was evaluated</h3>"
+            f"<p class='dim'>{PAPER_SOURCE}</p><h3>What was evaluated</h3>"
             + _table(None, [[k, v] for k, v in facts], "class='facts'") + f"<h3>Notes</h3><ul>{notes}</ul></section>")
 
 
@@ -132,9 +132,9 @@ def _figures(evaluation: Evaluation) -> str:
     return f"<section id='figures'><h2>Figures</h2>{body}</section>"
 
 
-def _chosen_images(matches: Matches, count: int, seed: int) -> list[tuple[int, str]]:
-    """(image index, why) for the gallery: the worst half by AR@100, then a random sample of the others."""
-    recall = matches.image_recall()
+def _chosen_images(recall: dict[int, float], count: int, seed: int) -> list[tuple[int, str]]:
+    """(image index, why) for the gallery: the worst half by `recall` (AR@100 per image), then a random
+    sample of the others."""
     order = sorted(recall, key=lambda i: (recall[i], i))
     worst = order[: (count + 1) // 2]
     others = np.array(order[len(worst):], dtype=np.int64)
@@ -143,15 +143,15 @@ def _chosen_images(matches: Matches, count: int, seed: int) -> list[tuple[int, s
 
 
 def _gallery(truth: Any, matches: Matches, images: Path | None, out_dir: Path, count: int, seed: int) -> str:
-    recall = matches.image_recall()
+    recall, status = matches.image_recall(), matches.status()
     cards = []
-    for n, (i, why) in enumerate(_chosen_images(matches, count, seed)):
+    for n, (i, why) in enumerate(_chosen_images(recall, count, seed)):
         rows = np.flatnonzero(matches.image == i)
         name = truth.file_names[i] or str(truth.ids[i])
-        fates = np.bincount(matches.status()[rows][~matches.crowd[rows]], minlength=3)
+        fates = np.bincount(status[rows][~matches.crowd[rows]], minlength=3)
         caption = (f"<b>{_text(name)}</b> · AR@{TOP} {recall[i] * 100:.1f} · " +
                    " · ".join(f"<span class='f{k}'>{fates[k]} {FATES[k]}</span>" for k in (FOUND, LOOSE, MISSED)))
-        picture = _picture(truth, matches, i, rows, images, out_dir, n)
+        picture = _picture(truth, matches, i, rows, images, out_dir, n, missed=bool(fates[MISSED]))
         cards.append(f"<div class='card {why}'><p>{'lowest recall' if why == 'worst' else 'random sample'}: {caption}</p>"
                      f"{picture}</div>")
     legend = ("<p>Outlines: <span class='f2'>found at IoU ≥ 0.75</span>, <span class='f1'>found at 0.5–0.75</span>, "
@@ -161,8 +161,9 @@ def _gallery(truth: Any, matches: Matches, images: Path | None, out_dir: Path, c
     return f"<section id='gallery'><h2>Gallery</h2>{legend}{''.join(cards) or '<p>no image has an object to show</p>'}</section>"
 
 
-def _picture(truth: Any, matches: Matches, i: int, rows: np.ndarray, images: Path | None, out_dir: Path, n: int) -> str:
-    """The two pictures of image i as HTML, or why there are none."""
+def _picture(truth: Any, matches: Matches, i: int, rows: np.ndarray, images: Path | None, out_dir: Path, n: int,
+             missed: bool) -> str:
+    """The pictures of image i as HTML (its fates, and its misses where it has some), or why there are none."""
     name = truth.file_names[i]
     if images is None or name is None:
         return "<p class='missing'>no picture: no --images folder given</p>" if images is None else \
@@ -173,12 +174,10 @@ def _picture(truth: Any, matches: Matches, i: int, rows: np.ndarray, images: Pat
     except (ImageError, OSError) as exc:
         return f"<p class='missing'>no picture: {_text(Path(images) / name)}: {_text(exc)}</p>"
     if frame is not None and image.shape[1::-1] != frame:
-        import cv2
-
         image = cv2.resize(image, frame, interpolation=cv2.INTER_AREA)  # the objects are in the ground truth's grid
     links = []
-    missed = bool(((matches.status()[rows] == MISSED) & ~matches.crowd[rows]).any())
-    for suffix, picture in list(zip(("fates", "misses"), draw_fates(image, truth, matches, rows)))[: 1 + missed]:
+    fates, misses = draw_fates(image, truth, matches, rows)
+    for suffix, picture in [("fates", fates)] + [("misses", misses)] * missed:
         path = out_dir / "gallery" / f"{n:04d}-{suffix}.jpg"
         with room_for(path):
             path.write_bytes(encode_jpeg(picture))
