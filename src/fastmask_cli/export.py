@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from typing import Any
 from .coco.evaluate import Evaluation
 from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
-from .inference.options import ProposerOptions
+from .inference.detector import DEFAULT_FUSION, load_detector
+from .inference.options import RANKERS, ProposerOptions
 from .io.files import atomic_path, writable_folder
 from .modeling.bodies.pretrained import packaged, packaged_weights
 from .modeling.checkpoint import save_checkpoint
@@ -26,7 +27,17 @@ from .modeling.config import MASK_THRESHOLDS
 from .modeling.model import FastMask
 from .modeling.weights import MANIFEST, load_model, read_manifest, sha256_of
 from .modeling.weights import weights_dir as default_weights_dir
+from .training.fusion import fit_fusion, fusion_samples
 from .training.validation import precise_bn_of_run, validate
+
+
+def check_name(name: str) -> None:
+    """ParameterError unless `name` is a plain file name for NAME.pt in the weights folder: no folder
+    separators (a name is not a path: the file would land outside the folder the manifest lists), not
+    empty, not starting with a dot."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
+        raise ParameterError("name", f"{{}} {name!r} is not a name: use letters, digits, '-', '_' and '.' "
+                             "(no folders: the file goes in --weights-dir)")
 
 
 def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Path, *,
@@ -36,6 +47,7 @@ def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Pa
     `entry` adds what the manifest should say besides name, file, sha256 and config: metrics,
     training data, the commands that reproduce it. A default model displaces the previous default.
     """
+    check_name(name)
     directory = Path(directory)
     writable_folder(directory, "the weights")
     path = directory / f"{name}.pt"
@@ -90,19 +102,28 @@ class Shipped:
 def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False, ann: Path | None = None,
              images: Path | None = None, top_k: int = 1000, train_command: str | None = None, note: str | None = None,
              mask_threshold: float | None = None, thresholds: Sequence[float] = MASK_THRESHOLDS,
-             bn_images: int | None = None, device: str = "auto",
+             bn_images: int | None = None, device: str = "auto", ranker: str = "auto",
+             fusion_ann: Path | None = None, fusion_images: Path | None = None,
              on_batchnorm: Callable[[int | None, dict[str, Any]], None] | None = None,
-             on_measure: Callable[[float], None] | None = None) -> Shipped:
+             on_measure: Callable[[str, float], None] | None = None,
+             on_fit: Callable[[Path], None] | None = None) -> Shipped:
     """Ship the trained weights `source` (a run folder, a checkpoint, shipped weights) as `name`.
 
     Before writing, precise BN recomputes the statistics of every BatchNorm that trained over `bn_images`
     of the run's training images (None: the run's own count; 0: as saved). With `ann` and `images` the
     AR at `top_k` is measured for each mask threshold of `thresholds` (or `mask_threshold` alone, where
-    given, `thresholds` then unused) and the one with the best mask AR@100 ships (`choose_threshold`), the
-    grid recorded in the manifest (chosen on the set it is reported on: slightly optimistic). on_batchnorm(images used, or None where the training data is not here; the run's meta) and
-    on_measure(threshold) report progress. Raises FastMaskError for untrained weights, ParameterError for
-    `ann` without `images` or the reverse, or a `default` without them (a default is chosen on measured AR).
+    given, `thresholds` then unused), for each ranker: `ranker` "windows", "fused" (the COCO detector's
+    boxes too, its fusion fitted on `fusion_ann`/`fusion_images`, default the run's training data:
+    training/fusion.py) or "auto" (both). The pair with the best mask AR@10 + AR@100 ships (`choose`), the
+    grid recorded in the manifest (chosen on the set it is reported on: slightly optimistic).
+    on_batchnorm(images used, or None where the training data is not here; the run's meta),
+    on_fit(training ground truth) and on_measure(ranker, threshold) report progress. Raises FastMaskError
+    for untrained weights or a fused ranker without training data to fit it on, ParameterError for `ann`
+    without `images` or the reverse, or a `default` without them (a default is chosen on measured AR).
     """
+    check_name(name)
+    if ranker not in ("auto", *RANKERS):
+        raise ParameterError("ranker", f"{{}} must be auto, {', '.join(RANKERS)}, not {ranker!r}")
     if (ann is None) != (images is None):
         raise ParameterError(("ann", "images"), "give both {0} and {1}, or neither")
     if default and ann is None:
@@ -129,19 +150,31 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         entry["commands"] = {"train": train_command}
     if note:
         entry["note"] = note
+    fusions = {"windows": ()}
+    if ranker != "windows" and (ranker == "fused" or ann is not None):  # auto fits only what it can measure
+        fusions["fused"] = _fit_fusion(model, meta, fusion_ann, fusion_images, device, on_fit)
+        entry["ranker"] = {"fusion": list(fusions["fused"]), "fitted_on": str(fusion_ann or meta.get("trained_on")),
+                           "detector": load_detector()[1]}
+        if ranker == "fused":
+            del fusions["windows"]
+    model.config = replace(model.config, fusion=fusions.get("fused", ()) if ann is None else ())
     if ann is not None:
         measured = []
-        for threshold in grid:
-            if on_measure:
-                on_measure(threshold)
-            model.config = model.config.with_overrides(mask_threshold=threshold)
-            measured.append((threshold, validate(model, ann, images, top_k=top_k, device=device, backend="auto")))
-        chosen, evaluation = choose_threshold(measured)
-        model.config = model.config.with_overrides(mask_threshold=chosen)
+        for name_, fusion in fusions.items():
+            for threshold in grid:
+                if on_measure:
+                    on_measure(name_, threshold)
+                model.config = replace(model.config, mask_threshold=threshold, fusion=fusion)
+                measured.append((name_, threshold, validate(model, ann, images, top_k=top_k, device=device, backend="auto")))
+        chosen_ranker, chosen, evaluation = choose(measured)
+        model.config = replace(model.config, mask_threshold=chosen, fusion=fusions[chosen_ranker])
         entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
-        entry["mask_threshold"] = {"chosen": chosen, "by": "segm AR@100, then AR@10", "grid": [
-            {"threshold": t, **{f"{kind} {k}": round(v, 4) for kind, r in e.results.items() for k, v in r.metrics.items()
-                                if k in ("AR@10", "AR@100", "AR@1000") and v is not None}} for t, e in measured]}
+        entry["mask_threshold"] = {"chosen": chosen, "by": "segm AR@10 + AR@100", "grid": [
+            {"ranker": r_, "threshold": t, **{f"{kind} {k}": round(v, 4) for kind, r in e.results.items()
+                                              for k, v in r.metrics.items() if k in ("AR@10", "AR@100", "AR@1000") and v is not None}}
+            for r_, t, e in measured]}
+        if "ranker" in entry:
+            entry["ranker"]["chosen"] = chosen_ranker
         defaults = ProposerOptions()
         entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
                                 "top_k": top_k, "size": model.config.size, "scales": model.config.scales,
@@ -153,14 +186,27 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     return Shipped(record, entry.get("metrics", {}))
 
 
-def choose_threshold(measured: list[tuple[float, Evaluation]]) -> tuple[float, Evaluation]:
-    """The (threshold, evaluation) with the best mask AR@100, then AR@10; box AR where masks were not
-    evaluated. The first listed wins a full tie."""
-    def key(item: tuple[float, Evaluation]) -> tuple[float, float]:
-        results = item[1].results
+def choose(measured: list[tuple[str, float, Evaluation]]) -> tuple[str, float, Evaluation]:
+    """The (ranker, threshold, evaluation) with the best mask AR@10 + AR@100 (what a user sees first; box AR
+    where masks were not evaluated), then AR@100. The first listed wins a full tie."""
+    def key(item: tuple[str, float, Evaluation]) -> tuple[float, float]:
+        results = item[2].results
         metrics = (results.get("segm") or results["bbox"]).metrics
-        return metrics["AR@100"] or 0.0, metrics["AR@10"] or 0.0
+        return (metrics["AR@10"] or 0.0) + (metrics["AR@100"] or 0.0), metrics["AR@100"] or 0.0
     return max(measured, key=key)
+
+
+def _fit_fusion(model: FastMask, meta: dict[str, Any], ann: Path | None, images: Path | None, device: str,
+                on_fit: Callable[[Path], None] | None) -> tuple[float, ...]:
+    """The fused ranker's weights (training/fusion.py) fitted on `ann`/`images`, else the run's training data."""
+    ann, images = ann or meta.get("trained_on"), images or meta.get("images")
+    if not ann or not images or not Path(ann).is_file() or not Path(images).is_dir():
+        raise FastMaskError("the fused ranker is fitted on training images: give --fusion-ann and --fusion-images "
+                            "(the run's own training data is not here), or ship --ranker windows")
+    if on_fit:
+        on_fit(Path(ann))
+    model.config = replace(model.config, fusion=DEFAULT_FUSION)
+    return fit_fusion(*fusion_samples(model, Path(ann), Path(images), device=device))
 
 
 def export_onnx(model: FastMask, path: Path, scales: int | None = None) -> list[int]:

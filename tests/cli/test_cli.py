@@ -230,3 +230,50 @@ def test_a_batch_job_log_shows_progress_lines_while_it_runs(image_folder, tiny_c
     monkeypatch.setattr("fastmask_cli.cli.common.PROGRESS_INTERVAL", 3600)  # a long interval: the last line alone
     result = propose(image_folder, tmp_path / "r2.json", tiny_checkpoint, "--jobs", "1")
     assert [line.split(",")[0] for line in result.output.splitlines() if line.startswith("proposing")] == ["proposing: 4/4"]
+
+
+def test_special_files_are_never_renamed_over(image_folder, tiny_checkpoint, tmp_path):
+    """An atomic write renames a temporary file over its name: a pipe (or, as root, /dev/null) would be
+    replaced by a regular file. Such outputs are refused before any work, in one line, and stay what they were."""
+    import os
+    import stat
+
+    from fastmask_cli import FastMaskError
+    from fastmask_cli.io.files import atomic_path
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    link = tmp_path / "link.json"
+    link.symlink_to(pipe)
+    for out in (pipe, link):
+        result = propose(image_folder, out, tiny_checkpoint)
+        assert result.exit_code == 1 and "is not a regular file" in result.flat and "Traceback" not in result.output
+    summary = propose(image_folder, tmp_path / "r.json", tiny_checkpoint, "--json", pipe)
+    assert summary.exit_code == 1 and "is not a regular file" in summary.flat and not (tmp_path / "r.json").exists()
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and link.is_symlink()
+    with pytest.raises(FastMaskError, match="not a regular file"), atomic_path(pipe) as tmp:
+        tmp.write_text("never")
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(image_folder, tiny_checkpoint, tmp_path):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [{"id": i + 1, "file_name": f"img_{i}.png", "width": 128, "height": 96 + 8 * i}
+                                         for i in range(4)], "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    before = gt.read_bytes(), (image_folder / "img_0.png").read_bytes()
+    linked = tmp_path / "linked.json"
+    linked.symlink_to(gt)
+    cases = [
+        ("propose", image_folder, "--out", gt, "--weights", tiny_checkpoint, "--ann", gt),
+        ("propose", image_folder, "--out", linked, "--weights", tiny_checkpoint, "--ann", gt),  # the same file through a link
+        ("propose", image_folder, "--out", image_folder / "img_0.png", "--weights", tiny_checkpoint),
+        ("propose", image_folder, "--out", tmp_path / "r.json", "--weights", tiny_checkpoint, "--json", gt, "--ann", gt),
+        ("eval", gt, gt, "--images", image_folder, "--weights", tiny_checkpoint),
+        ("eval", gt, linked, "--json", linked),
+        ("merge", gt, "--out", gt),
+    ]
+    for args in cases:
+        result = run(*args)
+        assert result.exit_code == 1 and "would replace an input" in result.flat and "Traceback" not in result.output, args
+    assert (gt.read_bytes(), (image_folder / "img_0.png").read_bytes()) == before
+    assert not (tmp_path / "r.json").exists()

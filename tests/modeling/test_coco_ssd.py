@@ -68,7 +68,8 @@ def _graph_file(path: Path, constants: dict[str, np.ndarray]) -> None:
 def _slim_constants(body: torch.nn.Module) -> dict[str, np.ndarray]:
     """`body`'s weights as the detector graph names and lays them out (HWIO, depthwise HWC1)."""
     state, constants = body.state_dict(), {}
-    for prefix, scope in coco_ssd._slim_scopes(body).items():
+    for prefix, scope in coco_ssd._slim_scopes(body.features).items():
+        scope = scope.removeprefix(coco_ssd.SCOPE)
         if f"{prefix}.running_mean" in state:
             for ours, theirs in coco_ssd._BN_NAMES.items():
                 constants[f"{scope}/{theirs}"] = state[f"{prefix}.{ours}"].numpy()

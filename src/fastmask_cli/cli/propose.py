@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..errors import FastMaskError
 from ..inference.options import DEFAULT_NMS, DEFAULT_NMS_IOU
-from ..io.files import write_json_atomic
-from ..io.images import MAX_PIXELS
+from ..io.files import check_outputs, writable_file, write_json_atomic
+from ..io.images import IMAGE_SUFFIXES, MAX_PIXELS
 from .common import (
     BACKEND,
     BATCH_SIZE,
@@ -19,6 +19,7 @@ from .common import (
     INIT,
     JOBS,
     PRECISION,
+    RANKER,
     SCALES,
     SIZE,
     WEIGHTS,
@@ -135,6 +136,7 @@ def propose(
     nms_mode: str = typer.Option("demote", "--nms-mode", help="demote: move duplicates behind every distinct proposal "
                                  "(the top-k set stays, so AR@1000 does too); drop: remove them."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
+    ranker: Optional[str] = RANKER,
     init: Optional[Path] = INIT,
     report_dir: Optional[Path] = REPORT,
     report_images: int = REPORT_IMAGES,
@@ -155,6 +157,10 @@ def propose(
     if report_dir is not None and shard:
         raise FastMaskError("--report needs the whole folder: after `fastmask merge`, run `fastmask eval GT MERGED --report DIR`")
     check_report(report_dir, report_images)
+    if json_out is not None:  # fail now, not after the work
+        writable_file(json_out, "--json")
+    check_outputs({"--out": out, "--json": json_out}, {"IMAGES_DIR": images_dir, "--ann": ann,
+                  "--weights": Path(weights) if weights else None}, IMAGE_SUFFIXES)
 
     options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
                                "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers, "jobs": jobs}
@@ -166,7 +172,7 @@ def propose(
         device = rank_device(device, here.local_rank)
     proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
                                    size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode,
-                                   backend=backend)
+                                   backend=backend, ranker=ranker)
     summary = run_propose(proposer, info, images_dir, out, rank=rank, **options)
     if rank is not None and rank[0] != 0:
         return

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,17 +88,22 @@ def write_onnx(model: FastMask, path: Path, scales: int) -> None:
     axes = {"images": {0: "batch", 2: "height", 3: "width"}}
     axes |= {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in features}
     axes |= {name: {0: "batch", 1: f"{name}_height", 2: f"{name}_width"} for name in scores}
-    example = torch.full((1, 3, 256, 320), 128.0)
+    trace_onnx(graph, torch.full((1, 3, 256, 320), 128.0), Path(path), ["images"], features + scores, axes)
+
+
+def trace_onnx(module: nn.Module, example: Tensor, path: Path, inputs: list[str], outputs: list[str],
+                axes: dict[str, dict[int, str]]) -> None:
+    """Trace `module` on `example` into an ONNX graph (opset OPSET) at `path`, atomically. FastMaskError if
+    the exporter fails; OSError if the folder cannot be written."""
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's notices about tracing
-            torch.onnx.export(graph, (example,), buffer, input_names=["images"], output_names=features + scores,
+            torch.onnx.export(module, (example,), buffer, input_names=inputs, output_names=outputs,
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     except Exception as exc:  # the exporter raises many kinds; the message says which
         raise FastMaskError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)  # OSError: for_model and the CLI say which folder
+    path.parent.mkdir(parents=True, exist_ok=True)  # OSError: cached_onnx and the CLI say which folder
     with atomic_path(path) as tmp:  # processes exporting at once each replace it whole; a full disk is one line
         tmp.write_bytes(buffer.getvalue())
 
@@ -109,13 +115,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastmask"
 
 
-def weights_digest(model: FastMask) -> str:
-    """sha256 of what the exported graph depends on: the config and every tensor of the state dict."""
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+def weights_digest(model: nn.Module, settings: dict | None = None) -> str:
+    """sha256 of what the exported graph depends on: the config (or `settings`) and every tensor of the state dict."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict() if settings is None else settings, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def cached_onnx(key: str, write: Callable[[Path], None]) -> Path:
+    """The graph `key` in `cache_dir()` (the opset and torch version added to the key), written by `write`
+    first if absent, unreadable, or not the file that was written (its sha256 differs from the one kept
+    beside it). FastMaskError where the cache cannot be written."""
+    path = cache_dir() / f"{key}-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
+    digest = path.with_name(path.name + ".sha256")
+    if path.is_file() and digest.is_file() and digest.read_text().strip() == sha256_of(path):
+        return path
+    try:
+        write(path)
+        digest.write_text(sha256_of(path) + "\n")  # a half-written one only makes the next run export again
+    except OSError as exc:
+        raise FastMaskError(f"cannot write the ONNX cache in {path.parent} ({exc.strerror}); "
+                            "set FASTMASK_CACHE to a writable folder, or use --backend torch") from None
+    return path
+
+
+def new_session(path: Path, threads: int | None = None):  # -> onnxruntime.InferenceSession
+    """An ONNX Runtime CPU session on `path`: `threads` intra-op threads (default: set_session_threads', else
+    PyTorch's count). FastMaskError naming the file if ONNX Runtime cannot load it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or _session_threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # spinning threads keep the cores busy between runs, which starves the PyTorch work around them
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own kinds; the message says which
+        raise FastMaskError(f"ONNX Runtime cannot load {path} ({str(exc).splitlines()[0]}); delete it to "
+                            "export it again") from None
 
 
 class OnnxNetwork:
@@ -141,38 +181,16 @@ class OnnxNetwork:
         return self._session
 
     def _new_session(self):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or _session_threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # spinning threads keep the cores busy between runs, which starves the PyTorch work around them
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own kinds; the message says which
-            raise FastMaskError(f"ONNX Runtime cannot load {self.path} ({str(exc).splitlines()[0]}); delete it to "
-                                "export it again") from None
+        session = new_session(self.path, self.threads)
         if len(session.get_outputs()) != 2 * len(self.strides):
             raise FastMaskError(f"{self.path} has {len(session.get_outputs())} outputs, not 2 x {len(self.strides)} levels")
         return session
 
     @classmethod
     def for_model(cls, model: FastMask, scales: int, threads: int | None = None) -> "OnnxNetwork":
-        """The cached graph of `model` at `scales` levels, exported first if absent, unreadable, or not
-        the file that was exported (its sha256 differs from the one written beside it)."""
-        key = f"{weights_digest(model)[:24]}-s{scales}-g{GRAPH_VERSION}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
-        path = cache_dir() / f"{key}.onnx"
-        digest = path.with_name(path.name + ".sha256")
-        if path.is_file() and digest.is_file() and digest.read_text().strip() == sha256_of(path):
-            return cls(path, model, scales, threads)
-        try:
-            write_onnx(model, path, scales)
-            digest.write_text(sha256_of(path) + "\n")  # a half-written one only makes the next run export again
-        except OSError as exc:
-            raise FastMaskError(f"cannot write the ONNX cache in {path.parent} ({exc.strerror}); "
-                                "set FASTMASK_CACHE to a writable folder, or use --backend torch") from None
-        return cls(path, model, scales, threads)
+        """The cached graph of `model` at `scales` levels (`cached_onnx`)."""
+        key = f"{weights_digest(model)[:24]}-s{scales}-g{GRAPH_VERSION}"
+        return cls(cached_onnx(key, lambda path: write_onnx(model, path, scales)), model, scales, threads)
 
     def __call__(self, images: Tensor, scales: int | None = None) -> Pyramid:
         """images: (N, 3, H, W) float RGB in [0, 255], on the CPU."""

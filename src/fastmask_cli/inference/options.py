@@ -16,6 +16,7 @@ from ..errors import ParameterError
 NMS_KINDS = ("none", "box", "mask")
 NMS_MODES = ("demote", "drop")
 BACKENDS = ("auto", "onnx", "torch")
+RANKERS = ("windows", "fused")
 # Inference re-ranks near-duplicates behind distinct objects (see `Proposer._suppress`); chosen on the two-image fit test.
 DEFAULT_NMS, DEFAULT_NMS_IOU = "mask", 0.7
 
@@ -37,6 +38,9 @@ class ProposerOptions:
     lower-scored one is a duplicate; nms_mode: "demote" (behind every distinct one) or "drop".
     multi_shot: the image-pyramid baseline (§6.2) instead of one shot. compile: torch.compile the network.
     backend: "auto" (ONNX Runtime on the CPU in fp32, else PyTorch), "onnx" or "torch".
+    ranker: "windows" (our window scores alone, the paper's) or "fused" (the COCO detector's best boxes
+    decoded as windows too, every candidate ranked by a score fusing both: inference/detector.py); None:
+    the model's ("fused" where export fitted its fusion).
     Raises ParameterError for a value out of range.
     """
 
@@ -52,6 +56,7 @@ class ProposerOptions:
     multi_shot: bool = False
     compile: bool = False
     backend: str = "auto"
+    ranker: str | None = None
 
     def __post_init__(self) -> None:
         if self.nms not in NMS_KINDS:
@@ -64,6 +69,8 @@ class ProposerOptions:
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
             raise ParameterError("mask_threshold", f"{{}} must be between 0 and 1 (a probability), not {self.mask_threshold}")
         check_backend(self.backend)
+        if self.ranker is not None and self.ranker not in RANKERS:
+            raise ParameterError("ranker", f"unknown {{}} {self.ranker!r}; use {', '.join(RANKERS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,7 @@ from ..device import autocast, check_precision, resolve_device
 from ..errors import FastMaskError, ParameterError
 from ..modeling.model import FastMask, Pyramid
 from .backend import OnnxNetwork, not_exportable
+from .detector import DEFAULT_FUSION, Detector, best_boxes, detector_prior, fuse, load_detector, match_windows
 from .options import ProposerOptions, check_backend
 from .postprocess import box_iou, decode_masks, encode_crops, greedy_nms, mask_nms, paste_crops
 from .preprocess import Prepared, pad_batch, prepare
@@ -68,6 +69,8 @@ class Proposals:
     areas: np.ndarray  # (K,) mask areas, pixels
     height: int
     width: int
+    # with the fused ranker, what `scores` fuses: each proposal's window score and its detector prior
+    parts: np.ndarray | None = None  # (K, 2)
 
     def __len__(self) -> int:
         return len(self.rles)
@@ -81,7 +84,8 @@ class Proposals:
     def select(self, index: np.ndarray, scores: np.ndarray | None = None) -> "Proposals":
         """The proposals at `index`, in that order (with new `scores` if given)."""
         return Proposals([self.rles[i] for i in index], self.boxes[index], self.scores[index] if scores is None else scores,
-                         self.strides[index], self.areas[index], self.height, self.width)
+                         self.strides[index], self.areas[index], self.height, self.width,
+                         None if self.parts is None else self.parts[index])
 
     def first(self, k: int) -> "Proposals":
         """The best k proposals."""
@@ -108,6 +112,7 @@ class _Network:
     model: FastMask
     onnx: dict[int, OnnxNetwork] = field(default_factory=dict)  # scales -> graph
     compiled: dict[str, Callable[..., Pyramid]] = field(default_factory=dict)  # "one-shot" / "pyramid"
+    detector: Detector | None = None  # loaded by the first proposer that ranks with it
 
 
 class Proposer:
@@ -138,6 +143,8 @@ class Proposer:
         self.size = options.size or cfg.size
         self.mask_threshold = cfg.mask_threshold if options.mask_threshold is None else options.mask_threshold
         self.nms, self.nms_iou, self.nms_mode = options.nms, options.nms_iou, options.nms_mode
+        self.ranker = options.ranker or ("fused" if cfg.fusion else "windows")
+        self.fusion = (cfg.fusion or DEFAULT_FUSION) if self.ranker == "fused" else ()
         # torch.compile: ~30% off the network on the CPU, after a compilation per input size (tens of seconds)
         self.compiled = options.compile
         self.timer = timer
@@ -151,6 +158,8 @@ class Proposer:
                     raise
                 self.backend = "torch"  # auto: still works where the graph cannot be exported or cached
                 self.notes.append(f"{exc}; running the network in PyTorch instead")
+        if self.ranker == "fused" and self._network.detector is None:  # where the network runs
+            self._network.detector = Detector(load_detector()[0], self.device, backend=self.backend)
 
     def variant(self, *, timer: StageTimer | None = None, **changes: Any) -> "Proposer":
         """A proposer on the same network with `changes` to its options (ProposerOptions' fields) and `timer`;
@@ -191,7 +200,10 @@ class Proposer:
     def settings(self) -> dict:
         """What determines the output, besides the weights (recorded so a resumed run can check it)."""
         keys = ("precision", "top_k", "scales", "size", "mask_threshold", "nms", "nms_iou", "nms_mode", "backend")
-        return {k: getattr(self, k) for k in keys}
+        settings = {k: getattr(self, k) for k in keys}
+        if self.ranker != "windows":  # unchanged for the windows' ranking, so earlier runs resume
+            settings |= {"ranker": self.ranker, "fusion": list(self.fusion)}
+        return settings
 
     def _stage(self, name: str) -> contextlib.AbstractContextManager:
         return self.timer.stage(name) if self.timer is not None else contextlib.nullcontext()
@@ -232,6 +244,10 @@ class Proposer:
         batch = pad_batch([p.image for p in prepared], self.device)
         with self.autocast(), self._stage("network"):
             pyramid = self.network()(batch, self.scales)
+        detections = [None] * len(prepared)
+        if self.ranker == "fused":
+            with self.autocast(), self._stage("detector"):
+                detections = self._network.detector([p.image for p in prepared])
         with self.autocast(), self._stage("decode"):
             flat_scores = pyramid.flat_scores().float()
             windows = pyramid.grid.boxes(torch.arange(pyramid.grid.num_windows, device=self.device))
@@ -242,6 +258,11 @@ class Proposer:
                 outside = (windows[:, 0] >= w) | (windows[:, 1] >= h)
                 scores = flat_scores[i].masked_fill(outside, float("-inf"))
                 top = torch.topk(scores, min(self.candidates, int((~outside).sum()))).indices
+                if detections[i] is not None:  # and the windows of the detector's best boxes
+                    boxes, objectness = detections[i]
+                    best = best_boxes(boxes, objectness)
+                    detections[i] = boxes[best], objectness[best]
+                    top = torch.unique(torch.cat([top, match_windows(pyramid.grid, detections[i][0].to(self.device))]))
                 picks.append(top)
             image_index = torch.cat([torch.full_like(p, i) for i, p in enumerate(picks)])
             flat = torch.cat(picks)
@@ -256,12 +277,15 @@ class Proposer:
                 self._finish(
                     probs[sel], windows[flat[sel]] / p.scale, torch.sigmoid(flat_scores[i, flat[sel]]),
                     strides[level[sel]], p.height, p.width,
+                    None if detections[i] is None else (detections[i][0] / p.scale, detections[i][1]),
                 )
             )
         return results
 
-    def _finish(self, probs: Tensor, boxes: Tensor, scores: Tensor, strides: Tensor, height: int, width: int) -> Proposals:
-        """Paste masks into the original image as crops, threshold, box, encode, and optionally suppress."""
+    def _finish(self, probs: Tensor, boxes: Tensor, scores: Tensor, strides: Tensor, height: int, width: int,
+                detections: tuple[Tensor, Tensor] | None = None) -> Proposals:
+        """Paste masks into the original image as crops, threshold, box, encode, rank (by the fused score,
+        given the detector's boxes and objectness in the image's pixels), and optionally suppress."""
         with self._stage("paste"):
             chunks = paste_crops(probs, boxes, height, width, self.mask_threshold)
         with self._stage("rle"):
@@ -277,6 +301,11 @@ class Proposer:
             height,
             width,
         )
+        if detections is not None and len(proposals):
+            proposals.parts = np.stack([proposals.scores, detector_prior(proposals.boxes, *detections)], axis=1)
+            fused = fuse(proposals.parts[:, 0], proposals.parts[:, 1], self.fusion)
+            order = np.argsort(-fused, kind="stable")
+            proposals = proposals.select(order, fused[order].astype(np.float32))
         if self.nms != "none" and len(proposals) > 1:
             with self._stage("nms"):
                 proposals = self._suppress(proposals)

@@ -46,11 +46,52 @@ def room_for(path: Path) -> Iterator[None]:
         raise NoRoom(Path(path), exc.strerror or os.strerror(exc.errno)) from None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None],
+                  image_suffixes: frozenset[str] = frozenset()) -> None:
+    """FastMaskError, before any work, where an output is one of the command's inputs: the same file
+    after links, or (an input folder) an existing file of `image_suffixes` inside it, which the run
+    reads. `outputs` and `inputs` map the option or argument that names each (say "--out") to its path;
+    None is absent. Outputs that are results file stems write OUT_STEM.images.json too: checked as well."""
+    named = [(flag, Path(p)) for flag, p in outputs.items() if p is not None]
+    named += [(f"{flag}'s file list", Path(p).with_name(f"{Path(p).stem}.images.json")) for flag, p in outputs.items()
+              if p is not None and flag == "--out"]
+    for out_flag, out in named:
+        for in_flag, source in ((f, Path(p)) for f, p in inputs.items() if p is not None):
+            if _same_file(out, source):
+                raise FastMaskError(f"{out_flag} {out} is {in_flag} {source}: writing it would replace an input; "
+                                    "give another path")
+            if source.is_dir() and out.suffix.lower() in image_suffixes and out.is_file():
+                inside = out.resolve().is_relative_to(source.resolve())
+                if inside:
+                    raise FastMaskError(f"{out_flag} {out} is an image of {in_flag} {source}: writing it would "
+                                        "replace an input; give another path")
+
+
+def check_regular(path: Path, what: str = "output") -> None:
+    """FastMaskError where `path` exists and is not a regular file (after links): a device such as
+    /dev/null, a pipe, a socket. Files are written atomically, a temporary file renamed over the name,
+    which would replace the special file itself (as root, the machine's /dev/null) and leave a pipe's
+    reader waiting for ever."""
+    path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise FastMaskError(f"{what} {path} is not a regular file (a device, pipe or socket): fastmask writes "
+                            "a file and renames it into place; give a file path")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed.
-    A write that fails for want of room is a NoRoom naming `path`."""
+    A write that fails for want of room is a NoRoom naming `path`; a `path` that is a special file is
+    refused first (`check_regular`)."""
     path = Path(path)
+    check_regular(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with room_for(path):
@@ -84,6 +125,7 @@ def writable_file(path: Path, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise FastMaskError(f"{what} {path} is a folder; give a file name such as results.json")
+    check_regular(path, what)
     writable_folder(path.parent, what)
     return path
 

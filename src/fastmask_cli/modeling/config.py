@@ -16,6 +16,7 @@ from .registry import BODIES, HEADS, NECKS
 # Mask thresholds measured before weights ship (`export.ship_run`): the best depends on the body and the
 # training (0.35 gained the MobileNetV2 default 1.2 points of mask AR@100 over the 0.5 it trained with).
 MASK_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5)
+FUSION_WEIGHTS = 4  # inference/detector.fuse: a scale and a shift for each of the two scores
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class FastMaskConfig:
     train_scales: int = 7  # levels used in training (4 on the stride-2 stream, 3 on the stride-3 one)
     size: int = 800  # default input size: the image's longer side, in pixels
     mask_threshold: float = 0.5  # probability threshold after pasting (the original code: 0.2, for blurrier masks)
+    # weights of the score fusing our windows' with the COCO detector's (inference/detector.py), fitted by
+    # export; empty: the model ranks by its windows alone
+    fusion: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -53,6 +57,7 @@ class FastMaskConfig:
             (0 <= self.window_pad < self.window, "window_pad must be in [0, window)"),
             (self.scales >= 1 and self.train_scales >= 1, "scales must be at least 1"),
             (0.0 < self.mask_threshold < 1.0, "mask_threshold must be in (0, 1)"),
+            (len(self.fusion) in (0, FUSION_WEIGHTS), f"fusion must hold {FUSION_WEIGHTS} weights, not {len(self.fusion)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -62,6 +67,10 @@ class FastMaskConfig:
         data = asdict(self)
         if not self.stride8:  # unchanged for models without the level: older versions read them, caches stay valid
             del data["stride8"]
+        if self.fusion:
+            data["fusion"] = list(self.fusion)
+        else:  # likewise for models without a fused ranker
+            del data["fusion"]
         return data
 
     @classmethod
@@ -70,6 +79,8 @@ class FastMaskConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise FastMaskError(f"invalid model config: unknown keys {', '.join(unknown)}")
+        if "fusion" in data:
+            data = {**data, "fusion": tuple(float(w) for w in data["fusion"])}
         return cls(**data)
 
     def with_overrides(self, **overrides: Any) -> "FastMaskConfig":

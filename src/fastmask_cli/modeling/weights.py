@@ -5,6 +5,7 @@ network (checkpoint.py reads the files).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -25,9 +26,14 @@ MANIFEST = "manifest.json"
 
 
 def weights_dir() -> Path:
-    """Where shipped weights are: $FASTMASK_WEIGHTS_DIR, else inside the installed package, else the repo."""
+    """Where shipped weights are: $FASTMASK_WEIGHTS_DIR, else `shipped_dir()`."""
     if os.environ.get("FASTMASK_WEIGHTS_DIR"):
         return Path(os.environ["FASTMASK_WEIGHTS_DIR"])
+    return shipped_dir()
+
+
+def shipped_dir() -> Path:
+    """The weights that came with fastmask: inside the installed package, else the repo."""
     package = Path(__file__).resolve().parents[1]  # fastmask_cli/, where the wheel puts weights/
     for candidate in (package / "weights", package.parents[1] / "weights"):
         if (candidate / MANIFEST).is_file():
@@ -99,8 +105,7 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
         return model.eval(), ModelInfo(weights, trained=False, body_init=report)
     found = find_weights(weights, shipped)
     if found is None:
-        names = ", ".join([m["name"] for m in shipped] + list(PRESETS))
-        raise ParameterError("weights", f"{{}} {weights!r} is neither a file nor a known name ({names})")
+        raise ParameterError("weights", unknown_weights(weights, [m["name"] for m in shipped] + list(PRESETS)))
     path, digest = found
     config, state, meta = load_checkpoint(path)
     model = FastMask(config)
@@ -119,7 +124,12 @@ def find_weights(weights: str | Path, shipped: list[dict[str, Any]] | None = Non
     checkpoint.pt), or a file; None when it names nothing known or existing. A shipped file that is
     missing or damaged is a FastMaskError."""
     shipped = read_manifest() if shipped is None else shipped
-    entry = next((m for m in shipped if m["name"] == str(weights)), None)
+    path = Path(weights).expanduser()  # "~/fm/mine.pt" quoted, or after "=", reaches us with its "~"
+    if not path.exists():  # a shipped name in any case, or with its file's ".pt"
+        key = str(weights).lower().removesuffix(".pt")
+        entry = next((m for m in shipped if m["name"].lower() == key), None)
+    else:
+        entry = next((m for m in shipped if m["name"] == str(weights)), None)
     if entry is not None:
         path = weights_dir() / entry["file"]
         if not path.is_file():
@@ -128,10 +138,23 @@ def find_weights(weights: str | Path, shipped: list[dict[str, Any]] | None = Non
         if digest != entry["sha256"]:
             raise FastMaskError(f"shipped weights {path} do not match their sha256 in {MANIFEST}: damaged file")
         return path, digest
-    path = Path(weights)
     if path.is_dir():  # best, else latest; an interrupted run has only its training checkpoint
         path = next((path / f for f in ("best.pt", "model.pt", "checkpoint.pt") if (path / f).is_file()), path / "model.pt")
     return (path, None) if path.exists() else None
+
+
+def unknown_weights(weights: str | Path, names: list[str]) -> str:
+    """Why `weights` names no weights, in one line for a ParameterError on "weights" ({} is the option)."""
+    text, path = str(weights), Path(weights).expanduser()
+    if "://" in text:
+        return f"{{}} {text!r}: URLs are not downloaded; download the file and give its path"
+    if path.is_dir():
+        files = sorted(p.name for p in path.glob("*.pt"))
+        listed = f"give one of its .pt files: {', '.join(files[:5])}" if files else "it holds no .pt file"
+        return f"{{}} {text!r} is a folder, not a training run's: {listed}"
+    close = difflib.get_close_matches(text.lower().removesuffix(".pt"), [n.lower() for n in names], n=1, cutoff=0.6)
+    hint = f"; did you mean {next(n for n in names if n.lower() == close[0])}?" if close else f" ({', '.join(names)})"
+    return f"{{}} {text!r} is neither a file nor a known name{hint}"
 
 
 def starting_checkpoint(weights: str | Path) -> tuple[Path, str, FastMaskConfig, dict[str, torch.Tensor]] | None:

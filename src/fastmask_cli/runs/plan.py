@@ -43,6 +43,47 @@ class ImagePlan:
         return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]  # names need not be UTF-8
 
 
+def portable_name(name: str) -> str:
+    """A ground truth's file name as a relative POSIX path: Windows separators and a drive ("C:") or
+    leading "/" dropped, so that names written on Windows, or absolute, still find their files."""
+    name = name.replace("\\", "/")
+    if len(name) > 1 and name[1] == ":" and name[0].isalpha():
+        name = name[2:]
+    return name.lstrip("/")
+
+
+def _tail_of(a: str, b: str) -> bool:
+    """Whether path `a` ends with path `b`, or `b` with `a`, at a folder boundary."""
+    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
+
+
+def match_names(files: list[str], by_name: dict[str, int], ann: Path) -> dict[str, int | None]:
+    """The ground-truth entry (index) of each file (relative path): its exact path first; else the one
+    entry whose path and the file's end alike ("val2017/x.jpg" for "x.jpg" or "data/val2017/x.jpg").
+    ParameterError naming them where a name fits several files or a file several names: an id given
+    to the wrong picture would skew AR silently."""
+    listed: dict[str, int | None] = {rel: by_name.get(rel) for rel in files}
+    exact = {i for i in listed.values() if i is not None}
+    names_by_base: dict[str, list[str]] = {}
+    for name, i in by_name.items():
+        if i not in exact:
+            names_by_base.setdefault(name.rsplit("/", 1)[-1], []).append(name)
+    claimed: dict[str, list[str]] = {}
+    for rel in (r for r, i in listed.items() if i is None):
+        fits = [name for name in names_by_base.get(rel.rsplit("/", 1)[-1], []) if _tail_of(rel, name)]
+        if len(fits) > 1:
+            raise ParameterError("ann", f"{{}} {ann}: {rel} fits several of its names ({', '.join(fits[:3])}): "
+                                "give the names as paths relative to the folder")
+        if fits:
+            claimed.setdefault(fits[0], []).append(rel)
+            listed[rel] = by_name[fits[0]]
+    for name, rels in claimed.items():
+        if len(rels) > 1:
+            raise ParameterError("ann", f"{{}} {ann} names {name}, which fits {len(rels)} files ({', '.join(sorted(rels)[:3])}): "
+                                "give the names as paths relative to the folder")
+    return listed
+
+
 def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:
     """The images under `images_dir` and their ids: the GT's (matched by file name) with `ann`, else the
     1-based positions in the sorted list of every image in the folder (so shards never collide)."""
@@ -57,15 +98,12 @@ def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:
     for i, name in enumerate(gt.file_names):
         if name is None:
             continue
+        name = portable_name(name)
         if name in by_name:
             raise ParameterError("ann", f"{{}} {ann} lists {name} twice (image ids {gt.ids[by_name[name]]!r} and {gt.ids[i]!r}): "
                                 "its proposals could not be given one id")
         by_name[name] = i
-    names_by_base: dict[str, list[int]] = {}
-    for name, i in by_name.items():
-        names_by_base.setdefault(Path(name).name, []).append(i)
-    by_base = {base: found[0] for base, found in names_by_base.items() if len(found) == 1}  # unambiguous only
-    listed = {rel: by_name.get(rel, by_base.get(Path(rel).name)) for rel in files}
+    listed = match_names(files, by_name, ann)
     ids = {rel: gt.ids[i] for rel, i in listed.items() if i is not None}
     if not ids:
         raise ParameterError("ann", f"{{}} {ann} lists none of the {len(files)} images in the folder (matched by file name)")

@@ -90,60 +90,95 @@ def read_constants(path: str | Path, scope: str = SCOPE) -> dict[str, np.ndarray
     return constants
 
 
-def _slim_scopes(body: nn.Module) -> dict[str, str]:
-    """The body's parameter prefixes (torchvision names) -> slim's layer scopes."""
+def _slim_scopes(features: nn.Sequential) -> dict[str, str]:
+    """MobileNetV2 `features` parameter prefixes (torchvision names) -> slim's layer scopes."""
     scopes = {"features.0.0": "Conv", "features.0.1": "Conv/BatchNorm"}
-    for index in range(1, len(body.features)):
+    for index in range(1, len(features)):
+        if not hasattr(features[index], "conv"):  # the 1x1 to 1280 channels after the last block
+            scopes |= {f"features.{index}.0": "Conv_1", f"features.{index}.1": "Conv_1/BatchNorm"}
+            continue
         block = f"expanded_conv{'' if index == 1 else f'_{index - 1}'}"
-        layers = ["depthwise", "project"] if len(body.features[index].conv) == 3 else ["expand", "depthwise", "project"]
+        layers = ["depthwise", "project"] if len(features[index].conv) == 3 else ["expand", "depthwise", "project"]
         for position, layer in enumerate(layers[:-1]):  # Conv2dNormActivation: conv, BatchNorm
             scopes[f"features.{index}.conv.{position}.0"] = f"{block}/{layer}"
             scopes[f"features.{index}.conv.{position}.1"] = f"{block}/{layer}/BatchNorm"
         scopes[f"features.{index}.conv.{len(layers) - 1}"] = f"{block}/project"
         scopes[f"features.{index}.conv.{len(layers)}"] = f"{block}/project/BatchNorm"
+    return {prefix: SCOPE + scope for prefix, scope in scopes.items()}
+
+
+def _ssd_scopes(ssd: nn.Module) -> dict[str, str]:
+    """The SSD's parameter prefixes (modeling/ssd.py) -> the detector graph's scopes."""
+    scopes = _slim_scopes(ssd.features)
+    for i, extra in enumerate(ssd.extras):
+        depth, layer = extra[2][0].out_channels, f"{SCOPE}layer_19_%d_Conv2d_{i + 2}_%s"
+        names = (layer % (1, f"1x1_{depth // 2}"), layer % (2, f"3x3_s2_{depth}_depthwise"), layer % (2, f"3x3_s2_{depth}"))
+        for position, name in enumerate(names):
+            scopes |= {f"extras.{i}.{position}.0": name, f"extras.{i}.{position}.1": f"{name}/BatchNorm"}
+    for i in range(len(ssd.box_predictors)):
+        scopes |= {f"box_predictors.{i}": f"BoxPredictor_{i}/BoxEncodingPredictor",
+                   f"class_predictors.{i}": f"BoxPredictor_{i}/ClassPredictor"}
     return scopes
 
 
 _BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-def load_coco_ssd(body: nn.Module, path: str | Path) -> LoadReport:
-    """Load the detector graph's feature-extractor weights into a standard-width `MobileNetV2Body`.
+def _load(module: nn.Module, scopes: dict[str, str], constants: dict[str, np.ndarray], path: str | Path) -> LoadReport:
+    """Every tensor of `module` under `scopes` (prefix -> graph scope) from the graph's `constants`.
 
     Convolutions are transposed from HWIO (depthwise HWC1) to PyTorch's OIHW. Raises FastMaskError naming
-    the first body tensor the graph lacks, has in another shape, or whose BatchNorm epsilon differs."""
-    constants = read_constants(path)
-    if not constants:
-        raise FastMaskError(f"{path} holds no {SCOPE} weights: not the SSD-MobileNetV2 graph")
-    scopes = _slim_scopes(body)
-    modules, own = dict(body.named_modules()), body.state_dict()
+    the first tensor the graph lacks, has in another shape, or whose BatchNorm epsilon differs."""
+    modules, own = dict(module.named_modules()), module.state_dict()
     state, used = {}, set()
     for prefix, scope in scopes.items():
-        module = modules[prefix]
-        if isinstance(module, nn.BatchNorm2d):
+        layer = modules[prefix]
+        if isinstance(layer, nn.BatchNorm2d):
             eps_name = f"{scope}/batchnorm/add/y"
-            if eps_name in constants and not np.isclose(float(constants[eps_name]), module.eps):
-                raise FastMaskError(f"{path}: {SCOPE}{scope} has epsilon {float(constants[eps_name])}, the body {module.eps}")
+            if eps_name in constants and not np.isclose(float(constants[eps_name]), layer.eps):
+                raise FastMaskError(f"{path}: {scope} has epsilon {float(constants[eps_name])}, ours {layer.eps}")
             used.add(eps_name)
             pairs = [(f"{prefix}.{ours}", f"{scope}/{theirs}", lambda a: a) for ours, theirs in _BN_NAMES.items()]
         else:
-            depthwise = module.groups > 1
+            depthwise = layer.groups > 1
             name = f"{scope}/depthwise_weights" if depthwise else f"{scope}/weights"
             layout = (2, 3, 0, 1) if depthwise else (3, 2, 0, 1)  # HWC1 -> C1HW, HWIO -> OIHW
             pairs = [(f"{prefix}.weight", name, lambda a, layout=layout: a.transpose(layout))]
+            if layer.bias is not None:
+                pairs.append((f"{prefix}.bias", f"{scope}/biases", lambda a: a))
         for ours, theirs, convert in pairs:
             if theirs not in constants:
-                raise FastMaskError(f"{path}: the graph has no {SCOPE}{theirs} (for {ours}): not the SSD-MobileNetV2 graph")
+                raise FastMaskError(f"{path}: the graph has no {theirs} (for {ours}): not the SSD-MobileNetV2 graph")
             value = torch.from_numpy(np.array(convert(constants[theirs]), dtype=np.float32))  # a writable copy
             expected = own[ours].shape
             if value.shape != expected:
-                raise FastMaskError(f"{path}: {SCOPE}{theirs} has shape {tuple(value.shape)}, {ours} needs {tuple(expected)}")
+                raise FastMaskError(f"{path}: {theirs} has shape {tuple(value.shape)}, {ours} needs {tuple(expected)}")
             state[ours] = value
             used.add(theirs)
-    body.load_state_dict(state, strict=False)
+    module.load_state_dict(state, strict=False)
     report = LoadReport(str(path), matched=sorted(state))
     report.missing = [n for n in own if n not in state and not n.endswith("num_batches_tracked")]
     report.unused = sorted(set(constants) - used)
     if report.missing:
-        raise FastMaskError(f"{path}: no graph tensor for {report.missing[0]} ({len(report.missing)} body tensors unmapped)")
+        raise FastMaskError(f"{path}: no graph tensor for {report.missing[0]} ({len(report.missing)} tensors unmapped)")
     return report
+
+
+def load_coco_ssd(body: nn.Module, path: str | Path) -> LoadReport:
+    """Load the detector graph's feature-extractor weights into a standard-width `MobileNetV2Body`.
+    Raises FastMaskError as `_load` does, or if the file holds no feature extractor."""
+    constants = read_constants(path, scope="")
+    if not any(name.startswith(SCOPE) for name in constants):
+        raise FastMaskError(f"{path} holds no {SCOPE} weights: not the SSD-MobileNetV2 graph")
+    report = _load(body, _slim_scopes(body.features), constants, path)
+    report.unused = [name.removeprefix(SCOPE) for name in report.unused if name.startswith(SCOPE)]
+    return report
+
+
+def load_ssd(ssd: nn.Module, path: str | Path) -> LoadReport:
+    """Load the whole detector (`modeling.ssd.SSD`: feature extractor, extra layers, box predictors) from
+    the graph. Raises FastMaskError as `_load` does."""
+    constants = read_constants(path, scope="")
+    if not any(name.startswith("BoxPredictor_") for name in constants):
+        raise FastMaskError(f"{path} holds no box predictors: not the SSD-MobileNetV2 graph")
+    return _load(ssd, _ssd_scopes(ssd), constants, path)

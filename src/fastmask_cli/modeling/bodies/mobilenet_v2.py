@@ -24,8 +24,10 @@ from torch import Tensor, nn
 from .base import IMAGENET_MEAN, IMAGENET_STD, Body, scaled
 
 BN_EPS = 1e-3  # TensorFlow's, which the detector was trained with
-# MobileNetV2's inverted residual blocks up to stride 16: (expansion, output channels, repeats, stride)
-_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
+# MobileNetV2's inverted residual blocks: (expansion, output channels, repeats, stride); the body stops at
+# stride 16 (the first five rows), the SSD detector (modeling/ssd.py) runs them all
+BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_BLOCKS = BLOCKS[:5]
 BOTTOM_BLOCKS = 6  # features.1-6 end at stride 8; features.7-13 are the stride-16 top
 # TensorFlow "SAME" input range: the detector's images are x / 127.5 - 1
 TF_MEAN, TF_STD = 127.5, 127.5
@@ -65,6 +67,19 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
+def mobilenet_v2_features(blocks: tuple[tuple[int, int, int, int], ...], width: int = 64) -> nn.Sequential:
+    """The stem (32 channels, stride 2), then `blocks` (rows of `BLOCKS`), in torchvision's `features` order."""
+    stem = scaled(32, width)
+    features: list[nn.Module] = [conv_bn_relu6(3, stem, 3, 2)]
+    cin = stem
+    for expansion, channels, repeats, stride in blocks:
+        cout = scaled(channels, width)
+        for r in range(repeats):
+            features.append(InvertedResidual(cin, cout, expansion, stride if r == 0 else 1))
+            cin = cout
+    return nn.Sequential(*features)
+
+
 class MobileNetV2Body(Body):
     """MobileNetV2 up to stride 16 (`features.0-13`), one stream. `width` 64 is the standard network;
     other values scale every channel by width / 64 (tests)."""
@@ -73,18 +88,9 @@ class MobileNetV2Body(Body):
         if streams != 1:  # the config refuses it first (its streams in registry.BODIES)
             raise ValueError("the mobilenet_v2 body has one stream: its stride-16 top runs at its trained stride 2")
         super().__init__(streams)
-        stem = scaled(32, width)
-        features: list[nn.Module] = [conv_bn_relu6(3, stem, 3, 2)]
-        cin = stem
-        for expansion, channels, repeats, stride in _BLOCKS:
-            cout = scaled(channels, width)
-            for r in range(repeats):
-                features.append(InvertedResidual(cin, cout, expansion, stride if r == 0 else 1))
-                cin = cout
-            if len(features) == BOTTOM_BLOCKS + 1:
-                self.stride8_channels = cout
-        self.features = nn.Sequential(*features)
-        self.out_channels = cin
+        self.features = mobilenet_v2_features(_BLOCKS, width)
+        self.stride8_channels = self.features[BOTTOM_BLOCKS].conv[-1].num_features
+        self.out_channels = self.features[-1].conv[-1].num_features
         # ImageNet-normalised input -> TensorFlow's [-1, 1]: x * std / 127.5 + (mean / 127.5 - 1)
         self.register_buffer("input_scale", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) / TF_STD, persistent=False)
         self.register_buffer("input_shift", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) / TF_STD - TF_MEAN / TF_STD,

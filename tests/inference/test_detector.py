@@ -1,0 +1,115 @@
+"""The COCO detector as a ranker: window matching, one-to-one priors, the fused score, its fit, the
+proposer's fused path and the detector on ONNX Runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fastmask_cli import ParameterError, Proposer
+from fastmask_cli.inference.detector import (
+    DEFAULT_FUSION,
+    OBJECT_FILL,
+    PRIOR_FLOOR,
+    Detector,
+    best_boxes,
+    detector_prior,
+    fuse,
+    load_detector,
+    match_windows,
+)
+from fastmask_cli.modeling.windows import WindowGrid
+from fastmask_cli.training.fusion import fit_fusion
+from support import draw_scene, tiny_model
+
+
+def test_a_box_gets_the_window_training_would_assign_it():
+    grid = WindowGrid.for_input(480, 640, [8, 16, 32, 64], pad=5, window=10)
+    for flat in (grid.offsets[1] + 37, grid.offsets[2] + 5, grid.offsets[3] + 3):
+        window = grid.boxes(flat.view(1))[0]
+        centre, side = (window[:2] + window[2:]) / 2, window[2] - window[0]
+        box = torch.cat([centre - OBJECT_FILL * side / 2, centre + OBJECT_FILL * side / 2]).view(1, 4)
+        assert match_windows(grid, box).item() == flat.item()
+    # a box at the image corner, of a size no level fits, still gets a window of the grid
+    corner = match_windows(grid, torch.tensor([[0.0, 0.0, 2.0, 3.0], [0.0, 0.0, 640.0, 480.0]]))
+    assert ((corner >= 0) & (corner < grid.num_windows)).all()
+    assert grid.locate(corner)[0].tolist() == [0, 3]
+
+
+def test_each_detector_box_claims_one_candidate_best_first():
+    candidates = np.array([[0, 0, 10, 10], [1, 0, 10, 10], [50, 50, 10, 10], [0, 0, 30, 30]], dtype=float)  # x, y, w, h
+    detector = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [100.0, 100.0, 120.0, 120.0]])
+    prior = detector_prior(candidates, detector, torch.tensor([0.9, 0.6, 0.99]))
+    # the first box takes its exact match, the second (a duplicate) the next best overlap, the third nothing
+    assert prior.tolist() == [pytest.approx(0.9), pytest.approx(0.6), PRIOR_FLOOR, PRIOR_FLOOR]
+    assert detector_prior(np.zeros((0, 4)), detector, torch.ones(3)).shape == (0,)
+
+
+def test_fused_score_is_a_noisy_or_of_either_source():
+    window, prior = np.array([0.9, 0.1, 0.1, 0.5]), np.array([PRIOR_FLOOR, 0.9, PRIOR_FLOOR, 0.5])
+    fused = fuse(window, prior, DEFAULT_FUSION)
+    assert np.allclose(fused, 1 - (1 - window) * (1 - prior), atol=1e-6)
+    assert fused[0] > fused[2] < fused[1]  # either source alone lifts a candidate
+    weights = (0.85, -1.6, 0.41, -0.83)
+    assert (np.diff(fuse(np.linspace(0.01, 0.99, 20), np.full(20, 0.3), weights)) > 0).all()
+    assert (np.diff(fuse(np.full(20, 0.3), np.linspace(0.01, 0.99, 20), weights)) > 0).all()
+
+
+def test_fit_recovers_the_weights_that_made_the_targets():
+    rng = np.random.default_rng(0)
+    parts = np.stack([rng.uniform(0.01, 0.99, 4000), np.where(rng.random(4000) < 0.3, rng.uniform(0.05, 0.99, 4000), PRIOR_FLOOR)], 1)
+    truth = (0.8, -1.5, 0.5, -0.7)
+    fitted = fit_fusion(parts, fuse(parts[:, 0], parts[:, 1], truth))
+    assert np.allclose(fitted, truth, atol=0.05)
+    with pytest.raises(ValueError, match="no candidates"):
+        fit_fusion(np.zeros((0, 2)), np.zeros(0))
+
+
+def test_best_boxes_are_suppressed_and_sized():
+    boxes = torch.tensor([[0, 0, 50, 50], [1, 1, 50, 50], [60, 60, 90, 90], [0, 0, 0.5, 40]], dtype=torch.float32)
+    scores = torch.tensor([0.5, 0.9, 0.3, 0.99])
+    assert best_boxes(boxes, scores).tolist() == [1, 2]  # the duplicate and the sliver go
+    assert best_boxes(boxes, scores, count=1).tolist() == [1]
+
+
+@pytest.fixture(scope="module")
+def detector_ssd():
+    return load_detector()[0]
+
+
+def test_detector_on_onnx_runtime_gives_pytorchs_boxes(detector_ssd):
+    images = [draw_scene(240, 320, seed=1), draw_scene(200, 150, seed=2)]
+    onnx, torch_ = Detector(detector_ssd, torch.device("cpu"), backend="onnx"), Detector(detector_ssd, torch.device("cpu"))
+    for (b1, s1), (b2, s2), image in zip(onnx(images), torch_(images), images):
+        assert b1.shape == (1917, 4) and s1.shape == (1917,)
+        assert torch.allclose(b1, b2, atol=1e-3) and torch.allclose(s1, s2, atol=1e-4)
+        assert (b1[:, 2] <= image.shape[1]).all() and (b1[:, 3] <= image.shape[0]).all() and (b1 >= 0).all()
+
+
+def test_fused_proposer_ranks_by_the_fused_score_and_windows_stay_as_before():
+    model = tiny_model(scales=4)
+    image = draw_scene(120, 160, seed=3)
+    windows = Proposer(model, top_k=50, backend="torch", device="cpu")
+    assert windows.ranker == "windows" and "ranker" not in windows.settings()
+    plain = windows.propose(image)
+    assert plain.parts is None and windows._network.detector is None  # no detector loaded for the windows' ranking
+
+    fitted = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+    model.config = fitted
+    fused = Proposer(model, top_k=50, backend="torch", device="cpu")
+    assert fused.ranker == "fused" and fused.settings()["fusion"] == list(fitted.fusion)
+    proposals = fused.variant(nms_mode="drop").propose(image)  # scores as fused (demoting would rescale duplicates')
+    assert proposals.parts is not None and proposals.parts.shape == (len(proposals), 2) and len(proposals) > 1
+    expected = fuse(proposals.parts[:, 0], proposals.parts[:, 1], fitted.fusion)
+    assert np.allclose(proposals.scores, expected, atol=1e-6) and (np.diff(proposals.scores) <= 0).all()
+    # a candidate the detector vouches for ranks by the detector too: its prior is above the floor
+    assert ((proposals.parts[:, 1] > PRIOR_FLOOR) == (expected > fuse(proposals.parts[:, 0], np.full(len(proposals), PRIOR_FLOOR), fitted.fusion))).all()
+    # the same network asked for the windows' ranking gives exactly the earlier proposals
+    again = fused.variant(ranker="windows").propose(image)
+    assert [r["counts"] for r in again.rles] == [r["counts"] for r in plain.rles]
+    assert np.array_equal(again.scores, plain.scores)
+    with pytest.raises(ParameterError, match="ranker"):
+        Proposer(model, ranker="detector")
