@@ -120,3 +120,64 @@ def test_linked_folders_are_followed_and_what_is_not_is_named(tmp_path):
                       "loop/ (a link to a folder inside this one, listed under its own name: not followed)",
                       "pipe.png (not a regular file)", "up/ (a link to a folder that holds this one: not followed)",
                       "val-again/ (a link to a folder already listed: not followed)"]
+
+
+def _gif(width: int, height: int) -> bytes:
+    """A GIF whose logical screen is width x height: a header, one 1x1 frame."""
+    import struct
+
+    return (b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+            + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+def _jp2(width: int, height: int) -> bytes:
+    """The boxes of a JPEG 2000 file up to its image header (what is read before any pixel)."""
+    import struct
+
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", 8 + len(body)) + kind + body
+
+    ihdr = box(b"ihdr", struct.pack(">IIHBBBB", height, width, 3, 7, 7, 0, 0))
+    colr = box(b"colr", struct.pack(">BBBI", 1, 0, 0, 16))
+    return (box(b"jP  ", b"\r\n\x87\n") + box(b"ftyp", b"jp2 \x00\x00\x00\x00jp2 ") + box(b"jp2h", ihdr + colr)
+            + box(b"jp2c", b"\xff\x4f\xff\x51" + struct.pack(">HHIIIIIIIIH", 47, 0, width, height, 0, 0, width, height,
+                                                                   0, 0, 3) + b"\x07\x01\x01" * 3))
+
+
+def _bigtiff(width: int, height: int) -> bytes:
+    """A little-endian BigTIFF with one IFD giving width and height (no strips worth decoding)."""
+    import struct
+
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, 1)]
+    ifd = struct.pack("<Q", len(entries)) + b"".join(struct.pack("<HHQQ", *e) for e in entries) + struct.pack("<Q", 0)
+    return b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + ifd
+
+
+@pytest.mark.parametrize("name, data", [("bomb.gif", _gif(20000, 15000)), ("bomb.jp2", _jp2(20000, 15000)),
+                                        ("bomb.tif", _bigtiff(20000, 15000)), ("bomb.ppm", b"P6\n20000 15000\n255\n" + b"\0" * 64)])
+def test_bombs_in_other_formats_are_refused_before_decoding(tmp_path, monkeypatch, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+
+    def decode(*args):
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr("fastmask_cli.io.images.cv2.imdecode", decode)
+    with pytest.raises(ImageError, match=r"too large \(20000x15000 px = 300 MP"):
+        read_image(path)
+
+
+def test_a_format_that_cannot_be_sized_first_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "mystery.hdr"
+    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 15000 +X 20000\n" + b"\0" * 64)
+    monkeypatch.setattr("fastmask_cli.io.images.cv2.imdecode", lambda *a: pytest.fail("decoded"))
+    with pytest.raises(ImageError, match="size can be read before decoding"):
+        read_image(path)
+    monkeypatch.undo()
+    small = tmp_path / "small.gif"  # a small GIF still reads
+    cv2.imwrite(str(tmp_path / "x.png"), draw_scene(40, 50))
+    from PIL import Image
+
+    Image.open(tmp_path / "x.png").convert("P").save(small)
+    assert read_image(small).shape == (40, 50, 3)

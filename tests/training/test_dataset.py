@@ -49,6 +49,18 @@ def test_missing_images_are_skipped_with_a_note_or_refused_when_all_missing(tmp_
         CocoInstances(gt, tmp_path)
 
 
+def test_one_picture_listed_under_two_ids_is_refused(shapes) -> None:
+    gt, images = shapes
+
+    def twice(data: dict) -> None:  # the second entry names the first's file; each keeps some of the objects
+        first, second = data["images"][:2]
+        second["file_name"] = first["file_name"]
+
+    edit_gt(gt, twice)
+    with pytest.raises(FastMaskError, match=r"lists shapes_000.png twice \(image ids 1 and 2\): merge its entries"):
+        CocoInstances(gt, images)
+
+
 def test_degenerate_polygons_unknown_ids_and_empty_images(shapes) -> None:
     gt, images = shapes
 

@@ -6,7 +6,10 @@ except where ground truth describes the stored grid: see `load_image`.
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import threading
 from pathlib import Path
 
 import cv2
@@ -125,8 +128,15 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] 
     if data.size == 0:
         raise ImageError("empty file (0 bytes)")
     header = read_header(memoryview(data))
-    if header.width is not None and header.height is not None:
-        _check_size(header.width, header.height, max_pixels)
+    size = (header.width, header.height) if header.width is not None and header.height is not None else _header_size(data)
+    if size is None:  # a decompression bomb in a format we cannot size would be decoded whole: refused first
+        kind = image_format(memoryview(data))
+        if kind and not _opencv_reads(path):
+            raise ImageError(f"a {kind} file that the installed OpenCV cannot decode (an unsupported format)")
+        raise ImageError(f"not a decodable image (a {kind} file whose header gives no size: corrupt, or sized only "
+                         "by decoding it)" if kind else "not a decodable image (corrupt, or not an image format whose "
+                         "size can be read before decoding)")
+    _check_size(*size, max_pixels)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # EXIF orientation is applied below (a TIFF's by OpenCV)
     if image is None:
         kind = image_format(memoryview(data))
@@ -148,6 +158,28 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] 
         return stored, (f"stored as {width}x{height} with EXIF orientation {header.orientation}: "
                         "kept in the stored grid, which the ground truth's width and height describe")
     return shown, f"is {shown.shape[1]}x{shown.shape[0]}, the ground truth says {frame[0]}x{frame[1]}"
+
+
+_PILLOW_LIMIT = threading.Lock()  # Pillow's limit is one global: lifted only while a header is read
+
+
+def _header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the header of a format `read_header` does not cover (GIF, JPEG 2000, BigTIFF,
+    PNM, Sun raster, ...), by Pillow, which parses headers lazily without decoding pixels; None where
+    Pillow cannot open the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with _PILLOW_LIMIT:  # Pillow's own bomb check raises on opening, without the sides: ours decides, with them
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(data.tobytes())) as image:
+                    width, height = image.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def read_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] | None = None) -> np.ndarray:

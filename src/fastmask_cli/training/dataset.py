@@ -93,6 +93,12 @@ class CocoInstances(torch.utils.data.Dataset):
         named = [i for i in range(len(truth)) if names[i] is not None]
         if len(named) < len(truth):
             notes.append(f"{len(truth) - len(named)} image entries lack a 'file_name' and were skipped")
+        seen: dict[str, int] = {}
+        for i in named:  # one picture under two ids would train twice, each copy's objects the other's background
+            if names[i] in seen:
+                raise FastMaskError(f"{gt_path.name} lists {names[i]} twice (image ids {truth.ids[seen[names[i]]]!r} and "
+                                    f"{truth.ids[i]!r}): merge its entries into one image")
+            seen[names[i]] = i
         present = [i for i in named if (images_dir / names[i]).is_file()]
         if len(present) < len(named):
             first = next(names[i] for i in named if not (images_dir / names[i]).is_file())
