@@ -270,10 +270,11 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(image_folder, tin
         ("propose", image_folder, "--out", tmp_path / "r.json", "--weights", tiny_checkpoint, "--json", gt, "--ann", gt),
         ("eval", gt, gt, "--images", image_folder, "--weights", tiny_checkpoint),
         ("eval", gt, linked, "--json", linked),
-        ("merge", gt, "--out", gt),
     ]
     for args in cases:
         result = run(*args)
         assert result.exit_code == 1 and "would replace an input" in result.flat and "Traceback" not in result.output, args
+    merged = run("merge", gt, "--out", linked)
+    assert merged.exit_code == 1 and "is one of the shards" in merged.flat
     assert (gt.read_bytes(), (image_folder / "img_0.png").read_bytes()) == before
     assert not (tmp_path / "r.json").exists()

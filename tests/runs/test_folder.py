@@ -281,6 +281,7 @@ def test_a_second_run_on_one_output_is_refused_until_the_first_ends(five_images,
         for jobs in ("1", "2"):
             refused = propose(five_images, out, tiny_checkpoint, "--jobs", jobs)
             assert refused.exit_code == 1 and f"another fastmask run is writing {out} (pid {holder.pid})" in refused.flat
+            assert "interrupted run" not in refused.output  # the first run's partial log is not this run's to start over
         assert sorted(p.name for p in out.parent.iterdir()) == sorted(["r.json.lock", *(p.name for p in theirs)])
         for path in theirs:
             path.unlink()
@@ -314,3 +315,25 @@ def test_ground_truth_names_match_full_paths_first_and_never_two_files(tmp_path)
         plan_images(tmp_path / "imgs", gt("f1.png"))
     with pytest.raises(ParameterError, match="x.png fits several of its names"):
         plan_images(tmp_path / "imgs", gt("a/val2017/x.png", "b/val2017/x.png"))
+
+
+def test_train_and_merge_take_the_output_lock_too(five_images, tiny_checkpoint, tmp_path):
+    shards = [tmp_path / f"s{k}.json" for k in (1, 2)]
+    for k, shard in enumerate(shards, 1):
+        assert propose(five_images, shard, tiny_checkpoint, "--shard", f"{k}/2").exit_code == 0
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    for out, command in ((tmp_path / "merged.json", ("merge", *shards, "--out", tmp_path / "merged.json")),
+                         (tmp_path / "runs" / "x", ("train", gt, five_images, "--out", tmp_path / "runs" / "x"))):
+        out.parent.mkdir(exist_ok=True)
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            refused = run(*command)
+            assert refused.exit_code == 1 and f"another fastmask run is writing {out} (pid {holder.pid})" in refused.flat
+            assert not out.exists()
+        finally:
+            holder.kill()
+            holder.wait()
+    assert run("merge", *shards, "--out", tmp_path / "merged.json").exit_code == 0
+    assert not (tmp_path / "merged.json.lock").exists()

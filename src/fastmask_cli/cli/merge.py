@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..io.files import check_outputs, writable_folder
+from ..io.files import writable_folder
 from .common import console, friendly_errors, make_progress, progress_columns
 
 
@@ -26,7 +26,6 @@ def merge(
     """
     from ..runs.merge import merge_results
 
-    check_outputs({"--out": out}, {f"shard {shard}": shard for shard in shards})
     writable_folder(out.parent, "the merged results")
     with make_progress(*progress_columns(), console=console, transient=True) as progress:
         task = progress.add_task("merging", total=None)

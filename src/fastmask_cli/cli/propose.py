@@ -53,12 +53,13 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     main_process = rank is None or rank[0] == 0
     jobs = resolve_jobs(jobs, proposer.device.type, torchrun=rank is not None, shard=options.get("shard"))
     watched = out if rank is None else shard_path(out, rank[0] + 1, rank[1])
-    if main_process and not options.get("resume") and partial_path(watched).exists():
-        console.print(f"[yellow]Found an interrupted run ({partial_path(watched)}); starting over. Use --resume to continue it.[/]")
+    interrupted = main_process and not options.get("resume") and partial_path(watched).exists()
     # started once the images are known (after propose_jobs forks its workers: no display thread may run then)
     progress = make_progress(*progress_columns(), console=console, disable=not main_process)
 
-    def start(total: int) -> None:  # inputs are valid by now: say what model runs, then show progress
+    def start(total: int) -> None:  # inputs are valid and OUT's lock held by now: say what runs, then show progress
+        if interrupted:  # not before the lock: a run refused because another writes OUT must not say it starts over
+            console.print(f"[yellow]Found an interrupted run ({partial_path(watched)}); starting over. Use --resume to continue it.[/]")
         if main_process:
             warn_if_untrained(info)
         label = "proposing" if rank is None else f"proposing (rank 0 of {rank[1]}, its share)"

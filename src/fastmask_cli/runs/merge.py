@@ -16,6 +16,7 @@ from typing import Any
 
 from ..coco.ids import id_key
 from ..errors import FastMaskError, ParameterError
+from ..io.files import output_lock
 from ..io.results_file import check_format, images_json_path, images_writer, iter_results, read_run, results_writer
 from .plan import plan_images, shard_slice
 
@@ -82,7 +83,7 @@ def merge_results(shards: list[Path], out: Path, fmt: str = "coco", allow_missin
                "skipped": [list(s) for s in summary.skipped], "notes": [n for _, run, _ in loaded for n in run.get("notes", [])]}
     if not as_one_run:
         record |= {"merged_from": [path.name for path, _, _ in loaded], "missing_shards": summary.missing_shards}
-    with images_writer(images_json_path(out), record) as add_image:
+    with output_lock(out), images_writer(images_json_path(out), record) as add_image:  # one writer of OUT at a time
         with results_writer(out, fmt) as add_results:
             for path, _, images in loaded:
                 for image, results in _aligned(path, images):

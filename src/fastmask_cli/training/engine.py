@@ -20,6 +20,7 @@ would have had (bit-identical on the same number of processes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -37,7 +38,7 @@ from ..coco.ground_truth import read_ground_truth
 from ..device import autocast, check_precision, launch, rank_device, resolve_device
 from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
-from ..io.files import writable_folder
+from ..io.files import output_lock, writable_folder
 from ..modeling.bodies import initialise, resolve_init
 from ..modeling.bodies.pretrained import NAMED_INITS
 from ..modeling.checkpoint import load_network
@@ -345,17 +346,20 @@ def train(
             raise FastMaskError(f"validation images folder not found: {val[1]}")
     if not resume:
         check_start(init, finetune)  # before the run folder is made
-    run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events, finetune)
-    settings = run.settings
-    summary = TrainSummary(str(out), epochs=run.start_epoch, iterations=run.iteration, best=run.best)
-    log = open(out / LOG, "a") if run.main else None
-    try:
-        with run.stop:
-            hooks = [PreciseBN(), Validation(gt_path, images_dir, val, events), Checkpointer(gt_path, images_dir, log)]
-            _train_epochs(run, hooks, val is not None, events, summary, log)
-    finally:
-        if log is not None:
-            log.close()
+    main = launch().rank == 0
+    if main:  # OUT.lock, beside the run folder: a second run on it is refused (torchrun's other ranks share the first's)
+        writable_folder(out.parent, "the run folder")
+    with output_lock(out) if main else contextlib.nullcontext():
+        run = setup(gt_path, images_dir, out, config, settings, init, resume, device, events, finetune)
+        summary = TrainSummary(str(out), epochs=run.start_epoch, iterations=run.iteration, best=run.best)
+        log = open(out / LOG, "a") if run.main else None
+        try:
+            with run.stop:
+                hooks = [PreciseBN(), Validation(gt_path, images_dir, val, events), Checkpointer(gt_path, images_dir, log)]
+                _train_epochs(run, hooks, val is not None, events, summary, log)
+        finally:
+            if log is not None:
+                log.close()
     summary.stopped_by = run.stop.received
     summary.seconds_per_iteration = float(np.median(summary.step_seconds)) if summary.step_seconds else 0.0
     return summary
