@@ -391,3 +391,42 @@ def test_two_nodes_meet_through_a_rendezvous_endpoint(shapes, tmp_path: Path) ->
     assert sum("fastmask train" in out for out in outputs) == 1  # rank 0's summary only
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "log.jsonl", "model.pt"]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] == 2  # 8 images / 2 nodes / 2
+
+
+def test_restore_log_brings_back_the_line_a_kill_lost(tmp_path: Path) -> None:
+    from fastmask_cli.training.checkpoint import restore_log
+
+    log = tmp_path / "log.jsonl"
+    step = {"type": "step", "epoch": 2, "iteration": 3}
+    log.write_text(json.dumps({"type": "epoch", "epoch": 1}) + "\n" + json.dumps(step) + "\n" + '{"type": "ste')
+    assert restore_log(log, {"type": "epoch", "epoch": 2, "loss": 0.5})  # a cut line dropped, epoch 2 appended
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines == [{"type": "epoch", "epoch": 1}, step, {"type": "epoch", "epoch": 2, "loss": 0.5}]
+    assert not restore_log(log, {"type": "epoch", "epoch": 2, "loss": 0.5}) and not restore_log(log, None)
+    assert restore_log(tmp_path / "new.jsonl", {"type": "epoch", "epoch": 1})  # the whole log lost with it
+    assert json.loads((tmp_path / "new.jsonl").read_text()) == {"type": "epoch", "epoch": 1}
+
+
+@pytest.mark.slow
+def test_killed_between_checkpoint_and_log_line_twice_the_log_still_has_every_epoch(shapes, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from fastmask_cli.training import hooks
+
+    class Killed(BaseException):  # what SIGKILL leaves: nothing after the checkpoint ran
+        pass
+
+    def checkpoint_then_die(self, run, end) -> None:
+        hooks.save_epoch(run, end.record, self.gt_path, self.images_dir)
+        raise Killed
+
+    gt, images = shapes
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(hooks.Checkpointer, "after_epoch", checkpoint_then_die)
+        with pytest.raises(Killed):
+            train(gt, images, out, config=CONFIG, settings=settings(epochs=2), device="cpu")
+        with pytest.raises(Killed):
+            train(gt, images, out, config=CONFIG, settings=settings(epochs=2), device="cpu", resume=True)
+    train(gt, images, out, config=CONFIG, settings=settings(epochs=2), device="cpu", resume=True)  # nothing left to train
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs if r["type"] == "epoch"] == [1, 2]

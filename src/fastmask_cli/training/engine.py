@@ -46,7 +46,7 @@ from ..modeling.config import FastMaskConfig
 from ..modeling.model import FastMask
 from ..modeling.weights import fine_tune_start, starting_checkpoint
 from .assign import AssignRule
-from .checkpoint import CHECKPOINT, LOG, load_training_state, rng_state, save_training_state, set_rng_state
+from .checkpoint import CHECKPOINT, LOG, load_training_state, restore_log, rng_state, save_training_state, set_rng_state
 from .dataset import Augment, CocoInstances, Sample
 from .events import TrainEvents
 from .hooks import Checkpointer, EpochEnd, Hook, PreciseBN, Validation
@@ -211,6 +211,9 @@ def _restore(run: Run, state: dict[str, Any]) -> None:
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.iteration, run.best = state["epoch"], state["iteration"], state.get("best")
+    run.last_record = state.get("last_record")
+    if run.main:  # the log and the checkpoint agree after any kill
+        restore_log(run.out / LOG, run.last_record)
     if state.get("midway"):
         midway = state["midway"]
         run.midway = {"batches": midway["batches"], "steps": midway["steps"], "rng": midway["rng"][run.rank],
@@ -257,7 +260,7 @@ def save_midway(run: Run, epoch: int, batches: int, steps: int, totals: dict[str
         midway = {"batches": batches, "steps": steps, "world": run.world,
                   "rng": [g["rng"] for g in gathered], "totals": [g["totals"] for g in gathered]}
         save_training_state(run.out / CHECKPOINT, run.model, run.optimizer, run.scaler, run.settings, epoch,
-                             run.iteration, run.best, run.init, midway)
+                             run.iteration, run.best, run.init, midway, run.last_record)
     if run.world > 1:
         dist.barrier()
 

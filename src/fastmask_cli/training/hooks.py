@@ -114,5 +114,6 @@ def trained_meta(run: Run, gt_path: Path, images_dir: Path, record: dict[str, An
 def save_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: Path) -> None:
     """model.pt (for --weights) and checkpoint.pt (for --resume) after an epoch, both atomic."""
     save_checkpoint(run.out / MODEL, run.model, trained_meta(run, gt_path, images_dir, record))
+    run.last_record = record
     save_training_state(run.out / CHECKPOINT, run.model, run.optimizer, run.scaler, run.settings, record["epoch"],
-                         run.iteration, run.best, run.init)
+                         run.iteration, run.best, run.init, last_record=record)

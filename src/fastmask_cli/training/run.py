@@ -36,6 +36,7 @@ class Run:
     iteration: int = 0
     best: dict | None = None
     midway: dict | None = None  # where the interrupted epoch `start_epoch` stood: steps, this rank's rng, totals
+    last_record: dict | None = None  # log.jsonl's line of the last finished epoch (checkpoint.pt keeps it too)
     stop: StopSignals = field(default_factory=StopSignals)
 
     @property
