@@ -18,7 +18,7 @@ from typing import Any
 from .coco.evaluate import Evaluation
 from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
-from .inference.detector import DEFAULT_FUSION, load_detector
+from .inference.detector import DEFAULT_FUSION, detector_path, load_detector
 from .inference.options import RANKERS, ProposerOptions
 from .io.files import atomic_path, writable_folder
 from .modeling.bodies.pretrained import packaged, packaged_weights
@@ -152,9 +152,9 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         entry["note"] = note
     fusions = {"windows": ()}
     if ranker != "windows" and (ranker == "fused" or ann is not None):  # auto fits only what it can measure
-        fusions["fused"] = _fit_fusion(model, meta, fusion_ann, fusion_images, device, on_fit)
+        fusions["fused"], samples = _fit_fusion(model, meta, fusion_ann, fusion_images, device, on_fit)
         entry["ranker"] = {"fusion": list(fusions["fused"]), "fitted_on": str(fusion_ann or meta.get("trained_on")),
-                           "detector": load_detector()[1]}
+                           "candidates": samples, "detector": detector_record()}
         if ranker == "fused":
             del fusions["windows"]
     model.config = replace(model.config, fusion=fusions.get("fused", ()) if ann is None else ())
@@ -197,8 +197,9 @@ def choose(measured: list[tuple[str, float, Evaluation]]) -> tuple[str, float, E
 
 
 def _fit_fusion(model: FastMask, meta: dict[str, Any], ann: Path | None, images: Path | None, device: str,
-                on_fit: Callable[[Path], None] | None) -> tuple[float, ...]:
-    """The fused ranker's weights (training/fusion.py) fitted on `ann`/`images`, else the run's training data."""
+                on_fit: Callable[[Path], None] | None) -> tuple[tuple[float, ...], int]:
+    """The fused ranker's weights (training/fusion.py) fitted on `ann`/`images`, else the run's training data,
+    and the number of candidates they were fitted on."""
     ann, images = ann or meta.get("trained_on"), images or meta.get("images")
     if not ann or not images or not Path(ann).is_file() or not Path(images).is_dir():
         raise FastMaskError("the fused ranker is fitted on training images: give --fusion-ann and --fusion-images "
@@ -206,7 +207,15 @@ def _fit_fusion(model: FastMask, meta: dict[str, Any], ann: Path | None, images:
     if on_fit:
         on_fit(Path(ann))
     model.config = replace(model.config, fusion=DEFAULT_FUSION)
-    return fit_fusion(*fusion_samples(model, Path(ann), Path(images), device=device))
+    parts, targets = fusion_samples(model, Path(ann), Path(images), device=device)
+    return fit_fusion(parts, targets), len(targets)
+
+
+def detector_record() -> dict[str, Any]:
+    """The shipped detector, for the manifest: its file, sha256 and size, and the source it was converted from."""
+    path = detector_path()
+    return {"file": path.name, "sha256": sha256_of(path), "megabytes": round(path.stat().st_size / 2**20, 1),
+            "source": load_detector(path)[1]}
 
 
 def export_onnx(model: FastMask, path: Path, scales: int | None = None) -> list[int]:

@@ -278,3 +278,31 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(image_folder, tin
     assert merged.exit_code == 1 and "is one of the shards" in merged.flat
     assert (gt.read_bytes(), (image_folder / "img_0.png").read_bytes()) == before
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--nms-iou", "1.5", "--nms-iou must be between 0 and 1"), ("--nms-iou", "-0.1", "--nms-iou must be between 0 and 1"),
+    ("--report-images", "-1", "--report-images must be 0 or more"), ("--max-pixels", "0", "--max-pixels must be at least 64"),
+    ("--workers", "-1", "--workers must be at least 0"), ("--batch-size", "0", "--batch-size must be at least 1"),
+])
+def test_propose_options_out_of_range_are_one_line(image_folder, tiny_checkpoint, tmp_path, option, value, message):
+    result = propose(image_folder, tmp_path / "r.json", tiny_checkpoint, option, value)
+    assert result.exit_code == 1 and message in result.flat and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--warmup", "-1", "--warmup must be at least 0"), ("--copy-paste", "2", "--copy-paste must be a probability"),
+    ("--train-sample", "-1", "--train-sample must be at least 0"), ("--seed", "-1", "--seed must be at least 0"),
+])
+def test_train_options_out_of_range_are_one_line(image_folder, tmp_path, option, value, message):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    result = run("train", gt, image_folder, "--out", tmp_path / "run", option, value)
+    assert result.exit_code == 1 and message in result.flat and not (tmp_path / "run").exists()
+
+
+def test_bench_reading_options_out_of_range_are_refused_even_without_a_folder(tiny_checkpoint):
+    for option, value in (("--batch-size", "0"), ("--workers", "-1")):
+        result = run("bench", "--weights", tiny_checkpoint, "--size", "128x96", "--runs", "1", option, value)
+        assert result.exit_code == 1 and f"{option} must be at least" in result.flat

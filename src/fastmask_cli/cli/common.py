@@ -36,7 +36,7 @@ console = Console(stderr=True)
 
 
 # The API's parameter names whose flags are not `--` + the name with dashes.
-FLAGS = {"json_out": "--json", "fmt": "--format", "path": "--onnx", "iou_types": "--iou-type"}
+FLAGS = {"json_out": "--json", "fmt": "--format", "path": "--onnx", "iou_types": "--iou-type", "warmup_iters": "--warmup"}
 
 
 def flag_of(parameter: str) -> str:

@@ -73,6 +73,9 @@ def eval_command(
     check_outputs(written, {"GT": gt, "RESULTS": None if images is not None else results, "--images": images,
                             "--report-bench": bench}, IMAGE_SUFFIXES)
     if images is not None:
+        from ..runs.folder import check_reading
+
+        check_reading(batch_size, workers)  # before the weights load
         proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
                                        backend=backend, ranker=ranker, mask_threshold=mask_threshold)
         run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers, jobs=jobs)

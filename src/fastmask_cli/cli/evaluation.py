@@ -58,9 +58,9 @@ def check_report(report_dir: Optional[Path], report_images: int, bench: Optional
         raise FastMaskError("--report-bench goes with --report DIR")
     if bench is not None and not bench.is_file():
         raise FastMaskError(f"--report-bench: {bench} not found")
+    if report_images < 0:  # checked with or without --report: a bad value is never silently ignored
+        raise FastMaskError(f"--report-images must be 0 or more, not {report_images}")
     if report_dir is not None:
-        if report_images < 0:
-            raise FastMaskError(f"--report-images must be 0 or more, not {report_images}")
         writable_folder(report_dir, "the report")
 
 

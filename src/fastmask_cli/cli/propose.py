@@ -152,12 +152,14 @@ def propose(
     """
     from ..device import launch, rank_device
     from ..io.results_file import check_format
+    from ..runs.folder import check_reading
 
     if report_dir is not None and ann is None:
         raise FastMaskError("--report measures the proposals: give the ground truth with --ann")
     if report_dir is not None and shard:
         raise FastMaskError("--report needs the whole folder: after `fastmask merge`, run `fastmask eval GT MERGED --report DIR`")
     check_report(report_dir, report_images)
+    check_reading(batch_size, workers, max_pixels)  # before the weights load
     if json_out is not None:  # fail now, not after the work
         writable_file(json_out, "--json")
     check_outputs({"--out": out, "--json": json_out}, {"IMAGES_DIR": images_dir, "--ann": ann,

@@ -51,15 +51,18 @@ def write_detector(graph: str | Path, out: str | Path, source: dict) -> None:
     save_payload(Path(out), {"format": DETECTOR_FORMAT, "state_dict": state, "source": source})
 
 
+def detector_path() -> Path:
+    """Where the detector's weights are: the weights folder's, else the ones shipped with fastmask."""
+    from ..modeling.weights import shipped_dir, weights_dir
+
+    return next((d / DETECTOR_FILE for d in (weights_dir(), shipped_dir()) if (d / DETECTOR_FILE).is_file()),
+                shipped_dir() / DETECTOR_FILE)
+
+
 def load_detector(path: str | Path | None = None) -> tuple[SSD, dict]:
     """The SSD written by `write_detector` (default: the weights folder's, else the one shipped with
     fastmask), in fp32, and its source. FastMaskError if the file is missing or not such a file."""
-    from ..modeling.weights import shipped_dir, weights_dir
-
-    if path is None:
-        path = next((d / DETECTOR_FILE for d in (weights_dir(), shipped_dir()) if (d / DETECTOR_FILE).is_file()),
-                    shipped_dir() / DETECTOR_FILE)
-    path = Path(path)
+    path = Path(path) if path is not None else detector_path()
     if not path.is_file():
         raise FastMaskError(f"the detector's weights {path} are missing: reinstall fastmask, or use --ranker windows")
     payload = load_payload(path)

@@ -66,6 +66,8 @@ class ProposerOptions:
         for name, value, low in (("top_k", self.top_k, 1), ("scales", self.scales, 1), ("size", self.size, 32)):
             if value is not None and value < low:
                 raise ParameterError(name, f"{{}} must be at least {low}, not {value}")
+        if not 0 <= self.nms_iou <= 1:
+            raise ParameterError("nms_iou", f"{{}} must be between 0 and 1 (an IoU), not {self.nms_iou}")
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
             raise ParameterError("mask_threshold", f"{{}} must be between 0 and 1 (a probability), not {self.mask_threshold}")
         check_backend(self.backend)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FastMaskError, ParameterError
 from ..io.files import output_lock, writable_file, writable_folder
-from ..io.images import MAX_PIXELS
+from ..io.images import MAX_PIXELS, MIN_SIDE
 from ..io.results_file import check_format, images_json_path, images_writer, read_run, results_writer
 from .partial import PARTIAL_FORMAT, PartialLog, partial_path
 from .plan import ImagePlan, plan_images
@@ -61,6 +61,17 @@ def overlay_path(vis_dir: Path, rel: str) -> Path:
     return vis_dir / f"{rel}.png"
 
 
+def check_reading(batch_size: int = 1, workers: int | None = None, max_pixels: int = MAX_PIXELS) -> None:
+    """ParameterError, before any work, for a batch size below 1, reader processes below 0, or a pixel limit
+    no image can meet."""
+    if batch_size < 1:
+        raise ParameterError("batch_size", f"{{}} must be at least 1, not {batch_size}")
+    if workers is not None and workers < 0:
+        raise ParameterError("workers", f"{{}} must be at least 0, not {workers}")
+    if max_pixels < MIN_SIDE * MIN_SIDE:
+        raise ParameterError("max_pixels", f"{{}} must be at least {MIN_SIDE * MIN_SIDE} (a {MIN_SIDE}x{MIN_SIDE} image), not {max_pixels}")
+
+
 def propose_folder(
     proposer: Proposer,
     images_dir: Path,
@@ -91,8 +102,7 @@ def propose_folder(
     """
     images_dir, out = Path(images_dir), Path(out)
     check_format(fmt)
-    if batch_size < 1:
-        raise ParameterError("batch_size", f"{{}} must be at least 1, not {batch_size}")
+    check_reading(batch_size, workers, max_pixels)
     plan = plan or plan_images(images_dir, ann)
     writable_file(out, "the results")
     if vis_dir is not None:
@@ -144,8 +154,6 @@ def _propose(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePlan, *
 
     started = time.perf_counter()
     workers = default_workers(str(proposer.device)) if workers is None else workers
-    if workers < 0:
-        raise ParameterError("workers", f"{{}} must be at least 0, not {workers}")
     reader = ImageFiles(images_dir, todo, plan.frames, max_pixels, proposer.size, keep_original=vis_dir is not None)
     def skip(item: Loaded) -> None:
         log.append({"file": item.rel, "skipped": item.error})

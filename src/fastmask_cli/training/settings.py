@@ -62,6 +62,10 @@ class TrainSettings:
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision", "{} must be auto, fp32, bf16 or fp16"),
             (self.workers >= 0 and self.val_every >= 1 and self.log_every >= 1, None, "workers, val-every and log-every must be positive"),
             (self.bn_images >= 0, "bn_images", "{} must be at least 0"),
+            (self.warmup_iters >= 0, "warmup_iters", "{} must be at least 0"),
+            (0 <= self.copy_paste <= 1, "copy_paste", "{} must be a probability, between 0 and 1"),
+            (self.train_sample >= 0, "train_sample", "{} must be at least 0"),
+            (self.seed >= 0, "seed", "{} must be at least 0"),
             (self.checkpoint_every >= 0, "checkpoint_every", "{} must be at least 0"),
         ]
         for ok, parameter, message in checks:
