@@ -142,8 +142,9 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         on_batchnorm(used, info.meta)
     meta = {k: v for k, v in info.meta.items() if k != "val"}
     entry: dict[str, Any] = {"training": meta}
-    source = (body_source(model.config.body, meta.get("init"))
-              or inherited_body_source(meta.get("init"), [Path(weights_dir), default_weights_dir()]))
+    folders = [Path(weights_dir), default_weights_dir()]
+    source = (body_source(model.config.body, meta.get("init")) or inherited_body_source(source, folders)  # shipped as is
+              or inherited_body_source(meta.get("init"), folders))
     if source:
         entry["body_source"] = source
     if train_command:
