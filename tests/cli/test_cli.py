@@ -166,8 +166,15 @@ def test_resume_refuses_other_settings(image_folder, tiny_checkpoint, tmp_path, 
 
 
 def test_weights_command_and_version():
+    from fastmask_cli.modeling.weights import read_manifest
+
     result = run("weights")
-    assert result.exit_code == 0 and ("fast" in result.flat)
+    assert result.exit_code == 0
+    rows = {line.split("│")[1].strip().removesuffix(" *"): line for line in result.output.splitlines() if line.count("│") > 3}
+    for entry in read_manifest():  # every shipped model, whole, with the AR@100 it measured, at 80 columns
+        cells = [cell.strip() for cell in rows[entry["name"]].split("│")[1:-1]]
+        assert cells[0].endswith(" *") == bool(entry.get("default")) and cells[1:3] == [
+            f"{entry['metrics']['segm']['AR@100'] * 100:.1f}", f"{entry['metrics']['bbox']['AR@100'] * 100:.1f}"], cells
     assert run("--version").output.startswith("fastmask ")
 
 

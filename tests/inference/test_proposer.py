@@ -124,11 +124,6 @@ def test_option_errors_are_user_errors():
         Proposer(tiny_model(), device="cpu", nms_mode="hide")
 
 
-def test_bf16_on_cpu_runs():
-    proposals = Proposer(tiny_model(), device="cpu", precision="bf16", top_k=5).propose(draw_scene())
-    assert len(proposals) <= 5 and proposals.scores.dtype == np.float32
-
-
 def test_candidate_pool_leaves_room_for_the_next_objects():
     """Each object has several near-duplicate windows: a short list needs at least 100 more candidates."""
     pools = {k: Proposer(tiny_model(), device="cpu", top_k=k).candidates for k in (10, 100, 150, 1000)}

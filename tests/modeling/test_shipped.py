@@ -34,17 +34,23 @@ def test_every_shipped_model_loads_with_its_listed_config(entry) -> None:
     assert len(model.strides()) == entry["config"]["scales"]
 
 
-def test_default_weights_load_and_find_two_shapes_on_a_plain_background() -> None:
-    model, info = load_model()
-    assert info.trained and info.sha256 == next(m for m in SHIPPED if m.get("default"))["sha256"]
+def _two_shapes() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A plain photo of a red disc and a blue square, and their masks."""
     image = np.full((480, 640, 3), 235, np.uint8)
     circle, square = np.zeros((480, 640), np.uint8), np.zeros((480, 640), np.uint8)
     for canvas, colour in ((image, (200, 40, 40)), (circle, 1)):
         cv2.circle(canvas, (170, 240), 90, colour, -1)
     for canvas, colour in ((image, (40, 60, 200)), (square, 1)):
         cv2.rectangle(canvas, (400, 150), (560, 330), colour, -1)
+    return image, [circle.astype(bool), square.astype(bool)]
+
+
+def test_default_weights_load_and_find_two_shapes_on_a_plain_background() -> None:
+    model, info = load_model()
+    assert info.trained and info.sha256 == next(m for m in SHIPPED if m.get("default"))["sha256"]
+    image, shapes = _two_shapes()
     masks = Proposer(model, device="cpu", top_k=10).propose(image).masks()
-    for shape in (circle.astype(bool), square.astype(bool)):
+    for shape in shapes:
         iou = (masks & shape).sum(axis=(1, 2)) / (masks | shape).sum(axis=(1, 2))
         assert iou.max() >= 0.5
 
@@ -58,6 +64,21 @@ def test_default_weights_propose_the_same_on_onnx_runtime_as_in_pytorch() -> Non
     onnx = Proposer(model, device="cpu", top_k=1000)
     assert onnx.backend == "onnx"
     assert_same_proposals(onnx.propose(image), Proposer(model, device="cpu", top_k=1000, backend="torch").propose(image))
+
+
+def test_bf16_on_the_cpu_proposes_what_fp32_does() -> None:
+    """bf16 (autocast on the CPU, the network and the detector in PyTorch) finds each shape as fp32 does, with
+    close scores: not only a run that ends."""
+    model, _ = load_model()
+    image, shapes = _two_shapes()
+    fp32 = Proposer(model, device="cpu", top_k=10, backend="torch").propose(image)
+    bf16 = Proposer(model, device="cpu", top_k=10, precision="bf16").propose(image)
+    assert bf16.scores.dtype == np.float32 and len(bf16) == len(fp32) == 10
+    for shape in shapes:
+        best = [int(np.argmax((m & shape).sum(axis=(1, 2)) / (m | shape).sum(axis=(1, 2)))) for m in (fp32.masks(), bf16.masks())]
+        found = [((m[i] & shape).sum() / (m[i] | shape).sum()) for m, i in zip((fp32.masks(), bf16.masks()), best)]
+        assert min(found) >= 0.8 and abs(found[0] - found[1]) <= 0.05
+        assert abs(fp32.scores[best[0]] - bf16.scores[best[1]]) <= 0.05
 
 
 def test_the_model_zoo_pages_are_what_the_manifest_prints() -> None:
