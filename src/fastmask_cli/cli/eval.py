@@ -16,7 +16,10 @@ from .common import (
     BATCH_SIZE,
     DEVICE,
     INIT,
+    INPUTS,
     JOBS,
+    MODEL,
+    OUTPUTS,
     PRECISION,
     RANKER,
     SCALES,
@@ -37,11 +40,11 @@ def eval_command(
     results: Path = typer.Argument(..., help="COCO results file to evaluate (written first when --images is given)."),
     iou_type: str = typer.Option("both", "--iou-type", help="segm, bbox or both."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Evaluate on the images the results cover, ignoring results on unknown ids."),
-    plot: Optional[Path] = typer.Option(None, help="PNG of recall against IoU threshold (paper Fig. 8)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics and recall curves as JSON."),
-    images: Optional[Path] = typer.Option(None, help="Propose on this folder first (ids from GT), then evaluate."),
+    plot: Optional[Path] = typer.Option(None, rich_help_panel=OUTPUTS, help="PNG of recall against IoU threshold (paper Fig. 8)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=OUTPUTS, help="Write the metrics and recall curves as JSON."),
+    images: Optional[Path] = typer.Option(None, rich_help_panel=INPUTS, help="Propose on this folder first (ids from GT), then evaluate."),
     weights: Optional[str] = WEIGHTS,
-    top_k: int = typer.Option(1000, "--top-k", help="With --images: proposals per image (1000 for AR@1k)."),
+    top_k: int = typer.Option(1000, "--top-k", rich_help_panel=MODEL, help="With --images: proposals per image (1000 for AR@1k)."),
     scales: Optional[int] = SCALES,
     size: Optional[int] = SIZE,
     device: str = DEVICE,
@@ -51,14 +54,14 @@ def eval_command(
     workers: Optional[int] = WORKERS,
     jobs: str = JOBS,
     ranker: Optional[str] = RANKER,
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="With --images: mask probability threshold. Default: the model's own."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", rich_help_panel=MODEL, help="With --images: mask probability threshold. Default: the model's own."),
     init: Optional[Path] = INIT,
     report_dir: Optional[Path] = REPORT,
     report_images: int = REPORT_IMAGES,
-    pictures: Optional[Path] = typer.Option(None, "--report-pictures", help="Folder of the ground truth's images, for "
+    pictures: Optional[Path] = typer.Option(None, "--report-pictures", rich_help_panel=OUTPUTS, help="Folder of the ground truth's images, for "
                                             "the report's pictures. Default: --images, else the folder recorded beside "
                                             "the results by fastmask propose."),
-    bench: Optional[Path] = typer.Option(None, "--report-bench", help="JSON of `fastmask bench --ann --json`: its "
+    bench: Optional[Path] = typer.Option(None, "--report-bench", rich_help_panel=OUTPUTS, help="JSON of `fastmask bench --ann --json`: its "
                                          "accuracy against speed table and plot go in the report."),
 ) -> None:
     """Class-agnostic average recall (AR@10/100/1000, masks and boxes, small/medium/large) of RESULTS against GT."""

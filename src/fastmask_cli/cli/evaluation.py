@@ -12,15 +12,15 @@ from rich.table import Table
 from ..coco.evaluate import PAPER, PAPER_SOURCE, evaluate
 from ..errors import FastMaskError
 from ..io.files import read_json, writable_folder
-from .common import console, make_progress, progress_columns, say_note
+from .common import OUTPUTS, console, make_progress, progress_columns, say_note
 
 if TYPE_CHECKING:
     from ..coco.evaluate import Evaluation
 
-REPORT = typer.Option(None, "--report", help="Folder for a report to open in a browser, offline: the AR table, "
+REPORT = typer.Option(None, "--report", rich_help_panel=OUTPUTS, help="Folder for a report to open in a browser, offline: the AR table, "
                       "recall figures, the images with the lowest recall with every object outlined by what happened "
                       "to it, and the missed objects (DIR/index.html).")
-REPORT_IMAGES = typer.Option(20, "--report-images", help="Images in the report's gallery: half those with the lowest "
+REPORT_IMAGES = typer.Option(20, "--report-images", rich_help_panel=OUTPUTS, help="Images in the report's gallery: half those with the lowest "
                              "recall, half a random sample of the others.")
 
 

@@ -17,7 +17,11 @@ from .common import (
     BATCH_SIZE,
     DEVICE,
     INIT,
+    INPUTS,
     JOBS,
+    LARGE,
+    MODEL,
+    OUTPUTS,
     PRECISION,
     RANKER,
     SCALES,
@@ -111,12 +115,12 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
 @friendly_errors
 def propose(
     images_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Results file to write (its folder is made if needed); "
+    out: Path = typer.Option(..., "--out", "-o", rich_help_panel=OUTPUTS, help="Results file to write (its folder is made if needed); "
                              "beside it, OUT_STEM.images.json ties image ids to files."),
     weights: Optional[str] = WEIGHTS,
-    ann: Optional[Path] = typer.Option(None, help="COCO ground truth whose file_name -> id mapping gives the image ids "
+    ann: Optional[Path] = typer.Option(None, rich_help_panel=INPUTS, help="COCO ground truth whose file_name -> id mapping gives the image ids "
                                        "(and whose width/height decide the frame of EXIF-rotated photos)."),
-    top_k: int = typer.Option(100, "--top-k", help="Proposals per image (1000 for AR@1k)."),
+    top_k: int = typer.Option(100, "--top-k", rich_help_panel=MODEL, help="Proposals per image (1000 for AR@1k)."),
     scales: Optional[int] = SCALES,
     size: Optional[int] = SIZE,
     device: str = DEVICE,
@@ -125,24 +129,24 @@ def propose(
     batch_size: int = BATCH_SIZE,
     workers: Optional[int] = WORKERS,
     jobs: str = JOBS,
-    vis: Optional[Path] = typer.Option(None, help="Folder for overlay PNGs of the top 10 proposals "
+    vis: Optional[Path] = typer.Option(None, rich_help_panel=OUTPUTS, help="Folder for overlay PNGs of the top 10 proposals "
                                        "(IMAGE_PATH.png: the folder structure and full file names are kept)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial (a finished one is not redone)."),
-    shard: Optional[str] = typer.Option(None, help="K/N: propose for the K-th of N contiguous slices of the sorted images "
+    resume: bool = typer.Option(False, rich_help_panel=LARGE, help="Continue an interrupted run from OUT.partial (a finished one is not redone)."),
+    shard: Optional[str] = typer.Option(None, rich_help_panel=LARGE, help="K/N: propose for the K-th of N contiguous slices of the sorted images "
                                         "(job arrays); join the shards with `fastmask merge`."),
-    fmt: str = typer.Option("coco", "--format", help="coco: one COCO results list; jsonl: one JSON line per image "
+    fmt: str = typer.Option("coco", "--format", rich_help_panel=OUTPUTS, help="coco: one COCO results list; jsonl: one JSON line per image "
                             "(image_id, file_name, width, height, proposals)."),
-    nms: str = typer.Option(DEFAULT_NMS, help="Near-duplicates by overlap of: mask, box, or none (keep the network's order)."),
-    nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", help="IoU above which a lower-scored proposal is a duplicate."),
-    nms_mode: str = typer.Option("demote", "--nms-mode", help="demote: move duplicates behind every distinct proposal "
+    nms: str = typer.Option(DEFAULT_NMS, rich_help_panel=MODEL, help="Near-duplicates by overlap of: mask, box, or none (keep the network's order)."),
+    nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", rich_help_panel=MODEL, help="IoU above which a lower-scored proposal is a duplicate."),
+    nms_mode: str = typer.Option("demote", "--nms-mode", rich_help_panel=MODEL, help="demote: move duplicates behind every distinct proposal "
                                  "(the top-k set stays, so AR@1000 does too); drop: remove them."),
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
+    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", rich_help_panel=MODEL, help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
     ranker: Optional[str] = RANKER,
     init: Optional[Path] = INIT,
     report_dir: Optional[Path] = REPORT,
     report_images: int = REPORT_IMAGES,
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Skip images with more pixels than this (read from the header, before decoding)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", rich_help_panel=INPUTS, help="Skip images with more pixels than this (read from the header, before decoding)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=OUTPUTS, help="Also write the run summary as JSON here."),
 ) -> None:
     """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores).
 
