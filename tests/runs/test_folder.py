@@ -337,3 +337,38 @@ def test_train_and_merge_take_the_output_lock_too(five_images, tiny_checkpoint, 
             holder.wait()
     assert run("merge", *shards, "--out", tmp_path / "merged.json").exit_code == 0
     assert not (tmp_path / "merged.json.lock").exists()
+
+
+def test_files_lists_and_folders_are_one_run_as_the_folder_would_be(image_folder, tiny_checkpoint, tmp_path, monkeypatch):
+    """`propose a.png b.png ...`, `--list -` and a folder give the same bytes for the same images; a mix of a
+    file and a folder takes their common folder, each image once; --jobs and --shard work on such inputs."""
+    import io
+
+    files = sorted(image_folder.iterdir())
+    assert propose(image_folder, tmp_path / "folder.json", tiny_checkpoint).exit_code == 0
+    named = run("propose", *files, "--out", tmp_path / "named.json", "--weights", tiny_checkpoint, "--size", "128",
+                "--top-k", "10", "--jobs", "2")
+    assert named.exit_code == 0, named.output
+    from fastmask_cli.cli.propose import read_list
+
+    (tmp_path / "list.txt").write_text("\n".join(map(str, files[::-1])) + "\n\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO((tmp_path / "list.txt").read_text()))
+    assert read_list("-") == read_list(str(tmp_path / "list.txt")) == list(map(str, files[::-1]))  # "-": standard input
+    listed = run("propose", "--list", tmp_path / "list.txt", "--out", tmp_path / "listed.json", "--weights", tiny_checkpoint,
+                 "--size", "128", "--top-k", "10")
+    assert listed.exit_code == 0, listed.output
+    for name in ("named", "listed"):
+        assert (tmp_path / f"{name}.json").read_bytes() == (tmp_path / "folder.json").read_bytes()
+        assert (tmp_path / f"{name}.images.json").read_bytes() == (tmp_path / "folder.images.json").read_bytes()
+    other = tmp_path / "more"
+    other.mkdir()
+    write_image(other / "x.png", draw_scene(64, 64))
+    mixed = run("propose", files[0], files[0], other, "--out", tmp_path / "mixed.json", "--weights", tiny_checkpoint,
+                "--size", "128", "--shard", "1/1")
+    assert mixed.exit_code == 0, mixed.output
+    listing = json.loads((tmp_path / "mixed.images.json").read_text())
+    assert [im["file_name"] for im in listing["images"]] == [f"images/{files[0].name}", "more/x.png"]
+    for args, message in ((("missing.png",), "not found: missing.png"), ((), "no images given"),
+                          (("--list", tmp_path / "nope.txt"), "no such file")):
+        refused = run("propose", *args, "--out", tmp_path / "r.json", "--weights", tiny_checkpoint)
+        assert refused.exit_code == 1 and message in refused.flat

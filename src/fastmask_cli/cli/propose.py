@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -112,9 +113,22 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     return summary
 
 
+def read_list(source: str) -> list[str]:
+    """The paths of a --list file, one a line (blank lines and surrounding spaces ignored); `-` reads standard input."""
+    if source == "-":
+        return [line.strip() for line in sys.stdin if line.strip()]
+    path = Path(source)
+    if not path.is_file():
+        raise FastMaskError(f"--list {source}: no such file")
+    return [line.strip() for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if line.strip()]
+
+
 @friendly_errors
 def propose(
-    images_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    images: Optional[list[Path]] = typer.Argument(None, help="Image files and folders (folders searched recursively), "
+                                                  "any mix: `propose photo.jpg`, `propose shots/`, `propose a.jpg b.png shots/`."),
+    list_file: Optional[str] = typer.Option(None, "--list", rich_help_panel=INPUTS, help="A file of image paths, one a "
+                                            "line (`-`: standard input), proposed for with the images given."),
     out: Path = typer.Option(..., "--out", "-o", rich_help_panel=OUTPUTS, help="Results file to write (its folder is made if needed); "
                              "beside it, OUT_STEM.images.json ties image ids to files."),
     weights: Optional[str] = WEIGHTS,
@@ -148,7 +162,7 @@ def propose(
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", rich_help_panel=INPUTS, help="Skip images with more pixels than this (read from the header, before decoding)."),
     json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=OUTPUTS, help="Also write the run summary as JSON here."),
 ) -> None:
-    """Segment proposals for every image in IMAGES_DIR, written as COCO results (RLE masks, boxes, scores).
+    """Segment proposals for every image in IMAGES (files and folders), written as COCO results (RLE masks, boxes, scores).
 
     Photos are read as viewers show them (EXIF orientation applied) unless --ann's width and height
     describe the stored pixels. Under torchrun, each process takes a slice (and its own GPU) and
@@ -157,6 +171,7 @@ def propose(
     from ..device import launch, rank_device
     from ..io.results_file import check_format
     from ..runs.folder import check_reading
+    from ..runs.plan import plan_images, resolve_inputs
 
     if report_dir is not None and ann is None:
         raise FastMaskError("--report measures the proposals: give the ground truth with --ann")
@@ -166,13 +181,16 @@ def propose(
     check_reading(batch_size, workers, max_pixels)  # before the weights load
     if json_out is not None:  # fail now, not after the work
         writable_file(json_out, "--json")
-    check_outputs({"--out": out, "--json": json_out}, {"IMAGES_DIR": images_dir, "--ann": ann,
+    images_dir, files = resolve_inputs(images or [], read_list(list_file) if list_file else None)
+    check_outputs({"--out": out, "--json": json_out}, {"IMAGES": images_dir, "--ann": ann,
                   "--weights": Path(weights) if weights else None}, IMAGE_SUFFIXES)
 
     options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
                                "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers, "jobs": jobs}
     if shard:
         options["shard"] = parse_shard(shard)
+    if files is not None:  # files, or several folders: the images of one run under their common folder
+        options["plan"] = plan_images(images_dir, ann, files)
     here = launch()
     rank = (here.rank, here.world) if here.distributed else None
     if rank is not None:

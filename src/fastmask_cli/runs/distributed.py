@@ -31,7 +31,7 @@ def _propose_ranks(proposer: Proposer, images_dir: Path, out: Path, *, rank: int
     import torch.distributed as dist
 
     if options.get("resume"):
-        plan = plan_images(images_dir, options.get("ann"))
+        plan = options.get("plan") or plan_images(images_dir, options.get("ann"))
         if finished := finished_split(proposer, options["weights_id"], images_dir, options.get("ann"), plan, fmt, out):
             return finished, None
     if not dist.is_initialized():  # gloo only synchronises here: no tensors travel, on GPUs or not

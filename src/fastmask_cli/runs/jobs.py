@@ -85,17 +85,18 @@ def worker_threads(jobs: int) -> int:
 
 def propose_jobs(proposer: Proposer, images_dir: Path, out: Path, *, jobs: int, weights_id: str,
                  ann: Path | None = None, resume: bool = False, fmt: str = "coco",
-                 threads: int | None = None, on_start: Callable[[int], None] | None = None,
+                 threads: int | None = None, plan: ImagePlan | None = None, on_start: Callable[[int], None] | None = None,
                  on_image: Callable[[str], None] | None = None, **options: Any) -> ProposeSummary:
     """`propose_folder` over `images_dir` in `jobs` forked worker processes of `threads` threads each
     (default: the cores over `jobs`), merged into `out`: the same results file and `.images.json` as one
-    process writes. `options` are propose_folder's (vis_dir, batch_size, max_pixels, workers).
+    process writes. `options` are propose_folder's (vis_dir, batch_size, max_pixels, workers); `plan`, the images
+    as `plan_images` found them (default: every image under `images_dir`).
     on_start(images to do) and on_image(file) report progress as propose_folder's do. Raises what
     propose_folder raises; a worker's error stops the others and is raised here."""
     out = Path(out)
     check_format(fmt)
     jobs = resolve_jobs(jobs, proposer.device.type, shard=options.get("shard"))
-    plan = plan_images(images_dir, ann)
+    plan = plan or plan_images(images_dir, ann)
     writable_file(out, "the results")
     with output_lock(out):  # before anything is cleared: another run may be writing these files
         return _propose_jobs(proposer, images_dir, out, plan, jobs=jobs, weights_id=weights_id, ann=ann, resume=resume,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,37 @@ def match_names(files: list[str], by_name: dict[str, int], ann: Path) -> dict[st
     return listed
 
 
-def plan_images(images_dir: Path, ann: Path | None = None) -> ImagePlan:
+def resolve_inputs(inputs: list[Path], listed: list[str] | None = None) -> tuple[Path, list[str] | None]:
+    """Image files and folders (`propose a.jpg b.png shots/`, and `listed`: the paths of a --list file)
+    as one folder and the files in it to propose for: their deepest common folder and each image's path
+    relative to it (a folder's images as `list_images` finds them), sorted and once each; (folder, None)
+    for a single folder, which is listed as the run goes. FastMaskError naming a path that is not there."""
+    paths = [Path(p) for p in inputs] + [Path(p) for p in (listed or []) if p.strip()]
+    if not paths:
+        raise FastMaskError("no images given: name image files or folders, or --list FILE")
+    for path in paths:
+        if not path.exists():
+            raise FastMaskError(f"not found: {path}")
+    if len(paths) == 1 and paths[0].is_dir():
+        return paths[0], None
+    resolved = [Path(os.path.abspath(p)) for p in paths]  # links keep their own names
+    root = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in resolved]))
+    files: dict[str, None] = {}
+    for path in resolved:
+        if path.is_dir():
+            prefix = path.relative_to(root).as_posix()
+            files |= dict.fromkeys(f if prefix == "." else f"{prefix}/{f}" for f in list_images(path)[0])
+        else:
+            files[path.relative_to(root).as_posix()] = None
+    by_parts = lambda name: name.split("/")  # noqa: E731 - the order list_images gives
+    return root, sorted(files, key=by_parts)
+
+
+def plan_images(images_dir: Path, ann: Path | None = None, files: list[str] | None = None) -> ImagePlan:
     """The images under `images_dir` and their ids: the GT's (matched by file name) with `ann`, else the
-    1-based positions in the sorted list of every image in the folder (so shards never collide)."""
-    files, others = list_images(images_dir)
+    1-based positions in the sorted list of every image in the folder (so shards never collide).
+    `files`: these paths relative to `images_dir` instead of every image under it (`resolve_inputs`)."""
+    files, others = list_images(images_dir) if files is None else (files, [])
     if not files:
         shown = f" ({len(others)} other files, such as {others[0]})" if others else ""
         raise FastMaskError(f"no images in {images_dir}{shown}: no file there is one the installed OpenCV can decode")
