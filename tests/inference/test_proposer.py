@@ -148,3 +148,29 @@ def test_a_variant_shares_the_network_and_proposes_as_a_new_proposer_would():
     assert len(got) == len(fresh) and np.array_equal(got.scores, fresh.scores) and got.rles == fresh.rles
     with pytest.raises(ParameterError, match="top_k"):
         base.variant(top_k=0)
+
+
+def test_score_and_area_filters_apply_after_suppression_and_before_top_k():
+    from fastmask_cli.inference.options import parse_area
+
+    image = draw_scene(120, 160, seed=4)
+    base = Proposer(tiny_model(), device="cpu", backend="torch", top_k=300)
+    everything = base.propose(image)
+    assert len(everything) > 20
+    score = float(np.median(everything.scores))
+    area = float(np.median(everything.areas))
+    for changes, keep in (({"min_score": score}, everything.scores >= score),
+                          ({"min_area": area}, everything.areas >= area),
+                          ({"max_area": area / (120 * 160)}, everything.areas <= area),  # below 1: a fraction of the image
+                          ({"min_score": score, "max_area": area}, (everything.scores >= score) & (everything.areas <= area))):
+        filtered = base.variant(**changes).propose(image)
+        assert [r["counts"] for r in filtered.rles] == [r["counts"] for r, k in zip(everything.rles, keep) if k], changes
+        assert base.variant(**changes).settings().items() >= changes.items()  # recorded with the results
+        few = base.variant(top_k=5, **changes).propose(image)  # top-k counts what passed
+        assert [r["counts"] for r in few.rles] == [r["counts"] for r in filtered.rles[:5]]
+    assert "min_score" not in base.settings()
+    assert parse_area("1%") == 0.01 and parse_area("0.5") == 0.5 and parse_area("500") == 500
+    with pytest.raises(ParameterError, match="min_score must be between 0 and 1"):
+        base.variant(min_score=1.5)
+    with pytest.raises(ParameterError, match="max_area must be at least 0"):
+        base.variant(max_area=-1)

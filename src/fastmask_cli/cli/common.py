@@ -121,6 +121,7 @@ def load_proposer(weights: str | None, init: Path | None, **options: Any) -> tup
 
 # Panels of --help, so that two dozen options read as a few groups
 INPUTS, OUTPUTS, MODEL, SPEED, LARGE = "Inputs", "Outputs", "Model and ranking", "Speed", "Large runs"
+FILTERS = "Filters (AR is only comparable without them)"
 # Options shared by `propose` and `eval --images`: declared once.
 WEIGHTS = typer.Option(None, rich_help_panel=MODEL, help="Shipped weights name, checkpoint path, or 'fast'/'accurate' for an untrained preset. Default: the best shipped.")
 SCALES = typer.Option(None, rich_help_panel=MODEL, help="Pyramid levels, from the finest (necks are weight-shared; a stride-8 level counts as one). Default: the model's.")

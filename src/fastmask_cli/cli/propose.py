@@ -17,6 +17,7 @@ from .common import (
     BACKEND,
     BATCH_SIZE,
     DEVICE,
+    FILTERS,
     INIT,
     INPUTS,
     JOBS,
@@ -113,6 +114,17 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     return summary
 
 
+def _area(text: str | None, flag: str) -> float | None:
+    from ..inference.options import parse_area
+
+    if text is None:
+        return None
+    try:
+        return parse_area(text)
+    except ValueError:
+        raise FastMaskError(f"{flag} must be pixels, a fraction or a percentage of the image (500, 0.01, 1%), not {text!r}") from None
+
+
 def read_list(source: str) -> list[str]:
     """The paths of a --list file, one a line (blank lines and surrounding spaces ignored); `-` reads standard input."""
     if source == "-":
@@ -156,6 +168,11 @@ def propose(
                                  "(the top-k set stays, so AR@1000 does too); drop: remove them."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", rich_help_panel=MODEL, help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
     ranker: Optional[str] = RANKER,
+    min_score: float = typer.Option(0.0, "--min-score", rich_help_panel=FILTERS, help="Drop proposals scored below this."),
+    min_area: Optional[str] = typer.Option(None, "--min-area", rich_help_panel=FILTERS, help="Drop masks smaller than "
+                                           "this: pixels (500), or a fraction (0.01) or percentage (1%) of the image."),
+    max_area: Optional[str] = typer.Option(None, "--max-area", rich_help_panel=FILTERS, help="Drop masks larger than "
+                                           "this: pixels, or a fraction or percentage of the image."),
     init: Optional[Path] = INIT,
     report_dir: Optional[Path] = REPORT,
     report_images: int = REPORT_IMAGES,
@@ -197,7 +214,8 @@ def propose(
         device = rank_device(device, here.local_rank)
     proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
                                    size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode,
-                                   backend=backend, ranker=ranker)
+                                   backend=backend, ranker=ranker, min_score=min_score,
+                                   min_area=_area(min_area, "--min-area") or 0.0, max_area=_area(max_area, "--max-area"))
     summary = run_propose(proposer, info, images_dir, out, rank=rank, **options)
     if rank is not None and rank[0] != 0:
         return

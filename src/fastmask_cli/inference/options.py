@@ -21,6 +21,18 @@ RANKERS = ("windows", "fused")
 DEFAULT_NMS, DEFAULT_NMS_IOU = "mask", 0.7
 
 
+def area_limit(value: float, height: int, width: int) -> float:
+    """An area filter's value in pixels for a height x width image: below 1, a fraction of the image."""
+    return value * height * width if value < 1 else value
+
+
+def parse_area(text: str) -> float:
+    """`--min-area` / `--max-area`: pixels ("500"), a fraction ("0.01") or a percentage ("1%") of the image.
+    Raises ValueError for what is not a number."""
+    text = text.strip()
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
 def check_backend(backend: str) -> None:
     """Raises ParameterError unless `backend` is one of BACKENDS."""
     if backend not in BACKENDS:
@@ -38,6 +50,9 @@ class ProposerOptions:
     lower-scored one is a duplicate; nms_mode: "demote" (behind every distinct one) or "drop".
     multi_shot: the image-pyramid baseline (§6.2) instead of one shot. compile: torch.compile the network.
     backend: "auto" (ONNX Runtime on the CPU in fp32, else PyTorch), "onnx" or "torch".
+    min_score: drop proposals scored below it (a probability). min_area, max_area: drop proposals whose mask
+    is smaller, or larger: below 1, a fraction of the image's area; from 1, pixels (`area_limit`). The filters
+    apply after suppression and before top-k; AR is only comparable without them.
     ranker: "windows" (our window scores alone, the paper's) or "fused" (the COCO detector's best boxes
     decoded as windows too, every candidate ranked by a score fusing both: inference/detector.py); None:
     the model's ("fused" where export fitted its fusion).
@@ -57,6 +72,9 @@ class ProposerOptions:
     compile: bool = False
     backend: str = "auto"
     ranker: str | None = None
+    min_score: float = 0.0
+    min_area: float = 0.0
+    max_area: float | None = None
 
     def __post_init__(self) -> None:
         if self.nms not in NMS_KINDS:
@@ -71,8 +89,18 @@ class ProposerOptions:
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
             raise ParameterError("mask_threshold", f"{{}} must be between 0 and 1 (a probability), not {self.mask_threshold}")
         check_backend(self.backend)
+        if not 0 <= self.min_score <= 1:
+            raise ParameterError("min_score", f"{{}} must be between 0 and 1 (a probability), not {self.min_score}")
+        for name, value in (("min_area", self.min_area), ("max_area", self.max_area)):
+            if value is not None and value < 0:
+                raise ParameterError(name, f"{{}} must be at least 0 (pixels, or below 1 a fraction of the image), not {value}")
         if self.ranker is not None and self.ranker not in RANKERS:
             raise ParameterError("ranker", f"unknown {{}} {self.ranker!r}; use {', '.join(RANKERS)}")
+
+    def filters(self) -> dict[str, float]:
+        """The filters set (min_score, min_area, max_area), for the results' metadata; empty when none is."""
+        return {k: v for k, v in (("min_score", self.min_score), ("min_area", self.min_area), ("max_area", self.max_area))
+                if v not in (None, 0.0)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,7 +25,7 @@ from ..errors import FastMaskError, ParameterError
 from ..modeling.model import FastMask, Pyramid
 from .backend import OnnxNetwork, not_exportable
 from .detector import DEFAULT_FUSION, Detector, best_boxes, detector_prior, fuse, load_detector, match_windows
-from .options import ProposerOptions, check_backend
+from .options import ProposerOptions, area_limit, check_backend
 from .postprocess import box_iou, decode_masks, encode_crops, greedy_nms, mask_nms, paste_crops
 from .preprocess import Prepared, pad_batch, prepare
 
@@ -203,7 +203,7 @@ class Proposer:
         settings = {k: getattr(self, k) for k in keys}
         if self.ranker != "windows":  # unchanged for the windows' ranking, so earlier runs resume
             settings |= {"ranker": self.ranker, "fusion": list(self.fusion)}
-        return settings
+        return settings | self.options.filters()  # likewise without filters
 
     def _stage(self, name: str) -> contextlib.AbstractContextManager:
         return self.timer.stage(name) if self.timer is not None else contextlib.nullcontext()
@@ -309,7 +309,17 @@ class Proposer:
         if self.nms != "none" and len(proposals) > 1:
             with self._stage("nms"):
                 proposals = self._suppress(proposals)
-        return proposals.first(self.top_k)
+        return self._filter(proposals).first(self.top_k)
+
+    def _filter(self, p: Proposals) -> Proposals:
+        """The proposals that pass the options' score and area filters, in their order."""
+        o = self.options
+        if not o.filters() or not len(p):
+            return p
+        keep = (p.scores >= o.min_score) & (p.areas >= area_limit(o.min_area, p.height, p.width))
+        if o.max_area is not None:
+            keep &= p.areas <= area_limit(o.max_area, p.height, p.width)
+        return p if keep.all() else p.select(np.flatnonzero(keep))
 
     def _suppress(self, p: Proposals) -> Proposals:
         """Greedy suppression of near-duplicates among the candidates. `drop` removes them; `demote`
