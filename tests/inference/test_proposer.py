@@ -174,3 +174,22 @@ def test_score_and_area_filters_apply_after_suppression_and_before_top_k():
         base.variant(min_score=1.5)
     with pytest.raises(ParameterError, match="max_area must be at least 0"):
         base.variant(max_area=-1)
+
+
+def test_one_per_pixel_gives_each_pixel_to_the_best_ranked_proposal():
+    from fastmask_cli.inference.options import OWN_FRACTION
+
+    image = draw_scene(120, 160, seed=5)
+    base = Proposer(tiny_model(), device="cpu", backend="torch", top_k=300)
+    overlapping = base.propose(image)
+    single = base.variant(one_per_pixel=True, top_k=20).propose(image)
+    masks, full = single.masks(), overlapping.masks()
+    assert 0 < len(single) <= 20 and masks.sum(axis=0).max() == 1  # no pixel twice
+    # each kept proposal is an earlier one's remainder, in the same order, holding at least OWN_FRACTION of it
+    origins = [int(np.flatnonzero([(m & f).sum() == m.sum() and f[m].all() for f in full])[0]) for m in masks]
+    assert origins == sorted(origins) and len(set(origins)) == len(origins)
+    for mask, origin, area, box in zip(masks, origins, single.areas, single.boxes):
+        assert area == mask.sum() >= OWN_FRACTION * full[origin].sum()
+        ys, xs = np.nonzero(mask)
+        assert np.allclose(box, [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1])
+    assert single.scores.tolist() == overlapping.scores[origins].tolist()  # scores kept

@@ -173,6 +173,8 @@ def propose(
                                            "this: pixels (500), or a fraction (0.01) or percentage (1%) of the image."),
     max_area: Optional[str] = typer.Option(None, "--max-area", rich_help_panel=FILTERS, help="Drop masks larger than "
                                            "this: pixels, or a fraction or percentage of the image."),
+    one_per_pixel: bool = typer.Option(False, "--one-per-pixel", rich_help_panel=FILTERS, help="Each pixel to the best-"
+                                       "ranked proposal covering it; a proposal left with under half its mask is dropped."),
     init: Optional[Path] = INIT,
     report_dir: Optional[Path] = REPORT,
     report_images: int = REPORT_IMAGES,
@@ -215,7 +217,8 @@ def propose(
     proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
                                    size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode,
                                    backend=backend, ranker=ranker, min_score=min_score,
-                                   min_area=_area(min_area, "--min-area") or 0.0, max_area=_area(max_area, "--max-area"))
+                                   min_area=_area(min_area, "--min-area") or 0.0, max_area=_area(max_area, "--max-area"),
+                                   one_per_pixel=one_per_pixel)
     summary = run_propose(proposer, info, images_dir, out, rank=rank, **options)
     if rank is not None and rank[0] != 0:
         return

@@ -17,6 +17,8 @@ NMS_KINDS = ("none", "box", "mask")
 NMS_MODES = ("demote", "drop")
 BACKENDS = ("auto", "onnx", "torch")
 RANKERS = ("windows", "fused")
+# --one-per-pixel: a proposal keeps its place only with at least this share of its mask left to it
+OWN_FRACTION = 0.5
 # Inference re-ranks near-duplicates behind distinct objects (see `Proposer._suppress`); chosen on the two-image fit test.
 DEFAULT_NMS, DEFAULT_NMS_IOU = "mask", 0.7
 
@@ -52,7 +54,9 @@ class ProposerOptions:
     backend: "auto" (ONNX Runtime on the CPU in fp32, else PyTorch), "onnx" or "torch".
     min_score: drop proposals scored below it (a probability). min_area, max_area: drop proposals whose mask
     is smaller, or larger: below 1, a fraction of the image's area; from 1, pixels (`area_limit`). The filters
-    apply after suppression and before top-k; AR is only comparable without them.
+    apply after suppression and before top-k; AR is only comparable without them. one_per_pixel: each pixel
+    goes to the best-ranked proposal covering it, and a proposal left with less than OWN_FRACTION of its
+    mask is dropped (after the filters, before top-k).
     ranker: "windows" (our window scores alone, the paper's) or "fused" (the COCO detector's best boxes
     decoded as windows too, every candidate ranked by a score fusing both: inference/detector.py); None:
     the model's ("fused" where export fitted its fusion).
@@ -75,6 +79,7 @@ class ProposerOptions:
     min_score: float = 0.0
     min_area: float = 0.0
     max_area: float | None = None
+    one_per_pixel: bool = False
 
     def __post_init__(self) -> None:
         if self.nms not in NMS_KINDS:
@@ -99,8 +104,9 @@ class ProposerOptions:
 
     def filters(self) -> dict[str, float]:
         """The filters set (min_score, min_area, max_area), for the results' metadata; empty when none is."""
-        return {k: v for k, v in (("min_score", self.min_score), ("min_area", self.min_area), ("max_area", self.max_area))
-                if v not in (None, 0.0)}
+        chosen = (("min_score", self.min_score), ("min_area", self.min_area), ("max_area", self.max_area),
+                  ("one_per_pixel", self.one_per_pixel))
+        return {k: v for k, v in chosen if v not in (None, 0.0, False)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from ..device import autocast, check_precision, resolve_device
@@ -25,7 +26,7 @@ from ..errors import FastMaskError, ParameterError
 from ..modeling.model import FastMask, Pyramid
 from .backend import OnnxNetwork, not_exportable
 from .detector import DEFAULT_FUSION, Detector, best_boxes, detector_prior, fuse, load_detector, match_windows
-from .options import ProposerOptions, area_limit, check_backend
+from .options import OWN_FRACTION, ProposerOptions, area_limit, check_backend
 from .postprocess import box_iou, decode_masks, encode_crops, greedy_nms, mask_nms, paste_crops
 from .preprocess import Prepared, pad_batch, prepare
 
@@ -309,7 +310,8 @@ class Proposer:
         if self.nms != "none" and len(proposals) > 1:
             with self._stage("nms"):
                 proposals = self._suppress(proposals)
-        return self._filter(proposals).first(self.top_k)
+        proposals = self._filter(proposals)
+        return self._one_per_pixel(proposals) if self.options.one_per_pixel else proposals.first(self.top_k)
 
     def _filter(self, p: Proposals) -> Proposals:
         """The proposals that pass the options' score and area filters, in their order."""
@@ -320,6 +322,30 @@ class Proposer:
         if o.max_area is not None:
             keep &= p.areas <= area_limit(o.max_area, p.height, p.width)
         return p if keep.all() else p.select(np.flatnonzero(keep))
+
+    def _one_per_pixel(self, p: Proposals) -> Proposals:
+        """The best top-k proposals, each pixel given to the best-ranked one covering it; a proposal left with
+        less than OWN_FRACTION of its mask is dropped. Masks, boxes and areas are what each keeps."""
+        taken = np.zeros((p.height, p.width), dtype=bool)
+        kept, rles, boxes, areas = [], [], [], []
+        for i, rle in enumerate(p.rles):
+            if len(kept) == self.top_k:
+                break
+            mask = mask_utils.decode(rle).astype(bool) & ~taken
+            own = int(mask.sum())
+            if own == 0 or own < OWN_FRACTION * p.areas[i]:
+                continue
+            taken |= mask
+            kept.append(i)
+            encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            encoded["counts"] = encoded["counts"].decode("ascii")
+            rles.append(encoded)
+            boxes.append(mask_utils.toBbox(encoded))
+            areas.append(own)
+        chosen = p.select(np.asarray(kept, dtype=np.int64))
+        chosen.rles, chosen.areas = rles, np.asarray(areas, dtype=p.areas.dtype)
+        chosen.boxes = np.asarray(boxes, dtype=p.boxes.dtype).reshape(-1, 4)
+        return chosen
 
     def _suppress(self, p: Proposals) -> Proposals:
         """Greedy suppression of near-duplicates among the candidates. `drop` removes them; `demote`
