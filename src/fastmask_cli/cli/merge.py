@@ -16,7 +16,7 @@ def merge(
     shards: list[Path] = typer.Argument(..., help="Results files of `fastmask propose --shard K/N` (COCO or JSON Lines), "
                                         "each with its .images.json beside it."),
     out: Path = typer.Option(..., "--out", "-o", help="Merged results file to write (with OUT_STEM.images.json)."),
-    fmt: str = typer.Option("coco", "--format", help="coco or jsonl, whatever the shards' formats."),
+    fmt: str = typer.Option("coco", "--format", help="coco, jsonl or polygons, whatever the shards' formats."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Merge even when shards are absent (they are listed)."),
 ) -> None:
     """Join the shards of one proposal run into one results file, in the order an unsharded run writes.

@@ -161,7 +161,8 @@ def propose(
     shard: Optional[str] = typer.Option(None, rich_help_panel=LARGE, help="K/N: propose for the K-th of N contiguous slices of the sorted images "
                                         "(job arrays); join the shards with `fastmask merge`."),
     fmt: str = typer.Option("coco", "--format", rich_help_panel=OUTPUTS, help="coco: one COCO results list; jsonl: one JSON line per image "
-                            "(image_id, file_name, width, height, proposals)."),
+                            "(image_id, file_name, width, height, proposals); polygons: the coco list with masks as "
+                            "COCO polygons (annotation tools)."),
     nms: str = typer.Option(DEFAULT_NMS, rich_help_panel=MODEL, help="Near-duplicates by overlap of: mask, box, or none (keep the network's order)."),
     nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", rich_help_panel=MODEL, help="IoU above which a lower-scored proposal is a duplicate."),
     nms_mode: str = typer.Option("demote", "--nms-mode", rich_help_panel=MODEL, help="demote: move duplicates behind every distinct proposal "

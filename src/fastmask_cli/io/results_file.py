@@ -4,7 +4,8 @@
   - `coco`: a COCO results list (loadable by `COCO.loadRes`), laid out with one image's results per
     line so that it can be read back an image at a time;
   - `jsonl`: JSON Lines, one line per image:
-    `{"image_id", "file_name", "width", "height", "proposals": [COCO results entries]}`.
+    `{"image_id", "file_name", "width", "height", "proposals": [COCO results entries]}`;
+  - `polygons`: the `coco` layout with each mask as COCO polygons (`as_polygons`), for annotation tools.
 - Beside them, `<stem>.images.json` (see `images_json_path`): a COCO skeleton (every image with proposals: id, file name,
   size, proposal count) whose `info.fastmask` records the run (weights, settings, shard, skipped
   images). It ties ids back to files, and it is what `merge` checks shards against.
@@ -22,7 +23,10 @@ from typing import Any
 from ..errors import FastMaskError, ParameterError
 from .files import atomic_path, read_json
 
-FORMATS = ("coco", "jsonl")
+FORMATS = ("coco", "jsonl", "polygons")
+# polygons: vertices within this many pixels of the mask's outline (OpenCV's approxPolyDP); rasterised back by
+# pycocotools, a polygon covers its mask at IoU >= 0.95 on the example photos (tests/io/test_results_file.py)
+POLYGON_TOLERANCE = 1.0
 RUN_FORMAT = "fastmask-run-1"
 COMPACT = (",", ":")
 CATEGORIES = [{"id": 1, "name": "object"}]
@@ -42,6 +46,28 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def as_polygons(result: dict[str, Any], tolerance: float = POLYGON_TOLERANCE) -> dict[str, Any]:
+    """A results entry with its RLE mask as COCO polygons: the outer outline of each connected part
+    (COCO polygons are filled as a union: holes are filled too), simplified to within `tolerance` pixels
+    (OpenCV's `approxPolyDP`); parts too thin for three vertices are left out. Entries already holding
+    polygons, or none, come back as they are."""
+    segmentation = result.get("segmentation")
+    if not isinstance(segmentation, dict):
+        return result
+    import cv2
+    from pycocotools import mask as mask_utils
+
+    mask = mask_utils.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")
+                              if isinstance(segmentation["counts"], str) else segmentation["counts"]})
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polygons = []
+    for contour in contours:
+        points = cv2.approxPolyDP(contour, tolerance, True).reshape(-1, 2)
+        if len(points) >= 3:  # pixel centres to pixel corners: a polygon around the pixels, not through their centres
+            polygons.append([round(float(v), 1) for v in (points + 0.5).ravel()])
+    return {**result, "segmentation": polygons}
+
+
 @contextmanager
 def results_writer(path: Path, fmt: str) -> Iterator[ImageWriter]:
     """Yield add(image, results), image = {id, file_name, width, height}; the file appears whole at the end."""
@@ -52,6 +78,8 @@ def results_writer(path: Path, fmt: str) -> Iterator[ImageWriter]:
 
             def add(image: dict[str, Any], results: list[dict[str, Any]]) -> None:
                 nonlocal started
+                if fmt == "polygons":
+                    results = [as_polygons(r) for r in results]
                 if fmt == "jsonl":
                     line = {"image_id": image["id"], "file_name": image["file_name"], "width": image["width"],
                             "height": image["height"], "proposals": results}
@@ -62,7 +90,7 @@ def results_writer(path: Path, fmt: str) -> Iterator[ImageWriter]:
                     started = True
 
             yield add
-            if fmt == "coco":
+            if fmt != "jsonl":
                 f.write("\n]\n" if started else "[]\n")
             f.flush()
             os.fsync(f.fileno())
