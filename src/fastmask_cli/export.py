@@ -143,22 +143,26 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     meta = {k: v for k, v in info.meta.items() if k != "val"}
     entry: dict[str, Any] = {"training": meta}
     folders = [Path(weights_dir), default_weights_dir()]
-    source = (body_source(model.config.body, meta.get("init")) or inherited_body_source(source, folders)  # shipped as is
-              or inherited_body_source(meta.get("init"), folders))
-    if source:
-        entry["body_source"] = source
+    body = (body_source(model.config.body, meta.get("init")) or inherited_body_source(source, folders)  # shipped as is
+            or inherited_body_source(meta.get("init"), folders))
+    if body:
+        entry["body_source"] = body
     if train_command:
         entry["commands"] = {"train": train_command}
     if note:
         entry["note"] = note
     fusions = {"windows": ()}
-    if ranker != "windows" and (ranker == "fused" or ann is not None):  # auto fits only what it can measure
+    if ranker == "auto" and ann is None and model.config.fusion:  # nothing to measure: shipped as it ranks now
+        fusions = {"fused": model.config.fusion}
+        entry["ranker"] = {"fusion": list(model.config.fusion), "fitted_on": "as shipped in " + str(source),
+                           "detector": detector_record()}
+    elif ranker != "windows" and (ranker == "fused" or ann is not None):  # auto fits only what it can measure
         fusions["fused"], samples = _fit_fusion(model, meta, fusion_ann, fusion_images, device, on_fit)
         entry["ranker"] = {"fusion": list(fusions["fused"]), "fitted_on": str(fusion_ann or meta.get("trained_on")),
                            "candidates": samples, "detector": detector_record()}
         if ranker == "fused":
             del fusions["windows"]
-    model.config = replace(model.config, fusion=fusions.get("fused", ()) if ann is None else ())
+    model.config = replace(model.config, fusion=fusions.get("fused", ()))
     if ann is not None:
         measured = []
         for name_, fusion in fusions.items():
@@ -201,6 +205,8 @@ def _fit_fusion(model: FastMask, meta: dict[str, Any], ann: Path | None, images:
                 on_fit: Callable[[Path], None] | None) -> tuple[tuple[float, ...], int]:
     """The fused ranker's weights (training/fusion.py) fitted on `ann`/`images`, else the run's training data,
     and the number of candidates they were fitted on."""
+    if (ann is None) != (images is None):
+        raise ParameterError(("fusion_ann", "fusion_images"), "give both {0} and {1}, or neither (the run's own training data)")
     ann, images = ann or meta.get("trained_on"), images or meta.get("images")
     if not ann or not images or not Path(ann).is_file() or not Path(images).is_dir():
         raise FastMaskError("the fused ranker is fitted on training images: give --fusion-ann and --fusion-images "
@@ -209,6 +215,9 @@ def _fit_fusion(model: FastMask, meta: dict[str, Any], ann: Path | None, images:
         on_fit(Path(ann))
     model.config = replace(model.config, fusion=DEFAULT_FUSION)
     parts, targets = fusion_samples(model, Path(ann), Path(images), device=device)
+    if len(targets) == 0:
+        raise FastMaskError(f"no candidate of {images} overlaps an object of {ann}: nothing to fit the fused ranker on "
+                            "(are the images there, and is it the ground truth of those images?)")
     return fit_fusion(parts, targets), len(targets)
 
 

@@ -72,7 +72,7 @@ def test_bad_images_are_skipped_counted_and_listed(image_folder, tiny_checkpoint
 
 @pytest.mark.parametrize("make_folder,message", [
     (lambda p: p.mkdir(), "no images in"),
-    (lambda p: None, "images folder not found"),
+    (lambda p: None, "image file or folder not found"),
 ])
 def test_empty_or_missing_folder_is_fatal(tmp_path, tiny_checkpoint, make_folder, message):
     folder = tmp_path / "nothing"
@@ -284,6 +284,9 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(image_folder, tin
     merged = run("merge", gt, "--out", linked)
     assert merged.exit_code == 1 and "is one of the shards" in merged.flat
     assert (gt.read_bytes(), (image_folder / "img_0.png").read_bytes()) == before
+    for folder in (".", "/"):  # a folder as --out: one line, not an internal error
+        result = run("propose", image_folder, "--out", folder, "--weights", tiny_checkpoint)
+        assert result.exit_code == 1 and "is a folder" in result.flat
     assert not (tmp_path / "r.json").exists()
 
 

@@ -95,7 +95,7 @@ def test_fused_proposer_ranks_by_the_fused_score_and_windows_stay_as_before():
     windows = Proposer(model, top_k=50, backend="torch", device="cpu")
     assert windows.ranker == "windows" and "ranker" not in windows.settings()
     plain = windows.propose(image)
-    assert plain.parts is None and windows._network.detector is None  # no detector loaded for the windows' ranking
+    assert plain.parts is None and windows._network.detectors == {}  # no detector loaded for the windows' ranking
 
     fitted = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
     model.config = fitted
@@ -113,3 +113,50 @@ def test_fused_proposer_ranks_by_the_fused_score_and_windows_stay_as_before():
     assert np.array_equal(again.scores, plain.scores)
     with pytest.raises(ParameterError, match="ranker"):
         Proposer(model, ranker="detector")
+
+
+FORKED = """
+import dataclasses, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from fastmask_cli import Proposer, propose_jobs
+from support import draw_scene, tiny_model
+model = tiny_model(scales=4)
+model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+proposer = Proposer(model, top_k=10, device="cpu")
+proposer.propose(draw_scene(96, 128))  # the parent's detector session exists before the workers fork
+summary = propose_jobs(proposer, Path(sys.argv[1]), Path(sys.argv[2]), jobs=2, weights_id="t")
+print("done", summary.images)
+"""
+
+
+def test_each_backend_has_its_own_detector_and_forked_workers_make_their_own_sessions(image_folder, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = tiny_model(scales=4)
+    model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+    onnx = Proposer(model, top_k=10, device="cpu")
+    torch_ = onnx.variant(backend="torch")
+    assert onnx.backend == "onnx" and set(onnx._network.detectors) == {"onnx", "torch"}
+    assert onnx._network.detectors["torch"].backend == "torch" and torch_.settings()["backend"] == "torch"
+    # a worker forked after the parent ran the detector must not destroy the session it inherited: it would hang
+    tests = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", FORKED, str(image_folder), str(tmp_path / "r.json"), str(tests)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and "done 4" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_fused_model_reshipped_without_a_measurement_keeps_its_ranking(tmp_path):
+    from fastmask_cli import load_model, save_checkpoint
+    from fastmask_cli.export import ship_run
+
+    model = tiny_model(scales=4)
+    model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+    save_checkpoint(tmp_path / "fused.pt", model, meta={"epochs": 1, "settings": {}})
+    record = ship_run(str(tmp_path / "fused.pt"), "copy", tmp_path / "w", bn_images=0).record
+    assert record["config"]["fusion"] == list(model.config.fusion) and record["ranker"]["detector"]["file"]
+    assert load_model(str(tmp_path / "w" / "copy.pt"))[0].config.fusion == model.config.fusion
+    windows = ship_run(str(tmp_path / "fused.pt"), "plain", tmp_path / "w", bn_images=0, ranker="windows").record
+    assert "fusion" not in windows["config"]

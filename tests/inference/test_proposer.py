@@ -170,9 +170,16 @@ def test_score_and_area_filters_apply_after_suppression_and_before_top_k():
         assert [r["counts"] for r in few.rles] == [r["counts"] for r in filtered.rles[:5]]
     assert "min_score" not in base.settings()
     assert parse_area("1%") == 0.01 and parse_area("0.5") == 0.5 and parse_area("500") == 500
+    for text in ("100%", "150%", "0%"):  # a percentage is a fraction: 100% would read as one pixel
+        with pytest.raises(ValueError, match="percentage must be between 0 and 100"):
+            parse_area(text)
+    for bad in ({"max_area": 0.0}, {"min_area": float("nan")}, {"max_area": float("inf")}, {"min_score": float("nan")}):
+        with pytest.raises(ParameterError):
+            base.variant(**bad)
+    assert base.variant(max_area=0.5).settings()["max_area"] == 0.5
     with pytest.raises(ParameterError, match="min_score must be between 0 and 1"):
         base.variant(min_score=1.5)
-    with pytest.raises(ParameterError, match="max_area must be at least 0"):
+    with pytest.raises(ParameterError, match="max_area must be above 0"):
         base.variant(max_area=-1)
 
 

@@ -155,7 +155,9 @@ def _bigtiff(width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize("name, data", [("bomb.gif", _gif(20000, 15000)), ("bomb.jp2", _jp2(20000, 15000)),
-                                        ("bomb.tif", _bigtiff(20000, 15000)), ("bomb.ppm", b"P6\n20000 15000\n255\n" + b"\0" * 64)])
+                                        ("bomb.tif", _bigtiff(20000, 15000)), ("bomb.ppm", b"P6\n20000 15000\n255\n" + b"\0" * 64),
+                                        ("bomb.hdr", b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 15000 +X 20000\n" + b"\0" * 64),
+                                        ("bomb.pam", b"P7\nWIDTH 20000\nHEIGHT 15000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n")])
 def test_bombs_in_other_formats_are_refused_before_decoding(tmp_path, monkeypatch, name, data):
     path = tmp_path / name
     path.write_bytes(data)
@@ -169,11 +171,15 @@ def test_bombs_in_other_formats_are_refused_before_decoding(tmp_path, monkeypatc
 
 
 def test_a_format_that_cannot_be_sized_first_is_refused(tmp_path, monkeypatch):
-    path = tmp_path / "mystery.hdr"
-    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 15000 +X 20000\n" + b"\0" * 64)
+    path = tmp_path / "mystery.img"
+    path.write_bytes(b"\x00\x11\x22 a format no header reader knows" + b"\0" * 64)
     monkeypatch.setattr("fastmask_cli.io.images.cv2.imdecode", lambda *a: pytest.fail("decoded"))
     with pytest.raises(ImageError, match="size can be read before decoding"):
         read_image(path)
+    pam = tmp_path / "small.pam"  # formats OpenCV reads and our header reader sizes still load
+    pam.write_bytes(cv2.imencode(".pam", draw_scene(40, 50))[1].tobytes())
+    with pytest.raises(ImageError, match="too large"):
+        read_image(pam, max_pixels=100)
     monkeypatch.undo()
     small = tmp_path / "small.gif"  # a small GIF still reads
     cv2.imwrite(str(tmp_path / "x.png"), draw_scene(40, 50))

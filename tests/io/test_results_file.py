@@ -30,8 +30,19 @@ def test_polygons_rasterised_back_by_pycocotools_cover_their_masks():
                 back = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
             ious.append((back & mask).sum() / (back | mask).sum())
             assert all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
-    assert len(ious) >= 100 and np.mean(ious) >= 0.95 and np.median(ious) >= 0.97, (np.mean(ious), np.median(ious))
+    assert len(ious) >= 100 and np.mean(ious) >= 0.97 and np.percentile(ious, 5) >= 0.9, (np.mean(ious), np.median(ious))
     assert as_polygons({"segmentation": [[0, 0, 1, 0, 1, 1]]})["segmentation"] == [[0, 0, 1, 0, 1, 1]]  # already polygons
+
+
+def test_polygons_run_along_pixel_edges_so_small_and_thin_masks_come_back_whole():
+    canvas = np.zeros((30, 30), np.uint8)
+    for part in ((slice(5, 15), slice(5, 15)), (slice(5, 8), slice(5, 8)), (3, slice(2, 12)), (7, 7)):
+        mask = canvas.copy()
+        mask[part] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        polygons = as_polygons({"segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})["segmentation"]
+        back = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, 30, 30)))
+        assert np.array_equal(back, mask), part
 
 
 def test_propose_format_polygons_is_a_coco_results_file(tmp_path):

@@ -175,3 +175,17 @@ def test_cli_bench_with_ground_truth_measures_each_scale_count(tiny_checkpoint: 
     assert row["bbox"]["AR@10"] == pytest.approx(measured.results["bbox"].metrics["AR@10"])
     lonely = run("bench", "--weights", str(tiny_checkpoint), "--ann", str(gt))
     assert lonely.exit_code == 1 and "give their folder with --images" in lonely.output
+
+
+def test_bench_times_the_fused_rankers_detector_as_a_stage() -> None:
+    import dataclasses
+
+    model = tiny_model()
+    model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+    proposer = Proposer(model, device="cpu", top_k=10)
+    report = bench(proposer, [draw_scene(96, 128)], [2], size=(128, 96), runs=1, warmup=0, top_ks=[10], backends=["onnx"])
+    (row,) = report.rows
+    assert row.stages_s["detector"] > 0 and row.stages_s["detector"] < row.median_s
+    plain = bench(Proposer(tiny_model(), device="cpu", top_k=10), [draw_scene(96, 128)], [2], size=(128, 96), runs=1,
+                  warmup=0, top_ks=[10], backends=["onnx"])
+    assert plain.rows[0].stages_s["detector"] == 0.0  # the windows' ranking runs none

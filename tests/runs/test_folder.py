@@ -315,6 +315,8 @@ def test_ground_truth_names_match_full_paths_first_and_never_two_files(tmp_path)
         plan_images(tmp_path / "imgs", gt("f1.png"))
     with pytest.raises(ParameterError, match="x.png fits several of its names"):
         plan_images(tmp_path / "imgs", gt("a/val2017/x.png", "b/val2017/x.png"))
+    # a base name one name and one file alone have still matches, whatever the folders
+    assert plan_images(tmp_path / "imgs", gt("train/x.png")).ids == {"val2017/x.png": 10}
 
 
 def test_train_and_merge_take_the_output_lock_too(five_images, tiny_checkpoint, tmp_path):

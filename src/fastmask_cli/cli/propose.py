@@ -122,7 +122,8 @@ def _area(text: str | None, flag: str) -> float | None:
     try:
         return parse_area(text)
     except ValueError:
-        raise FastMaskError(f"{flag} must be pixels, a fraction or a percentage of the image (500, 0.01, 1%), not {text!r}") from None
+        raise FastMaskError(f"{flag} must be pixels, a fraction or a percentage (below 100%) of the image (500, 0.01, 1%), "
+                            f"not {text!r}") from None
 
 
 def read_list(source: str) -> list[str]:
@@ -202,7 +203,9 @@ def propose(
     if json_out is not None:  # fail now, not after the work
         writable_file(json_out, "--json")
     images_dir, files = resolve_inputs(images or [], read_list(list_file) if list_file else None)
+    writable_file(out, "the results")  # a folder (`-o .`) is one line before anything is compared with it
     check_outputs({"--out": out, "--json": json_out}, {"IMAGES": images_dir, "--ann": ann,
+                  "--list": Path(list_file) if list_file not in (None, "-") else None,
                   "--weights": Path(weights) if weights else None}, IMAGE_SUFFIXES)
 
     options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,

@@ -25,7 +25,7 @@ from ..errors import FastMaskError
 from ..modeling.checkpoint import load_payload, save_payload
 from ..modeling.ssd import INPUT_SIZE, SSD, decode_boxes, objectness, resize_legacy
 from ..modeling.windows import WindowGrid
-from .backend import cached_onnx, new_session, trace_onnx, weights_digest
+from .backend import _INHERITED, cached_onnx, new_session, trace_onnx, weights_digest
 from .postprocess import box_iou
 
 DETECTOR_FORMAT = "fastmask-ssd"
@@ -106,6 +106,8 @@ class Detector:
         if self.backend == "torch":
             return self.graph(batch)
         if self._pid != os.getpid():  # one session per process, as OnnxNetwork.session
+            if self._session is not None:  # a forked child must not destroy what it inherited: it would wait for ever
+                _INHERITED.append(self._session)
             self._session, self._pid = new_session(self.path), os.getpid()
         boxes, scores = self._session.run(None, {"images": np.ascontiguousarray(batch.float().cpu().numpy())})
         return torch.from_numpy(boxes), torch.from_numpy(scores)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,7 +33,12 @@ def parse_area(text: str) -> float:
     """`--min-area` / `--max-area`: pixels ("500"), a fraction ("0.01") or a percentage ("1%") of the image.
     Raises ValueError for what is not a number."""
     text = text.strip()
-    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    if not text.endswith("%"):
+        return float(text)
+    percent = float(text[:-1])
+    if not 0 < percent < 100:  # 100% and more would read as pixels (from 1): a percentage stays a fraction
+        raise ValueError(f"a percentage must be between 0 and 100, not {text}")
+    return percent / 100
 
 
 def check_backend(backend: str) -> None:
@@ -94,11 +100,12 @@ class ProposerOptions:
         if self.mask_threshold is not None and not 0 < self.mask_threshold < 1:
             raise ParameterError("mask_threshold", f"{{}} must be between 0 and 1 (a probability), not {self.mask_threshold}")
         check_backend(self.backend)
-        if not 0 <= self.min_score <= 1:
+        if not 0 <= self.min_score <= 1:  # NaN fails too
             raise ParameterError("min_score", f"{{}} must be between 0 and 1 (a probability), not {self.min_score}")
-        for name, value in (("min_area", self.min_area), ("max_area", self.max_area)):
-            if value is not None and value < 0:
-                raise ParameterError(name, f"{{}} must be at least 0 (pixels, or below 1 a fraction of the image), not {value}")
+        if not (math.isfinite(self.min_area) and self.min_area >= 0):
+            raise ParameterError("min_area", f"{{}} must be at least 0 (pixels, or below 1 a fraction of the image), not {self.min_area}")
+        if self.max_area is not None and not (math.isfinite(self.max_area) and self.max_area > 0):
+            raise ParameterError("max_area", f"{{}} must be above 0 (pixels, or below 1 a fraction of the image), not {self.max_area}")
         if self.ranker is not None and self.ranker not in RANKERS:
             raise ParameterError("ranker", f"unknown {{}} {self.ranker!r}; use {', '.join(RANKERS)}")
 
@@ -106,7 +113,7 @@ class ProposerOptions:
         """The filters set (min_score, min_area, max_area), for the results' metadata; empty when none is."""
         chosen = (("min_score", self.min_score), ("min_area", self.min_area), ("max_area", self.max_area),
                   ("one_per_pixel", self.one_per_pixel))
-        return {k: v for k, v in chosen if v not in (None, 0.0, False)}
+        return {k: v for k, v in chosen if v is not None and v is not False and (k == "max_area" or v != 0.0)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

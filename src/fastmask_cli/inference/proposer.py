@@ -113,7 +113,7 @@ class _Network:
     model: FastMask
     onnx: dict[int, OnnxNetwork] = field(default_factory=dict)  # scales -> graph
     compiled: dict[str, Callable[..., Pyramid]] = field(default_factory=dict)  # "one-shot" / "pyramid"
-    detector: Detector | None = None  # loaded by the first proposer that ranks with it
+    detectors: dict[str, Detector] = field(default_factory=dict)  # backend -> the detector, loaded on first use
 
 
 class Proposer:
@@ -159,8 +159,8 @@ class Proposer:
                     raise
                 self.backend = "torch"  # auto: still works where the graph cannot be exported or cached
                 self.notes.append(f"{exc}; running the network in PyTorch instead")
-        if self.ranker == "fused" and self._network.detector is None:  # where the network runs
-            self._network.detector = Detector(load_detector()[0], self.device, backend=self.backend)
+        if self.ranker == "fused" and self.backend not in self._network.detectors:  # where the network runs
+            self._network.detectors[self.backend] = Detector(load_detector()[0], self.device, backend=self.backend)
 
     def variant(self, *, timer: StageTimer | None = None, **changes: Any) -> "Proposer":
         """A proposer on the same network with `changes` to its options (ProposerOptions' fields) and `timer`;
@@ -248,7 +248,7 @@ class Proposer:
         detections = [None] * len(prepared)
         if self.ranker == "fused":
             with self.autocast(), self._stage("detector"):
-                detections = self._network.detector([p.image for p in prepared])
+                detections = self._network.detectors[self.backend]([p.image for p in prepared])
         with self.autocast(), self._stage("decode"):
             flat_scores = pyramid.flat_scores().float()
             windows = pyramid.grid.boxes(torch.arange(pyramid.grid.num_windows, device=self.device))

@@ -3,7 +3,8 @@
 The size lets a decompression bomb (say a 30000x30000 PNG of a few kilobytes) be refused before
 it is decoded into gigabytes. The orientation is EXIF tag 274, which phones use instead of
 rotating the pixels: viewers apply it, and so does fastmask by default (see `images.read_image`).
-Covers JPEG, PNG, BMP, TIFF and WebP; other formats are decoded without a header check.
+Covers JPEG, PNG, BMP, TIFF, WebP, PAM, PFM and Radiance HDR; `images.load_image` sizes others with
+Pillow, and refuses what neither can size.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class ImageHeader:
 def read_header(data: bytes | memoryview) -> ImageHeader:
     """What the header of an encoded image says; an unreadable header gives ImageHeader()."""
     readers = ((b"\xff\xd8", _jpeg), (b"\x89PNG\r\n\x1a\n", _png), (b"BM", _bmp), (b"II*\x00", _tiff),
-               (b"MM\x00*", _tiff), (b"RIFF", _webp))
+               (b"MM\x00*", _tiff), (b"RIFF", _webp), (b"P7\n", _pam), (b"PF", _pfm), (b"Pf", _pfm),
+               (b"#?RADIANCE", _radiance), (b"#?RGBE", _radiance))
     for magic, reader in readers:
         if bytes(data[: len(magic)]) == magic:
             try:
@@ -135,3 +137,28 @@ def _webp(data: bytes) -> ImageHeader:
     if size is None:
         return ImageHeader(orientation=orientation)
     return ImageHeader(size[0], size[1], orientation)
+
+
+def _text_header(data: bytes, limit: int = 4096) -> list[str]:
+    """The lines of a text header (PAM, PFM, Radiance HDR), from its first `limit` bytes."""
+    return bytes(data[:limit]).decode("latin-1").split("\n")
+
+
+def _pam(data: bytes) -> ImageHeader:
+    fields = dict(line.split(None, 1) for line in _text_header(data)[1:] if " " in line.strip())
+    return ImageHeader(int(fields["WIDTH"]), int(fields["HEIGHT"]))
+
+
+def _pfm(data: bytes) -> ImageHeader:
+    width, height = _text_header(data)[1].split()[:2]
+    return ImageHeader(int(width), int(height))
+
+
+def _radiance(data: bytes) -> ImageHeader:
+    for line in _text_header(data)[1:]:  # the resolution line: "-Y 480 +X 640" (or another orientation)
+        parts = line.split()
+        if len(parts) == 4 and parts[0][1:] in ("Y", "X") and parts[2][1:] in ("Y", "X"):
+            sizes = {parts[0][1]: int(parts[1]), parts[2][1]: int(parts[3])}
+            return ImageHeader(sizes["X"], sizes["Y"])
+    raise ValueError("no resolution line")
+

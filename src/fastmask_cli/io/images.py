@@ -161,6 +161,8 @@ def load_image(path: Path, max_pixels: int = MAX_PIXELS, frame: tuple[int, int] 
 
 
 _PILLOW_LIMIT = threading.Lock()  # Pillow's limit is one global: lifted only while a header is read
+if hasattr(os, "register_at_fork"):  # a fork while another thread held it must not leave the child's held
+    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_PILLOW_LIMIT", threading.Lock()))
 
 
 def _header_size(data: np.ndarray) -> tuple[int, int] | None:
@@ -173,7 +175,7 @@ def _header_size(data: np.ndarray) -> tuple[int, int] | None:
         with _PILLOW_LIMIT:  # Pillow's own bomb check raises on opening, without the sides: ours decides, with them
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                with Image.open(io.BytesIO(data.tobytes())) as image:
+                with Image.open(io.BytesIO(memoryview(data))) as image:
                     width, height = image.size
             finally:
                 Image.MAX_IMAGE_PIXELS = limit

@@ -35,7 +35,7 @@ from ..inference.preprocess import pad_batch
 from ..inference.proposer import Proposer, StageTimer
 from .jobs import propose_jobs, worker_threads
 
-STAGES = ("network", "decode", "paste", "rle", "nms")
+STAGES = ("network", "detector", "decode", "paste", "rle", "nms")  # detector: the fused ranker's, else 0
 
 
 @dataclass(frozen=True)

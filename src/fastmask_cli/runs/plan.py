@@ -60,7 +60,8 @@ def _tail_of(a: str, b: str) -> bool:
 
 def match_names(files: list[str], by_name: dict[str, int], ann: Path) -> dict[str, int | None]:
     """The ground-truth entry (index) of each file (relative path): its exact path first; else the one
-    entry whose path and the file's end alike ("val2017/x.jpg" for "x.jpg" or "data/val2017/x.jpg").
+    entry whose path and the file's end alike ("val2017/x.jpg" for "x.jpg" or "data/val2017/x.jpg"); else
+    the one entry of the same base name, where no other entry or file has that base name.
     ParameterError naming them where a name fits several files or a file several names: an id given
     to the wrong picture would skew AR silently."""
     listed: dict[str, int | None] = {rel: by_name.get(rel) for rel in files}
@@ -78,6 +79,14 @@ def match_names(files: list[str], by_name: dict[str, int], ann: Path) -> dict[st
         if fits:
             claimed.setdefault(fits[0], []).append(rel)
             listed[rel] = by_name[fits[0]]
+    # last, a base name that one name and one file alone have, whatever their folders ("train/x.jpg" for "imgs/x.jpg")
+    names_left = [n for n in by_name if by_name[n] not in exact and n not in claimed]
+    files_left = [r for r, i in listed.items() if i is None]
+    for base in {n.rsplit("/", 1)[-1] for n in names_left}:
+        names = [n for n in names_left if n.rsplit("/", 1)[-1] == base]
+        rels = [r for r in files_left if r.rsplit("/", 1)[-1] == base]
+        if len(names) == 1 and len(rels) == 1:
+            listed[rels[0]] = by_name[names[0]]
     for name, rels in claimed.items():
         if len(rels) > 1:
             raise ParameterError("ann", f"{{}} {ann} names {name}, which fits {len(rels)} files ({', '.join(sorted(rels)[:3])}): "
@@ -95,7 +104,9 @@ def resolve_inputs(inputs: list[Path], listed: list[str] | None = None) -> tuple
         raise FastMaskError("no images given: name image files or folders, or --list FILE")
     for path in paths:
         if not path.exists():
-            raise FastMaskError(f"not found: {path}")
+            raise FastMaskError(f"image file or folder not found: {path}")
+        if not path.is_dir() and not path.is_file():  # a pipe would block the reader
+            raise FastMaskError(f"{path} is not a regular file or a folder (a device, pipe or socket)")
     if len(paths) == 1 and paths[0].is_dir():
         return paths[0], None
     resolved = [Path(os.path.abspath(p)) for p in paths]  # links keep their own names
