@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from ..device import autocast, check_precision, resolve_device
+from ..device import autocast, check_precision, limit_onednn_cache, resolve_device
 from ..errors import FastMaskError, ParameterError
 from ..modeling.model import FastMask, Pyramid
 from .backend import OnnxNetwork, not_exportable
@@ -127,11 +126,7 @@ class Proposer:
 
     def __init__(self, model: FastMask, options: ProposerOptions | None = None, *, timer: StageTimer | None = None,
                  _network: _Network | None = None, **overrides: Any) -> None:
-        # oneDNN (PyTorch's CPU convolutions) keeps up to 1024 compiled primitives, one per layer and input
-        # shape; photos of many sizes fill it, and RSS grew by 1.1 GB over 60 shapes at size 800. 128 holds
-        # every layer of one shape, so a folder of same-size images runs as fast. Read at the process's first
-        # convolution (set here, not on import, so that importing us changes nothing); a value the user set is kept.
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+        limit_onednn_cache()
         options = replace(options or ProposerOptions(), **overrides)
         cfg = model.config
         self.options = options

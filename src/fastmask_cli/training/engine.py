@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..coco.ground_truth import read_ground_truth
-from ..device import autocast, check_precision, launch, rank_device, resolve_device
+from ..device import autocast, check_precision, launch, limit_onednn_cache, rank_device, resolve_device
 from ..errors import FastMaskError, ParameterError
 from ..inference.preprocess import pad_batch
 from ..io.files import output_lock, writable_folder
@@ -342,6 +342,7 @@ def train(
     as an unbroken run.
     """
     events = events or TrainEvents()
+    limit_onednn_cache()  # before the first convolution: jittered shapes would fill oneDNN's cache
     out = Path(out)
     if val is not None:
         read_ground_truth(val[0], "validation ground truth")  # fail now, not after the first epoch
