@@ -84,7 +84,8 @@ ONEDNN_CACHE = 128  # compiled primitives oneDNN keeps: every layer of one input
 def limit_onednn_cache() -> None:
     """Cap oneDNN's cache of compiled primitives (PyTorch's CPU convolutions; default 1024, one per layer and
     input shape). Photos of many sizes, or training's scale jitter, fill it: RSS grew by 1.1 GB over 60 shapes
-    at size 800 in inference. 128 holds every layer of one shape, so same-size inputs run as fast. oneDNN reads it at the process's first convolution: called before one (the Proposer, training),
-    not on import, so that importing us changes nothing; a value the user set is kept."""
+    at size 800 in inference. 128 holds every layer of one shape, so same-size inputs run as fast. oneDNN
+    reads it at the process's first convolution: called before one (the Proposer, training), not on import,
+    so that importing us changes nothing; a value the user set is kept."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
 

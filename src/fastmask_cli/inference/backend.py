@@ -35,7 +35,7 @@ from ..modeling.windows import Level, WindowGrid
 
 OPSET = 17
 GRAPH_VERSION = 1  # raise when NetworkGraph's inputs or outputs change: older cached files go stale
-_INHERITED: list = []  # sessions a forked worker came with: see OnnxNetwork.session
+_INHERITED: list = []  # sessions a forked worker came with: see ProcessSession
 _session_threads: int | None = None  # this process's count for new sessions (set_session_threads)
 
 
@@ -158,33 +158,46 @@ def new_session(path: Path, threads: int | None = None):  # -> onnxruntime.Infer
                             "export it again") from None
 
 
+class ProcessSession:
+    """An ONNX Runtime session on `path`, made on first use in each process (`new_session`; `check` is called
+    on each one made). A forked worker (`propose_jobs`) makes its own, since the parent's thread pool did not
+    come with it; the inherited one is kept, unused: destroying it would wait on those threads for ever."""
+
+    def __init__(self, path: Path, threads: int | None = None, check: Callable | None = None) -> None:
+        self.path, self.threads, self.check = Path(path), threads, check
+        self._session, self._pid = None, None
+
+    def get(self):  # -> onnxruntime.InferenceSession
+        if self._pid != os.getpid():
+            if self._session is not None:
+                _INHERITED.append(self._session)
+            session = new_session(self.path, self.threads)
+            if self.check is not None:
+                self.check(session)
+            self._session, self._pid = session, os.getpid()
+        return self._session
+
+
 class OnnxNetwork:
     """A model's network at one number of scales, run by ONNX Runtime on the CPU; called like
     `FastMask.__call__` and returning the same `Pyramid` (within float rounding: about 1e-5)."""
 
     def __init__(self, path: Path, model: FastMask, scales: int, threads: int | None = None) -> None:
-        self.path, self.threads = Path(path), threads
+        self.path = Path(path)
         cfg = model.config
         self.strides, self.pad, self.window = model.strides(scales), cfg.window_pad, cfg.window
         self.scales = scales
-        self._session, self._pid = None, None
+        self._process = ProcessSession(self.path, threads, self._check_outputs)
 
     @property
     def session(self):  # onnxruntime.InferenceSession
-        """This process's session, made on first use: `threads` intra-op threads (default: set_session_threads',
-        else PyTorch's count then). A forked worker (`propose_jobs`) makes its own, since the parent's thread
-        pool did not come with it; the inherited one is kept, unused: destroying it would wait on those threads."""
-        if self._pid != os.getpid():
-            if self._session is not None:
-                _INHERITED.append(self._session)
-            self._session, self._pid = self._new_session(), os.getpid()
-        return self._session
+        """This process's session (`ProcessSession`): `threads` intra-op threads (default: set_session_threads',
+        else PyTorch's count then)."""
+        return self._process.get()
 
-    def _new_session(self):
-        session = new_session(self.path, self.threads)
+    def _check_outputs(self, session) -> None:
         if len(session.get_outputs()) != 2 * len(self.strides):
             raise FastMaskError(f"{self.path} has {len(session.get_outputs())} outputs, not 2 x {len(self.strides)} levels")
-        return session
 
     @classmethod
     def for_model(cls, model: FastMask, scales: int, threads: int | None = None) -> "OnnxNetwork":

@@ -14,7 +14,6 @@ training images (`export.fit_fusion`).
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,8 @@ from ..errors import FastMaskError
 from ..modeling.checkpoint import load_payload, save_payload
 from ..modeling.ssd import INPUT_SIZE, SSD, decode_boxes, objectness, resize_legacy
 from ..modeling.windows import WindowGrid
-from .backend import _INHERITED, cached_onnx, new_session, trace_onnx, weights_digest
-from .postprocess import box_iou
+from .backend import ProcessSession, cached_onnx, trace_onnx, weights_digest
+from .postprocess import box_iou, greedy_nms
 
 DETECTOR_FORMAT = "fastmask-ssd"
 DETECTOR_FILE = "ssd-mobilenet-v2-coco.pt"
@@ -95,21 +94,16 @@ class Detector:
 
     def __init__(self, ssd: SSD, device: torch.device, kind: str = "max", backend: str = "torch") -> None:
         self.graph, self.device, self.backend = DetectorGraph(ssd.to(device).eval(), kind), device, backend
-        self._session, self._pid = None, None
         if backend == "onnx":
             key = f"ssd-{weights_digest(ssd, {'kind': kind})[:24]}"
-            self.path = cached_onnx(key, lambda path: trace_onnx(
+            self.session = ProcessSession(cached_onnx(key, lambda path: trace_onnx(
                 copy.deepcopy(self.graph).cpu(), torch.full((1, 3, INPUT_SIZE, INPUT_SIZE), 128.0), path, ["images"],
-                ["boxes", "objectness"], {"images": {0: "batch"}, "boxes": {0: "batch"}, "objectness": {0: "batch"}}))
+                ["boxes", "objectness"], {"images": {0: "batch"}, "boxes": {0: "batch"}, "objectness": {0: "batch"}})))
 
     def _run(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         if self.backend == "torch":
             return self.graph(batch)
-        if self._pid != os.getpid():  # one session per process, as OnnxNetwork.session
-            if self._session is not None:  # a forked child must not destroy what it inherited: it would wait for ever
-                _INHERITED.append(self._session)
-            self._session, self._pid = new_session(self.path), os.getpid()
-        boxes, scores = self._session.run(None, {"images": np.ascontiguousarray(batch.float().cpu().numpy())})
+        boxes, scores = self.session.get().run(None, {"images": np.ascontiguousarray(batch.float().cpu().numpy())})
         return torch.from_numpy(boxes), torch.from_numpy(scores)
 
     @torch.inference_mode()
@@ -134,15 +128,7 @@ def best_boxes(boxes: Tensor, scores: Tensor, count: int = DETECTOR_BOXES, iou: 
     valid = ((sizes > 1).all(dim=1)).nonzero().squeeze(1)
     order = valid[torch.argsort(scores[valid], descending=True, stable=True)][: 4 * count]  # few beyond count survive
     xywh = torch.cat([boxes[order, :2], sizes[order]], dim=1).cpu().numpy().astype(np.float64)
-    overlap = box_iou(xywh, xywh)
-    keep, suppressed = [], np.zeros(len(order), dtype=bool)
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if len(keep) == count:
-            break
-        suppressed |= overlap[i] > iou
+    keep = greedy_nms(box_iou(xywh, xywh), iou)[:count]
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
 
 

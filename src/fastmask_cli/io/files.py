@@ -67,11 +67,10 @@ def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None
             if _same_file(out, source):
                 raise FastMaskError(f"{out_flag} {out} is {in_flag} {source}: writing it would replace an input; "
                                     "give another path")
-            if source.is_dir() and out.suffix.lower() in image_suffixes and out.is_file():
-                inside = out.resolve().is_relative_to(source.resolve())
-                if inside:
-                    raise FastMaskError(f"{out_flag} {out} is an image of {in_flag} {source}: writing it would "
-                                        "replace an input; give another path")
+            if (source.is_dir() and out.suffix.lower() in image_suffixes and out.is_file()
+                    and out.resolve().is_relative_to(source.resolve())):
+                raise FastMaskError(f"{out_flag} {out} is an image of {in_flag} {source}: writing it would "
+                                    "replace an input; give another path")
 
 
 def check_regular(path: Path, what: str = "output") -> None:
