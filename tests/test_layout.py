@@ -12,7 +12,7 @@ import fastmask_cli
 
 PACKAGE = Path(fastmask_cli.__file__).resolve().parent
 # Lowest first; a module may import its own stage and those before it (docs/paper.md, "How the paper maps onto the code").
-STAGES = [("errors", "device"), ("io",), ("coco",), ("modeling",), ("inference",), ("training",), ("export",), ("runs",), ("cli",)]
+STAGES = [("errors", "device"), ("io",), ("coco",), ("modeling",), ("inference",), ("training",), ("export",), ("runs",), ("bench",), ("cli",)]
 RANK = {name: rank for rank, names in enumerate(STAGES) for name in names}
 
 

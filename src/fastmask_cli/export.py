@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,11 @@ from typing import Any
 from .coco.evaluate import Evaluation
 from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
-from .inference.detector import DEFAULT_FUSION, detector_path, load_detector
-from .inference.options import RANKERS, ProposerOptions
+from .inference.detector import detector_path, load_detector
+from .inference.options import DEFAULTS, MASK_THRESHOLDS, MEASURE_TOP_K, RANKERS, ProposerOptions
 from .io.files import atomic_path, writable_folder
 from .modeling.bodies.pretrained import packaged, packaged_weights
 from .modeling.checkpoint import save_checkpoint
-from .modeling.config import MASK_THRESHOLDS
 from .modeling.model import FastMask
 from .modeling.weights import MANIFEST, load_model, read_manifest, sha256_of
 from .modeling.weights import weights_dir as default_weights_dir
@@ -53,7 +52,7 @@ def ship_weights(model: FastMask, meta: dict[str, Any], name: str, directory: Pa
     path = directory / f"{name}.pt"
     save_checkpoint(path, model, meta)
     record = {"name": name, "file": path.name, "sha256": sha256_of(path), "default": default,
-              "config": model.config.to_dict(), **(entry or {})}
+              "config": model.config.to_dict(), "proposer": dict(model.proposer_options), **(entry or {})}
     models = [m for m in read_manifest(directory) if m["name"] != name]
     if default:
         for m in models:
@@ -100,7 +99,7 @@ class Shipped:
 
 
 def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False, ann: Path | None = None,
-             images: Path | None = None, top_k: int = 1000, train_command: str | None = None, note: str | None = None,
+             images: Path | None = None, top_k: int = MEASURE_TOP_K, train_command: str | None = None, note: str | None = None,
              mask_threshold: float | None = None, thresholds: Sequence[float] = MASK_THRESHOLDS,
              bn_images: int | None = None, device: str = "auto", ranker: str = "auto",
              fusion_ann: Path | None = None, fusion_images: Path | None = None,
@@ -129,18 +128,76 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     if default and ann is None:
         raise ParameterError(("default", "ann", "images"), "{0} weights are measured before they ship: give {1} and {2}")
     grid = [mask_threshold] if mask_threshold is not None else sorted(set(thresholds))
-    if not grid or not all(0 < t < 1 for t in grid):
-        raise ParameterError("mask_threshold" if mask_threshold is not None else "thresholds",
-                             "{} must be mask probabilities between 0 and 1")
+    if not grid:
+        raise ParameterError("thresholds", "{} must hold at least one mask threshold")
+    for threshold in grid:  # each checked where every mask threshold is, named as the caller gave it
+        try:
+            ProposerOptions(mask_threshold=threshold)
+        except ParameterError as exc:
+            raise ParameterError("mask_threshold" if mask_threshold is not None else "thresholds", exc.template) from None
     model, info = load_model(source)
     if not info.trained:
         raise FastMaskError(f"{source} holds untrained weights: nothing to ship")
-    if mask_threshold is not None:  # a run-time knob of the config, so it ships with the weights
-        model.config = model.config.with_overrides(mask_threshold=mask_threshold)
     used = precise_bn_of_run(model, info.meta, bn_images, device)
     if on_batchnorm:
         on_batchnorm(used, info.meta)
     meta = {k: v for k, v in info.meta.items() if k != "val"}
+    entry = _provenance(model, meta, source, weights_dir, train_command, note)
+    carried = ProposerOptions(**model.proposer_options)  # what the weights ship with now (checked)
+    fusions = {"windows": ()}
+    if ranker == "auto" and ann is None and carried.fusion:  # nothing to measure: shipped as it ranks now
+        fusions = {"fused": carried.fusion}
+        entry["ranker"] = {"fusion": list(carried.fusion), "fitted_on": "as shipped in " + str(source),
+                           "detector": detector_record()}
+    elif ranker != "windows" and (ranker == "fused" or ann is not None):  # auto fits only what it can measure
+        fusions["fused"], samples = _fit_fusion(model, meta, fusion_ann, fusion_images, device, on_fit, mask_threshold)
+        entry["ranker"] = {"fusion": list(fusions["fused"]), "fitted_on": str(fusion_ann or meta.get("trained_on")),
+                           "candidates": samples, "detector": detector_record()}
+        if ranker == "fused":
+            del fusions["windows"]
+    # what the weights ship with: export's choices, the rest as a model without them would run
+    chosen_ranker = next(iter(fusions)) if len(fusions) == 1 else "fused"
+    chosen = mask_threshold or carried.mask_threshold or DEFAULTS.mask_threshold
+    if ann is not None:
+        chosen_ranker, chosen = _measure(model, name, fusions, grid, ann, images, top_k, device, entry, on_measure)
+    model.proposer_options = ProposerOptions(mask_threshold=chosen, nms=DEFAULTS.nms, nms_iou=DEFAULTS.nms_iou,
+                                             nms_mode=DEFAULTS.nms_mode, ranker=chosen_ranker,
+                                             fusion=fusions[chosen_ranker]).stored()
+    record = ship_weights(model, meta, name, weights_dir, default=default, entry=entry)
+    return Shipped(record, entry.get("metrics", {}))
+
+
+def _measure(model: FastMask, name: str, fusions: dict[str, tuple[float, ...]], grid: list[float], ann: Path, images: Path,
+             top_k: int, device: str, entry: dict[str, Any], on_measure: Callable[[str, float], None] | None) -> tuple[str, float]:
+    """AR of every ranker (its fusion) and mask threshold of `grid` on `ann`/`images`: the best pair (`choose`),
+    its metrics, the grid and what was measured recorded in the manifest `entry`."""
+    measured = []
+    for ranker, fusion in fusions.items():
+        for threshold in grid:
+            if on_measure:
+                on_measure(ranker, threshold)
+            options = ProposerOptions(top_k=top_k, device=device, mask_threshold=threshold, ranker=ranker, fusion=fusion)
+            measured.append((ranker, threshold, validate(model, ann, images, options)))
+    chosen_ranker, chosen, evaluation = choose(measured)
+    entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
+    entry["mask_threshold"] = {"chosen": chosen, "by": "segm AR@10 + AR@100", "grid": [
+        {"ranker": r_, "threshold": t, **{f"{kind} {k}": round(v, 4) for kind, r in e.results.items()
+                                          for k, v in r.metrics.items() if k in ("AR@10", "AR@100", "AR@1000") and v is not None}}
+        for r_, t, e in measured]}
+    if "ranker" in entry:
+        entry["ranker"]["chosen"] = chosen_ranker
+    entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
+                            "top_k": top_k, "size": model.config.size, "scales": model.config.scales,
+                            "mask_threshold": chosen, "nms": DEFAULTS.nms, "nms_iou": DEFAULTS.nms_iou,
+                            "nms_mode": DEFAULTS.nms_mode}
+    entry.setdefault("commands", {})["eval"] = (f"fastmask eval {ann} results.json --images {images} --weights {name} "
+                                                f"--top-k {top_k}")
+    return chosen_ranker, chosen
+
+
+def _provenance(model: FastMask, meta: dict[str, Any], source: str, weights_dir: Path, train_command: str | None,
+                note: str | None) -> dict[str, Any]:
+    """The manifest entry's start: the training record, where the body's weights came from, the command, a note."""
     entry: dict[str, Any] = {"training": meta}
     folders = [Path(weights_dir), default_weights_dir()]
     body = (body_source(model.config.body, meta.get("init")) or inherited_body_source(source, folders)  # shipped as is
@@ -151,44 +208,7 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         entry["commands"] = {"train": train_command}
     if note:
         entry["note"] = note
-    fusions = {"windows": ()}
-    if ranker == "auto" and ann is None and model.config.fusion:  # nothing to measure: shipped as it ranks now
-        fusions = {"fused": model.config.fusion}
-        entry["ranker"] = {"fusion": list(model.config.fusion), "fitted_on": "as shipped in " + str(source),
-                           "detector": detector_record()}
-    elif ranker != "windows" and (ranker == "fused" or ann is not None):  # auto fits only what it can measure
-        fusions["fused"], samples = _fit_fusion(model, meta, fusion_ann, fusion_images, device, on_fit)
-        entry["ranker"] = {"fusion": list(fusions["fused"]), "fitted_on": str(fusion_ann or meta.get("trained_on")),
-                           "candidates": samples, "detector": detector_record()}
-        if ranker == "fused":
-            del fusions["windows"]
-    model.config = replace(model.config, fusion=fusions.get("fused", ()))
-    if ann is not None:
-        measured = []
-        for name_, fusion in fusions.items():
-            for threshold in grid:
-                if on_measure:
-                    on_measure(name_, threshold)
-                model.config = replace(model.config, mask_threshold=threshold, fusion=fusion)
-                measured.append((name_, threshold, validate(model, ann, images, top_k=top_k, device=device, backend="auto")))
-        chosen_ranker, chosen, evaluation = choose(measured)
-        model.config = replace(model.config, mask_threshold=chosen, fusion=fusions[chosen_ranker])
-        entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
-        entry["mask_threshold"] = {"chosen": chosen, "by": "segm AR@10 + AR@100", "grid": [
-            {"ranker": r_, "threshold": t, **{f"{kind} {k}": round(v, 4) for kind, r in e.results.items()
-                                              for k, v in r.metrics.items() if k in ("AR@10", "AR@100", "AR@1000") and v is not None}}
-            for r_, t, e in measured]}
-        if "ranker" in entry:
-            entry["ranker"]["chosen"] = chosen_ranker
-        defaults = ProposerOptions()
-        entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
-                                "top_k": top_k, "size": model.config.size, "scales": model.config.scales,
-                                "mask_threshold": model.config.mask_threshold, "nms": defaults.nms, "nms_iou": defaults.nms_iou,
-                                "nms_mode": defaults.nms_mode}
-        entry.setdefault("commands", {})["eval"] = (f"fastmask eval {ann} results.json --images {images} --weights {name} "
-                                                    f"--top-k {top_k}")
-    record = ship_weights(model, meta, name, weights_dir, default=default, entry=entry)
-    return Shipped(record, entry.get("metrics", {}))
+    return entry
 
 
 def choose(measured: list[tuple[str, float, Evaluation]]) -> tuple[str, float, Evaluation]:
@@ -202,7 +222,7 @@ def choose(measured: list[tuple[str, float, Evaluation]]) -> tuple[str, float, E
 
 
 def _fit_fusion(model: FastMask, meta: dict[str, Any], ann: Path | None, images: Path | None, device: str,
-                on_fit: Callable[[Path], None] | None) -> tuple[tuple[float, ...], int]:
+                on_fit: Callable[[Path], None] | None, mask_threshold: float | None) -> tuple[tuple[float, ...], int]:
     """The fused ranker's weights (training/fusion.py) fitted on `ann`/`images`, else the run's training data,
     and the number of candidates they were fitted on."""
     if (ann is None) != (images is None):
@@ -213,8 +233,7 @@ def _fit_fusion(model: FastMask, meta: dict[str, Any], ann: Path | None, images:
                             "(the run's own training data is not here), or ship --ranker windows")
     if on_fit:
         on_fit(Path(ann))
-    model.config = replace(model.config, fusion=DEFAULT_FUSION)
-    parts, targets = fusion_samples(model, Path(ann), Path(images), device=device)
+    parts, targets = fusion_samples(model, Path(ann), Path(images), device=device, mask_threshold=mask_threshold)
     if len(targets) == 0:
         raise FastMaskError(f"no candidate of {images} overlaps an object of {ann}: nothing to fit the fused ranker on "
                             "(are the images there, and is it the ground truth of those images?)")
@@ -233,8 +252,7 @@ def export_onnx(model: FastMask, path: Path, scales: int | None = None) -> list[
     (None: the model's) to `path` as ONNX, atomically; returns the levels' strides. Raises
     ParameterError for scales below 1 or a folder `path`, FastMaskError where it cannot be exported or written."""
     scales = model.config.scales if scales is None else scales
-    if scales < 1:
-        raise ParameterError("scales", f"{{}} must be at least 1, not {scales}")
+    ProposerOptions(scales=scales)  # at least 1
     path = Path(path)
     if path.is_dir():
         raise ParameterError("path", f"{{}} {path} is a folder; give a file name such as model.onnx")

@@ -179,8 +179,14 @@ def test_eval_and_propose_write_a_report_from_the_command_line(scene, tmp_path):
     blocked = run("eval", gt, results, "--report", tmp_path / "file" / "page")
     assert blocked.exit_code == 1 and "is a file, not a folder" in blocked.output
     assert "average recall" not in blocked.output  # refused before the evaluation
-    no_gt = run("propose", pictures, "--out", tmp_path / "p.json", "--report", tmp_path / "p")
-    assert no_gt.exit_code == 1 and "give the ground truth with --ann" in no_gt.output
+    # without ground truth, the page is the proposals viewer (tests/coco/test_viewer.py)
+    no_gt = run("propose", pictures, "--out", tmp_path / "p.json", "--top-k", "5", "--report", tmp_path / "p")
+    assert no_gt.exit_code == 0, no_gt.output
+    index = (tmp_path / "p" / "index.html").read_text()
+    assert "pages/0001.html" in index and "average recall" not in no_gt.output
+    assert "--ann" not in no_gt.output and len(list((tmp_path / "p" / "thumbs").glob("*.jpg"))) == len(list(pictures.iterdir()))
+    pictures_only = run("propose", pictures, "--out", tmp_path / "q", "--format", "labels", "--report", tmp_path / "q-page")
+    assert pictures_only.exit_code == 1 and "--report reads the results back" in pictures_only.output
     lonely = run("eval", gt, results, "--report-bench", tmp_path / "bench.json")
     assert lonely.exit_code == 1 and "--report-bench goes with --report DIR" in lonely.output
 

@@ -3,15 +3,12 @@ proposer's fused path and the detector on ONNX Runtime."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from fastmask_cli import ParameterError, Proposer
 from fastmask_cli.inference.detector import (
-    DEFAULT_FUSION,
     OBJECT_FILL,
     PRIOR_FLOOR,
     Detector,
@@ -21,6 +18,7 @@ from fastmask_cli.inference.detector import (
     load_detector,
     match_windows,
 )
+from fastmask_cli.inference.options import DEFAULT_FUSION
 from fastmask_cli.modeling.windows import WindowGrid
 from fastmask_cli.training.fusion import fit_fusion
 from support import draw_scene, tiny_model
@@ -97,16 +95,18 @@ def test_fused_proposer_ranks_by_the_fused_score_and_windows_stay_as_before():
     plain = windows.propose(image)
     assert plain.parts is None and windows._network.detectors == {}  # no detector loaded for the windows' ranking
 
-    fitted = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
-    model.config = fitted
+    fitted = (0.85, -1.6, 0.41, -0.83)
+    model.proposer_options = {"fusion": list(fitted)}  # as export stores it
     fused = Proposer(model, top_k=50, backend="torch", device="cpu")
-    assert fused.ranker == "fused" and fused.settings()["fusion"] == list(fitted.fusion)
+    assert fused.ranker == "fused" and fused.settings()["fusion"] == list(fitted)
+    # a variant asked for the fused ranker again fuses with the model's fitted weights, not the unfitted ones
+    assert fused.variant(ranker="windows").variant(ranker="fused").fusion == fitted
     proposals = fused.variant(nms_mode="drop").propose(image)  # scores as fused (demoting would rescale duplicates')
     assert proposals.parts is not None and proposals.parts.shape == (len(proposals), 2) and len(proposals) > 1
-    expected = fuse(proposals.parts[:, 0], proposals.parts[:, 1], fitted.fusion)
+    expected = fuse(proposals.parts[:, 0], proposals.parts[:, 1], fitted)
     assert np.allclose(proposals.scores, expected, atol=1e-6) and (np.diff(proposals.scores) <= 0).all()
     # a candidate the detector vouches for ranks by the detector too: its prior is above the floor
-    assert ((proposals.parts[:, 1] > PRIOR_FLOOR) == (expected > fuse(proposals.parts[:, 0], np.full(len(proposals), PRIOR_FLOOR), fitted.fusion))).all()
+    assert ((proposals.parts[:, 1] > PRIOR_FLOOR) == (expected > fuse(proposals.parts[:, 0], np.full(len(proposals), PRIOR_FLOOR), fitted))).all()
     # the same network asked for the windows' ranking gives exactly the earlier proposals
     again = fused.variant(ranker="windows").propose(image)
     assert [r["counts"] for r in again.rles] == [r["counts"] for r in plain.rles]
@@ -116,13 +116,13 @@ def test_fused_proposer_ranks_by_the_fused_score_and_windows_stay_as_before():
 
 
 FORKED = """
-import dataclasses, sys
+import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from fastmask_cli import Proposer, propose_jobs
 from support import draw_scene, tiny_model
 model = tiny_model(scales=4)
-model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+model.proposer_options = {"fusion": [0.85, -1.6, 0.41, -0.83]}
 proposer = Proposer(model, top_k=10, device="cpu")
 proposer.propose(draw_scene(96, 128))  # the parent's detector session exists before the workers fork
 summary = propose_jobs(proposer, Path(sys.argv[1]), Path(sys.argv[2]), jobs=2, weights_id="t")
@@ -136,7 +136,7 @@ def test_each_backend_has_its_own_detector_and_forked_workers_make_their_own_ses
     from pathlib import Path
 
     model = tiny_model(scales=4)
-    model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+    model.proposer_options = {"fusion": [0.85, -1.6, 0.41, -0.83]}
     onnx = Proposer(model, top_k=10, device="cpu")
     torch_ = onnx.variant(backend="torch")
     assert onnx.backend == "onnx" and set(onnx._network.detectors) == {"onnx", "torch"}
@@ -153,10 +153,11 @@ def test_a_fused_model_reshipped_without_a_measurement_keeps_its_ranking(tmp_pat
     from fastmask_cli.export import ship_run
 
     model = tiny_model(scales=4)
-    model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+    model.proposer_options = {"fusion": [0.85, -1.6, 0.41, -0.83]}
     save_checkpoint(tmp_path / "fused.pt", model, meta={"epochs": 1, "settings": {}})
     record = ship_run(str(tmp_path / "fused.pt"), "copy", tmp_path / "w", bn_images=0).record
-    assert record["config"]["fusion"] == list(model.config.fusion) and record["ranker"]["detector"]["file"]
-    assert load_model(str(tmp_path / "w" / "copy.pt"))[0].config.fusion == model.config.fusion
+    assert record["proposer"]["fusion"] == [0.85, -1.6, 0.41, -0.83] and record["ranker"]["detector"]["file"]
+    copy = Proposer(load_model(str(tmp_path / "w" / "copy.pt"))[0], device="cpu")
+    assert copy.ranker == "fused" and copy.fusion == (0.85, -1.6, 0.41, -0.83)
     windows = ship_run(str(tmp_path / "fused.pt"), "plain", tmp_path / "w", bn_images=0, ranker="windows").record
-    assert "fusion" not in windows["config"]
+    assert windows["proposer"]["fusion"] == [] and windows["proposer"]["ranker"] == "windows"

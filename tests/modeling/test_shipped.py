@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fastmask_cli import Proposer, load_model
+from fastmask_cli.inference.options import ProposerOptions, stored_settings
 from fastmask_cli.modeling.weights import read_manifest, sha256_of, weights_dir
 from support import assert_same_proposals, draw_scene
 
@@ -32,6 +33,9 @@ def test_every_shipped_model_loads_with_its_listed_config(entry) -> None:
     model, info = load_model(entry["name"])
     assert info.trained and model.config.to_dict() == {**model.config.to_dict(), **entry["config"]}
     assert len(model.strides()) == entry["config"]["scales"]
+    # and runs with the settings the manifest shows export chose
+    resolved = ProposerOptions().resolved(stored_settings(model))
+    assert {k: resolved.stored()[k] for k in entry["proposer"]} == entry["proposer"]
 
 
 def _two_shapes() -> tuple[np.ndarray, list[np.ndarray]]:

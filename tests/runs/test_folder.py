@@ -370,6 +370,14 @@ def test_files_lists_and_folders_are_one_run_as_the_folder_would_be(image_folder
     assert mixed.exit_code == 0, mixed.output
     listing = json.loads((tmp_path / "mixed.images.json").read_text())
     assert [im["file_name"] for im in listing["images"]] == [f"images/{files[0].name}", "more/x.png"]
+    # the Python API takes the same inputs the same way
+    from fastmask_cli import load_model, plan_inputs
+
+    images_dir, plan = plan_inputs([files[0], str(files[0]), other])
+    assert images_dir == tmp_path and plan.files == [f"images/{files[0].name}", "more/x.png"]
+    proposer = Proposer(load_model(str(tiny_checkpoint))[0], device="cpu", size=128)
+    propose_folder(proposer, images_dir, tmp_path / "api.json", weights_id="api", plan=plan)
+    assert (tmp_path / "api.json").read_bytes() == (tmp_path / "mixed.json").read_bytes()
     for args, message in ((("missing.png",), "not found: missing.png"), ((), "no images given"),
                           (("--list", tmp_path / "nope.txt"), "no such file")):
         refused = run("propose", *args, "--out", tmp_path / "r.json", "--weights", tiny_checkpoint)

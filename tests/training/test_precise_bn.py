@@ -113,7 +113,7 @@ def test_the_default_preset_from_scratch_works_in_eval_mode_as_in_training(fit_s
         grid = {row["threshold"]: row["segm AR@100"] for row in shipped["mask_threshold"]["grid"]}
         assert sorted(grid) == [0.3, 0.35, 0.4, 0.45, 0.5] and grid[0.5] == pytest.approx(eval_ar, abs=1e-4)
         chosen = shipped["mask_threshold"]["chosen"]
-        assert shipped["config"]["mask_threshold"] == chosen and grid[chosen] == max(grid.values())
+        assert shipped["proposer"]["mask_threshold"] == chosen and grid[chosen] == max(grid.values())
         assert shipped["metrics"]["segm"]["AR@100"] == pytest.approx(grid[chosen], abs=1e-4)
         model, _ = load_model(str(tmp_path / "w" / "fitted.pt"))
         assert Proposer(model, device="cpu").backend == "onnx"  # and the shipped file runs on the default backend

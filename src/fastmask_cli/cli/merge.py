@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..io.files import writable_folder
 from .common import console, friendly_errors, make_progress, progress_columns
 
 
@@ -16,7 +15,8 @@ def merge(
     shards: list[Path] = typer.Argument(..., help="Results files of `fastmask propose --shard K/N` (COCO or JSON Lines), "
                                         "each with its .images.json beside it."),
     out: Path = typer.Option(..., "--out", "-o", help="Merged results file to write (with OUT_STEM.images.json)."),
-    fmt: str = typer.Option("coco", "--format", help="coco, jsonl or polygons, whatever the shards' formats."),
+    fmt: str = typer.Option("coco", "--format", help="coco, jsonl, polygons, png or labels (see `propose --help`), "
+                            "whatever the shards' formats (COCO or JSON Lines)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Merge even when shards are absent (they are listed)."),
 ) -> None:
     """Join the shards of one proposal run into one results file, in the order an unsharded run writes.
@@ -24,9 +24,10 @@ def merge(
     Refuses shards of other weights, settings or image lists, and images that appear twice; names
     the images of absent shards.
     """
+    from ..io.results_file import writable_results
     from ..runs.merge import merge_results
 
-    writable_folder(out.parent, "the merged results")
+    writable_results(out, fmt)
     with make_progress(*progress_columns(), console=console, transient=True) as progress:
         task = progress.add_task("merging", total=None)
         summary = merge_results(shards, out, fmt=fmt, allow_missing=allow_missing, on_image=lambda: progress.advance(task))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -10,26 +11,10 @@ import typer
 from rich.table import Table
 
 from ..errors import FastMaskError
-from ..inference.options import DEFAULT_NMS, DEFAULT_NMS_IOU
 from ..io.files import check_outputs, writable_file, write_json_atomic
 from ..io.images import IMAGE_SUFFIXES, MAX_PIXELS
+from . import options as opt
 from .common import (
-    BACKEND,
-    BATCH_SIZE,
-    DEVICE,
-    FILTERS,
-    INIT,
-    INPUTS,
-    JOBS,
-    LARGE,
-    MODEL,
-    OUTPUTS,
-    PRECISION,
-    RANKER,
-    SCALES,
-    SIZE,
-    WEIGHTS,
-    WORKERS,
     console,
     friendly_errors,
     load_proposer,
@@ -39,7 +24,7 @@ from .common import (
     say_note,
     warn_if_untrained,
 )
-from .evaluation import REPORT, REPORT_IMAGES, check_report, measure, write_report
+from .evaluation import REPORT_IMAGES, check_report, measure, write_report
 
 if TYPE_CHECKING:
     from ..inference.proposer import Proposer
@@ -114,6 +99,16 @@ def run_propose(proposer: "Proposer", info: "ModelInfo", images_dir: Path, out: 
     return summary
 
 
+def show_proposals(results: Path, report_dir: Path, images: int) -> None:
+    """The proposals viewer of `results` (coco/viewer.py), with progress."""
+    from ..coco.viewer import write_viewer
+
+    with make_progress(*progress_columns(), console=console, transient=True) as progress:
+        task = progress.add_task("drawing the viewer", total=images)
+        index = write_viewer(results, report_dir, on_image=lambda _: progress.advance(task))
+    console.print(f"viewer: {index}", highlight=False)
+
+
 def _area(text: str | None, flag: str) -> float | None:
     from ..inference.options import parse_area
 
@@ -137,51 +132,41 @@ def read_list(source: str) -> list[str]:
 
 
 @friendly_errors
+@opt.shared(*opt.MODEL, *opt.SPEED_OPTIONS)
 def propose(
     images: Optional[list[Path]] = typer.Argument(None, help="Image files and folders (folders searched recursively), "
                                                   "any mix: `propose photo.jpg`, `propose shots/`, `propose a.jpg b.png shots/`."),
-    list_file: Optional[str] = typer.Option(None, "--list", rich_help_panel=INPUTS, help="A file of image paths, one a "
+    list_file: Optional[str] = typer.Option(None, "--list", rich_help_panel=opt.INPUTS, help="A file of image paths, one a "
                                             "line (`-`: standard input), proposed for with the images given."),
-    out: Path = typer.Option(..., "--out", "-o", rich_help_panel=OUTPUTS, help="Results file to write (its folder is made if needed); "
-                             "beside it, OUT_STEM.images.json ties image ids to files."),
-    weights: Optional[str] = WEIGHTS,
-    ann: Optional[Path] = typer.Option(None, rich_help_panel=INPUTS, help="COCO ground truth whose file_name -> id mapping gives the image ids "
-                                       "(and whose width/height decide the frame of EXIF-rotated photos)."),
-    top_k: int = typer.Option(100, "--top-k", rich_help_panel=MODEL, help="Proposals per image (1000 for AR@1k)."),
-    scales: Optional[int] = SCALES,
-    size: Optional[int] = SIZE,
-    device: str = DEVICE,
-    precision: str = PRECISION,
-    backend: str = BACKEND,
-    batch_size: int = BATCH_SIZE,
-    workers: Optional[int] = WORKERS,
-    jobs: str = JOBS,
-    vis: Optional[Path] = typer.Option(None, rich_help_panel=OUTPUTS, help="Folder for overlay PNGs of the top 10 proposals "
-                                       "(IMAGE_PATH.png: the folder structure and full file names are kept)."),
-    resume: bool = typer.Option(False, rich_help_panel=LARGE, help="Continue an interrupted run from OUT.partial (a finished one is not redone)."),
-    shard: Optional[str] = typer.Option(None, rich_help_panel=LARGE, help="K/N: propose for the K-th of N contiguous slices of the sorted images "
-                                        "(job arrays); join the shards with `fastmask merge`."),
-    fmt: str = typer.Option("coco", "--format", rich_help_panel=OUTPUTS, help="coco: one COCO results list; jsonl: one JSON line per image "
-                            "(image_id, file_name, width, height, proposals); polygons: the coco list with masks as "
-                            "COCO polygons (annotation tools)."),
-    nms: str = typer.Option(DEFAULT_NMS, rich_help_panel=MODEL, help="Near-duplicates by overlap of: mask, box, or none (keep the network's order)."),
-    nms_iou: float = typer.Option(DEFAULT_NMS_IOU, "--nms-iou", rich_help_panel=MODEL, help="IoU above which a lower-scored proposal is a duplicate."),
-    nms_mode: str = typer.Option("demote", "--nms-mode", rich_help_panel=MODEL, help="demote: move duplicates behind every distinct proposal "
-                                 "(the top-k set stays, so AR@1000 does too); drop: remove them."),
-    mask_threshold: Optional[float] = typer.Option(None, "--mask-threshold", rich_help_panel=MODEL, help="Mask probability threshold. Default: the model's own (stored in its config; 0.5 for new training runs)."),
-    ranker: Optional[str] = RANKER,
-    min_score: float = typer.Option(0.0, "--min-score", rich_help_panel=FILTERS, help="Drop proposals scored below this."),
-    min_area: Optional[str] = typer.Option(None, "--min-area", rich_help_panel=FILTERS, help="Drop masks smaller than "
+    out: Path = typer.Option(..., "--out", "-o", rich_help_panel=opt.OUTPUTS, help="Results file to write (its folder is "
+                             "made if needed); beside it, OUT_STEM.images.json ties image ids to files."),
+    ann: Optional[Path] = typer.Option(None, rich_help_panel=opt.INPUTS, help="COCO ground truth whose file_name -> id "
+                                       "mapping gives the image ids (and whose width/height decide the frame of EXIF-rotated photos)."),
+    top_k: int = opt.TOP_K_PROPOSE,
+    vis: Optional[Path] = typer.Option(None, rich_help_panel=opt.OUTPUTS, help="Folder for overlay PNGs of the top 10 "
+                                       "proposals (IMAGE_PATH.png: the folder structure and full file names are kept)."),
+    resume: bool = typer.Option(False, rich_help_panel=opt.LARGE, help="Continue an interrupted run from OUT.partial (a "
+                                "finished one is not redone)."),
+    shard: Optional[str] = typer.Option(None, rich_help_panel=opt.LARGE, help="K/N: propose for the K-th of N contiguous "
+                                        "slices of the sorted images (job arrays); join the shards with `fastmask merge`."),
+    fmt: str = typer.Option("coco", "--format", rich_help_panel=opt.OUTPUTS, help="coco: one COCO results list; jsonl: one "
+                            "JSON line per image; polygons: coco with masks as polygons; png: OUT/IMAGE_PATH/ of binary "
+                            "PNGs and metadata.csv; labels: one 16-bit rank PNG an image, OUT/IMAGE_PATH.png (implies --one-per-pixel)."),
+    min_score: float = typer.Option(0.0, "--min-score", rich_help_panel=opt.FILTERS, help="Drop proposals scored below this."),
+    min_area: Optional[str] = typer.Option(None, "--min-area", rich_help_panel=opt.FILTERS, help="Drop masks smaller than "
                                            "this: pixels (500), or a fraction (0.01) or percentage (1%) of the image."),
-    max_area: Optional[str] = typer.Option(None, "--max-area", rich_help_panel=FILTERS, help="Drop masks larger than "
+    max_area: Optional[str] = typer.Option(None, "--max-area", rich_help_panel=opt.FILTERS, help="Drop masks larger than "
                                            "this: pixels, or a fraction or percentage of the image."),
-    one_per_pixel: bool = typer.Option(False, "--one-per-pixel", rich_help_panel=FILTERS, help="Each pixel to the best-"
+    one_per_pixel: bool = typer.Option(False, "--one-per-pixel", rich_help_panel=opt.FILTERS, help="Each pixel to the best-"
                                        "ranked proposal covering it; a proposal left with under half its mask is dropped."),
-    init: Optional[Path] = INIT,
-    report_dir: Optional[Path] = REPORT,
+    report_dir: Optional[Path] = typer.Option(None, "--report", rich_help_panel=opt.OUTPUTS, help="Folder of a page to open "
+                                              "in a browser, offline (DIR/index.html): with --ann, the evaluation report "
+                                              "(see `eval --help`); without, every image with its proposals drawn."),
     report_images: int = REPORT_IMAGES,
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", rich_help_panel=INPUTS, help="Skip images with more pixels than this (read from the header, before decoding)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=OUTPUTS, help="Also write the run summary as JSON here."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", rich_help_panel=opt.INPUTS, help="Skip images with more "
+                                   "pixels than this (read from the header, before decoding)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=opt.OUTPUTS, help="Also write the run summary as JSON here."),
+    **common: Any,  # the options of opt.MODEL and opt.SPEED_OPTIONS
 ) -> None:
     """Segment proposals for every image in IMAGES (files and folders), written as COCO results (RLE masks, boxes, scores).
 
@@ -190,39 +175,35 @@ def propose(
     process 0 merges them into OUT.
     """
     from ..device import launch, rank_device
-    from ..io.results_file import check_format
+    from ..io.results_file import check_format, writable_results
     from ..runs.folder import check_reading
-    from ..runs.plan import plan_images, resolve_inputs
+    from ..runs.plan import plan_inputs
 
-    if report_dir is not None and ann is None:
-        raise FastMaskError("--report measures the proposals: give the ground truth with --ann")
-    if report_dir is not None and shard:
+    if report_dir is not None and ann is not None and shard:
         raise FastMaskError("--report needs the whole folder: after `fastmask merge`, run `fastmask eval GT MERGED --report DIR`")
+    if report_dir is not None and fmt in ("png", "labels"):
+        raise FastMaskError(f"--report reads the results back, and --format {fmt} writes pictures: use coco, jsonl or polygons")
     check_report(report_dir, report_images)
-    check_reading(batch_size, workers, max_pixels)  # before the weights load
+    check_reading(common["batch_size"], common["workers"], max_pixels)  # before the weights load
+    settings = opt.proposer_options(common, top_k=top_k, min_score=min_score, min_area=_area(min_area, "--min-area") or 0.0,
+                                    max_area=_area(max_area, "--max-area"), one_per_pixel=one_per_pixel or fmt == "labels")
     if json_out is not None:  # fail now, not after the work
         writable_file(json_out, "--json")
-    images_dir, files = resolve_inputs(images or [], read_list(list_file) if list_file else None)
-    writable_file(out, "the results")  # a folder (`-o .`) is one line before anything is compared with it
+    images_dir, plan = plan_inputs(images or [], ann, read_list(list_file) if list_file else None)
+    writable_results(out, check_format(fmt))  # a folder (`-o .`) is one line before anything is compared with it
     check_outputs({"--out": out, "--json": json_out}, {"IMAGES": images_dir, "--ann": ann,
                   "--list": Path(list_file) if list_file not in (None, "-") else None,
-                  "--weights": Path(weights) if weights else None}, IMAGE_SUFFIXES)
+                  "--weights": Path(common["weights"]) if common["weights"] else None}, IMAGE_SUFFIXES)
 
-    options: dict[str, Any] = {"ann": ann, "resume": resume, "vis_dir": vis, "batch_size": batch_size,
-                               "max_pixels": max_pixels, "fmt": check_format(fmt), "workers": workers, "jobs": jobs}
+    options: dict[str, Any] = {"ann": ann, "plan": plan, "resume": resume, "vis_dir": vis, "max_pixels": max_pixels,
+                               "fmt": fmt, **{k: common[k] for k in ("batch_size", "workers", "jobs")}}
     if shard:
         options["shard"] = parse_shard(shard)
-    if files is not None:  # files, or several folders: the images of one run under their common folder
-        options["plan"] = plan_images(images_dir, ann, files)
     here = launch()
     rank = (here.rank, here.world) if here.distributed else None
-    if rank is not None:
-        device = rank_device(device, here.local_rank)
-    proposer, info = load_proposer(weights, init, device=device, precision=precision, top_k=top_k, scales=scales,
-                                   size=size, mask_threshold=mask_threshold, nms=nms, nms_iou=nms_iou, nms_mode=nms_mode,
-                                   backend=backend, ranker=ranker, min_score=min_score,
-                                   min_area=_area(min_area, "--min-area") or 0.0, max_area=_area(max_area, "--max-area"),
-                                   one_per_pixel=one_per_pixel)
+    if rank is not None:  # this process's GPU
+        settings = replace(settings, device=rank_device(settings.device, here.local_rank))
+    proposer, info = load_proposer(common["weights"], common["init"], settings)
     summary = run_propose(proposer, info, images_dir, out, rank=rank, **options)
     if rank is not None and rank[0] != 0:
         return
@@ -230,5 +211,7 @@ def propose(
         write_json_atomic(json_out, {**summary.to_dict(), "weights": info.describe(), "settings": proposer.settings()})
     if not info.trained:
         console.print("[bold red]Reminder: these proposals come from an UNTRAINED model.[/]")
-    if report_dir is not None:
+    if report_dir is not None and ann is not None:
         write_report(measure(ann, out), report_dir, out, images_dir, report_images)
+    elif report_dir is not None:
+        show_proposals(out, report_dir, summary.images)

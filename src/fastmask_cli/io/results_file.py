@@ -5,7 +5,9 @@
     line so that it can be read back an image at a time;
   - `jsonl`: JSON Lines, one line per image:
     `{"image_id", "file_name", "width", "height", "proposals": [COCO results entries]}`;
-  - `polygons`: the `coco` layout with each mask as COCO polygons (`as_polygons`), for annotation tools.
+  - `polygons`: the `coco` layout with each mask as COCO polygons (`as_polygons`), for annotation tools;
+  - `png` and `labels`: a folder of image files (mask_files.py), which a run writes from its records at
+    the end; the shards and logs of a split run in between are `jsonl` (`storage_format`).
 - Beside them, `<stem>.images.json` (see `images_json_path`): a COCO skeleton (every image with proposals: id, file name,
   size, proposal count) whose `info.fastmask` records the run (weights, settings, shard, skipped
   images). It ties ids back to files, and it is what `merge` checks shards against.
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FastMaskError, ParameterError
-from .files import atomic_path, read_json
+from .files import atomic_path, read_json, writable_file
+from .mask_files import FOLDER_FORMATS, check_folder_output, folder_writer
 
-FORMATS = ("coco", "jsonl", "polygons")
+FORMATS = ("coco", "jsonl", "polygons", *FOLDER_FORMATS)
 # polygons: vertices within this many pixels of the mask's outline (OpenCV's approxPolyDP); rasterised back by
 # pycocotools, a polygon meets its mask at IoU 0.98 on average on the example photos (tests/io/test_results_file.py)
 POLYGON_TOLERANCE = 1.0
@@ -42,8 +45,21 @@ def images_json_path(results: Path) -> Path:
 
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise ParameterError("fmt", f"{{}} must be {' or '.join(FORMATS)}, not {fmt!r}")
+        raise ParameterError("fmt", f"{{}} must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, not {fmt!r}")
     return fmt
+
+
+def storage_format(fmt: str) -> str:
+    """The format of the files a split run writes on the way to `fmt` (its shards, read back to be joined)."""
+    return "jsonl" if fmt in FOLDER_FORMATS else fmt
+
+
+def writable_results(out: Path, fmt: str) -> Path:
+    """Check, before any work, that results in `fmt` can be written at `out`: a file (`writable_file`), or
+    for the folder formats a folder that may take its place (`mask_files.check_folder_output`)."""
+    if check_format(fmt) in FOLDER_FORMATS:
+        return check_folder_output(out, fmt)
+    return writable_file(out, "the results")
 
 
 def as_polygons(result: dict[str, Any], tolerance: float = POLYGON_TOLERANCE) -> dict[str, Any]:
@@ -81,8 +97,12 @@ def as_polygons(result: dict[str, Any], tolerance: float = POLYGON_TOLERANCE) ->
 
 @contextmanager
 def results_writer(path: Path, fmt: str) -> Iterator[ImageWriter]:
-    """Yield add(image, results), image = {id, file_name, width, height}; the file appears whole at the end."""
-    check_format(fmt)
+    """Yield add(image, results), image = {id, file_name, width, height}; the file (or folder, in the folder
+    formats) appears whole at the end."""
+    if check_format(fmt) in FOLDER_FORMATS:
+        with folder_writer(path, fmt) as add_files:
+            yield add_files
+        return
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             started = False

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import FastMaskError
 from ..io.files import NoRoom, atomic_path
-from .config import FastMaskConfig
+from .config import INFERENCE_KEYS, FastMaskConfig
 
 CHECKPOINT_FORMAT = "fastmask"
 TRAINING_FORMAT = "fastmask-train"
@@ -82,13 +82,17 @@ def save_payload(path: Path, payload: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> None:
-    """Write `model`'s weights and config (a `fastmask` checkpoint) atomically."""
-    save_payload(path, {"format": CHECKPOINT_FORMAT, "version": 1, "config": model.config.to_dict(),
-                        "model": model.state_dict(), "meta": meta or {}})
+    """Write `model`'s weights, config and stored inference settings (a `fastmask` checkpoint) atomically."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": 1, "config": model.config.to_dict(),
+               "model": model.state_dict(), "meta": meta or {}}
+    if getattr(model, "proposer_options", None):  # none for a training run's model: earlier versions read it
+        payload["proposer"] = dict(model.proposer_options)
+    save_payload(path, payload)
 
 
-def load_checkpoint(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """Config, weights and meta of a `fastmask` checkpoint; every failure is a one-line FastMaskError."""
+def load_checkpoint(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Config, weights, meta and stored inference settings (`FastMask.proposer_options`) of a `fastmask`
+    checkpoint; every failure is a one-line FastMaskError."""
     path = Path(path)
     if not path.is_file():
         raise FastMaskError(f"weights file not found: {path}")
@@ -96,7 +100,10 @@ def load_checkpoint(path: Path) -> tuple[FastMaskConfig, dict[str, torch.Tensor]
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise FastMaskError(f"{path} is not a fastmask checkpoint (no fastmask config inside)")
     meta = payload.get("meta")
-    return *_network(path, payload), dict(meta) if isinstance(meta, dict) else {}
+    config, state = _network(path, payload)
+    stored = payload.get("proposer")
+    options = {k: v for k, v in payload["config"].items() if k in INFERENCE_KEYS}  # where older versions kept them
+    return config, state, dict(meta) if isinstance(meta, dict) else {}, options | (stored if isinstance(stored, dict) else {})
 
 
 def _network(path: Path, payload: dict[str, Any]) -> tuple[FastMaskConfig, dict[str, torch.Tensor]]:

@@ -13,10 +13,8 @@ from typing import Any
 from ..errors import FastMaskError
 from .registry import BODIES, HEADS, NECKS
 
-# Mask thresholds measured before weights ship (`export.ship_run`): the best depends on the body and the
-# training (0.35 gained the MobileNetV2 default 1.2 points of mask AR@100 over the 0.5 it trained with).
-MASK_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5)
-FUSION_WEIGHTS = 4  # inference/detector.fuse: a scale and a shift for each of the two scores
+# Settings older checkpoints kept in their config; now stored beside it (modeling/checkpoint.py).
+INFERENCE_KEYS = ("mask_threshold", "fusion")
 
 
 @dataclass(frozen=True)
@@ -39,10 +37,6 @@ class FastMaskConfig:
     scales: int = 8  # default number of pyramid levels at inference (a run-time knob, §5.3)
     train_scales: int = 7  # levels used in training (4 on the stride-2 stream, 3 on the stride-3 one)
     size: int = 800  # default input size: the image's longer side, in pixels
-    mask_threshold: float = 0.5  # probability threshold after pasting (the original code: 0.2, for blurrier masks)
-    # weights of the score fusing our windows' with the COCO detector's (inference/detector.py), fitted by
-    # export; empty: the model ranks by its windows alone
-    fusion: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,8 +50,6 @@ class FastMaskConfig:
             (self.window >= 2 and self.window % 2 == 0, "window must be an even number of cells"),
             (0 <= self.window_pad < self.window, "window_pad must be in [0, window)"),
             (self.scales >= 1 and self.train_scales >= 1, "scales must be at least 1"),
-            (0.0 < self.mask_threshold < 1.0, "mask_threshold must be in (0, 1)"),
-            (len(self.fusion) in (0, FUSION_WEIGHTS), f"fusion must hold {FUSION_WEIGHTS} weights, not {len(self.fusion)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -67,20 +59,15 @@ class FastMaskConfig:
         data = asdict(self)
         if not self.stride8:  # unchanged for models without the level: older versions read them, caches stay valid
             del data["stride8"]
-        if self.fusion:
-            data["fusion"] = list(self.fusion)
-        else:  # likewise for models without a fused ranker
-            del data["fusion"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FastMaskConfig":
+        data = {k: v for k, v in data.items() if k not in INFERENCE_KEYS}  # read from the checkpoint beside it
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise FastMaskError(f"invalid model config: unknown keys {', '.join(unknown)}")
-        if "fusion" in data:
-            data = {**data, "fusion": tuple(float(w) for w in data["fusion"])}
         return cls(**data)
 
     def with_overrides(self, **overrides: Any) -> "FastMaskConfig":

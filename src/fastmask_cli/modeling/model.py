@@ -12,6 +12,7 @@ features of chosen windows only (the top-k, §5.3) and decodes their masks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +57,14 @@ class Pyramid:
 
 
 class FastMask(nn.Module):
+    """The network of `config`. `proposer_options`: the inference settings export chose for these weights
+    (ProposerOptions' fields as plain values: inference/options.py checks and applies them), saved and
+    loaded with them (modeling/checkpoint.py); empty for a model not shipped."""
+
     def __init__(self, config: FastMaskConfig) -> None:
         super().__init__()
         self.config = config
+        self.proposer_options: dict[str, Any] = {}
         self.body = build_body(config.body, config.body_width, config.streams)
         channels = self.body.out_channels
         self.neck = NECKS.get(config.neck)(channels, config.neck_width)

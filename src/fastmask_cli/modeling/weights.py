@@ -107,8 +107,9 @@ def load_model(weights: str | None = None, init: str | Path | None = None) -> tu
     if found is None:
         raise ParameterError("weights", unknown_weights(weights, [m["name"] for m in shipped] + list(PRESETS)))
     path, digest = found
-    config, state, meta = load_checkpoint(path)
+    config, state, meta, options = load_checkpoint(path)
     model = FastMask(config)
+    model.proposer_options = options
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

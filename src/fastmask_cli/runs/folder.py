@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FastMaskError, ParameterError
-from ..io.files import output_lock, writable_file, writable_folder
+from ..io.files import output_lock, writable_folder
 from ..io.images import MAX_PIXELS, MIN_SIDE
-from ..io.results_file import check_format, images_json_path, images_writer, read_run, results_writer
+from ..io.results_file import check_format, images_json_path, images_writer, read_run, results_writer, writable_results
 from .partial import PARTIAL_FORMAT, PartialLog, partial_path
 from .plan import ImagePlan, plan_images
 from .readers import ImageFiles, Loaded, default_workers, overlap_writes, read_images, similar_batches
@@ -104,7 +104,7 @@ def propose_folder(
     check_format(fmt)
     check_reading(batch_size, workers, max_pixels)
     plan = plan or plan_images(images_dir, ann)
-    writable_file(out, "the results")
+    writable_results(out, fmt)
     if vis_dir is not None:
         writable_folder(Path(vis_dir), "overlays")
     with output_lock(out):
@@ -160,11 +160,21 @@ def _propose(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePlan, *
         if on_image:
             on_image(item.rel)
 
-    # on a GPU the host writes one batch's results while the device runs the next (one writer: the log stays in order)
+    _propose_batches(proposer, similar_batches(read_images(reader, workers), batch_size), write, skip)
+    summary.seconds = time.perf_counter() - started
+    _write_results(out, fmt, run, log, mine, summary)
+    log.path.unlink(missing_ok=True)
+    return summary
+
+
+def _propose_batches(proposer: Proposer, batches: Iterator[list[Loaded]], write: Callable[[list[Loaded], list[Proposals]], None],
+                     skip: Callable[[Loaded], None]) -> None:
+    """Propose for each batch and `write` its proposals (`skip` an image that could not be read), in order.
+    On a GPU the host writes one batch's results while the device runs the next (one writer: the log stays in order)."""
     overlap = overlap_writes(proposer.device.type)
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: deque[Future] = deque()
-        for batch in similar_batches(read_images(reader, workers), batch_size):
+        for batch in batches:
             if batch[0].prepared is None:
                 task: tuple[Callable[..., None], tuple] = (skip, (batch[0],))
             else:
@@ -177,9 +187,11 @@ def _propose(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePlan, *
                 pending.popleft().result()
         while pending:
             pending.popleft().result()
-    summary.seconds = time.perf_counter() - started
 
-    # Streamed in file order, so a resumed run writes exactly what an uninterrupted one would.
+
+def _write_results(out: Path, fmt: str, run: dict[str, Any], log: PartialLog, mine: list[str], summary: ProposeSummary) -> None:
+    """The results file and its image list from the log, streamed in file order, so that a resumed run writes
+    exactly what an uninterrupted one would; `summary` and `run` take the counts, skipped images and notes."""
     summary.skipped += [(f, log.skipped[f]) for f in mine if f in log.skipped]
     listed = set(mine)  # a finished image gone since the interrupted run is left out, its note too
     summary.notes = [(f, note) for f, note in log.notes if f in listed]
@@ -192,8 +204,6 @@ def _propose(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePlan, *
                 add_image({**image, "proposals": len(record["results"])})
                 summary.images += 1
                 summary.proposals += len(record["results"])
-    log.path.unlink(missing_ok=True)
-    return summary
 
 
 def run_records(proposer: Proposer, weights_id: str, images_dir: Path, ann: Path | None, plan: ImagePlan,

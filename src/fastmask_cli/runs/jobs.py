@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from ..errors import FastMaskError, ParameterError
-from ..io.files import output_lock, writable_file
-from ..io.results_file import check_format, images_json_path
+from ..io.files import output_lock
+from ..io.results_file import check_format, images_json_path, storage_format, writable_results
 from .folder import ProposeSummary, finished_run, propose_folder, run_records
 from .partial import PartialLog, partial_path
 from .plan import ImagePlan, plan_images
@@ -97,7 +97,7 @@ def propose_jobs(proposer: Proposer, images_dir: Path, out: Path, *, jobs: int, 
     check_format(fmt)
     jobs = resolve_jobs(jobs, proposer.device.type, shard=options.get("shard"))
     plan = plan or plan_images(images_dir, ann)
-    writable_file(out, "the results")
+    writable_results(out, fmt)
     with output_lock(out):  # before anything is cleared: another run may be writing these files
         return _propose_jobs(proposer, images_dir, out, plan, jobs=jobs, weights_id=weights_id, ann=ann, resume=resume,
                              fmt=fmt, threads=threads, on_start=on_start, on_image=on_image, **options)
@@ -121,7 +121,8 @@ def _propose_jobs(proposer: Proposer, images_dir: Path, out: Path, plan: ImagePl
     shards = shard_paths(out, count)
     jobs = min(jobs, count)
 
-    records = dict(weights_id=weights_id, ann=ann, resume=resume, fmt=fmt)
+    records = dict(weights_id=weights_id, ann=ann, resume=resume, fmt=storage_format(fmt))  # the shards'
+
     todo = _left_to_do(proposer, images_dir, plan, shards, records) if resume else len(plan.files)
     threads = threads or worker_threads(jobs)
     started = time.perf_counter()

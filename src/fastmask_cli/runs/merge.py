@@ -45,6 +45,9 @@ def merge_results(shards: list[Path], out: Path, fmt: str = "coco", allow_missin
         raise FastMaskError("no shards to merge")
     out = Path(out)
     for path in shards:
+        if Path(path).is_dir():
+            raise FastMaskError(f"shard {path} is a folder (--format png or labels), which cannot be read back: propose "
+                                "the shards as jsonl, then merge them with --format png or labels")
         if not Path(path).is_file():
             raise FastMaskError(f"shard not found: {path}")
         if Path(path).resolve() == out.resolve():

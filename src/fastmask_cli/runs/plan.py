@@ -122,6 +122,14 @@ def resolve_inputs(inputs: list[Path], listed: list[str] | None = None) -> tuple
     return root, sorted(files, key=by_parts)
 
 
+def plan_inputs(inputs: list[str | Path], ann: Path | None = None, listed: list[str] | None = None) -> tuple[Path, ImagePlan]:
+    """Image files and folders, any mix (and `listed`: the lines of a --list file), as one run: the folder
+    the results' file names are relative to, and the plan of its images (`resolve_inputs`, `plan_images`),
+    to pass to `propose_folder` / `propose_jobs` as `images_dir` and `plan`. Raises FastMaskError."""
+    images_dir, files = resolve_inputs([Path(p) for p in inputs], listed)
+    return images_dir, plan_images(images_dir, ann, files)
+
+
 def plan_images(images_dir: Path, ann: Path | None = None, files: list[str] | None = None) -> ImagePlan:
     """The images under `images_dir` and their ids: the GT's (matched by file name) with `ann`, else the
     1-based positions in the sorted list of every image in the folder (so shards never collide).

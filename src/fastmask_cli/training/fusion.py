@@ -18,19 +18,23 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from ..coco.ground_truth import read_ground_truth
-from ..inference.detector import DEFAULT_FUSION, logit
+from ..inference.detector import logit
+from ..inference.options import DEFAULT_FUSION, MEASURE_TOP_K
 from ..inference.proposer import Proposer
 from ..io.images import ImageError, read_image
 from ..modeling.model import FastMask
 
 
-def fusion_samples(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 1000, device: str = "cpu",
-                   limit: int | None = None, on_image: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fusion_samples(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = MEASURE_TOP_K, device: str = "cpu",
+                   limit: int | None = None, on_image: Callable[[], None] | None = None,
+                   mask_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, 2) window score and detector prior of the fused ranker's candidates on the COCO set `gt_path`
     (images under `images_dir`; the first `limit` with objects), and (N,) the best mask IoU of each with a
-    non-crowd object. Unreadable images are passed over."""
+    non-crowd object, its masks cut at `mask_threshold` (None: the model's). Unreadable images are passed
+    over. The candidates are those of the unfitted fusion (DEFAULT_FUSION), whatever the model carries."""
     gt = read_ground_truth(Path(gt_path), "training ground truth")
-    proposer = Proposer(model, top_k=top_k, nms="none", ranker="fused", device=device)
+    proposer = Proposer(model, top_k=top_k, nms="none", ranker="fused", fusion=DEFAULT_FUSION, device=device,
+                        mask_threshold=mask_threshold)
     parts, targets = [], []
     indices = [i for i in range(len(gt)) if gt.file_names[i] is not None and len(gt.annotations_of(i))]
     for i in indices[:limit]:

@@ -82,11 +82,11 @@ def evaluate_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: 
     With `check_bn`, the training sample is measured again with batch statistics, and a large gap
     between the two is recorded as `bn_warning`."""
     settings, model = run.settings, run.model
+    options = settings.validation(str(run.device))
     if settings.train_sample > 0:
-        record["train"] = flat_metrics(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample))
+        record["train"] = flat_metrics(validate(model, gt_path, images_dir, options, settings.train_sample))
         if check_bn and training_batchnorms(model):
-            batch = flat_metrics(validate(model, gt_path, images_dir, settings.val_top_k, str(run.device), settings.train_sample,
-                                   batch_statistics=True))
+            batch = flat_metrics(validate(model, gt_path, images_dir, options, settings.train_sample, batch_statistics=True))
             record["train_batch_statistics"] = batch
             eval_ar, batch_ar = record["train"]["mask AR@100"] or 0.0, batch["mask AR@100"] or 0.0
             if batch_ar >= 0.05 and eval_ar < BN_GAP * batch_ar:
@@ -96,7 +96,7 @@ def evaluate_epoch(run: Run, record: dict[str, Any], gt_path: Path, images_dir: 
                     + (" (--bn-images 0 kept the running averages; give it images)" if settings.bn_images == 0 else
                        " even after recomputing them; raise --bn-images"))
     if val is not None:
-        record["val"] = flat_metrics(validate(model, val[0], val[1], settings.val_top_k, device=str(run.device)))
+        record["val"] = flat_metrics(validate(model, val[0], val[1], options))
         if run.best is None or (record["val"]["mask AR@100"] or 0.0) > (run.best["val"]["mask AR@100"] or 0.0):
             run.best = {"epoch": record["epoch"], "val": record["val"], "train": record.get("train")}
             save_checkpoint(run.out / BEST, model, {**trained_meta(run, gt_path, images_dir, record), "val_set": str(val[0])})

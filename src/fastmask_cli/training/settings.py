@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import FastMaskError, ParameterError
+from ..inference.options import TOP_K, ProposerOptions
 from .loss import OBJECTNESS
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
@@ -39,11 +40,16 @@ class TrainSettings:
     workers: int = 2
     precision: str = "auto"  # fp32 on the CPU; bf16 autocast on CUDA (fp16 with a grad scaler on request)
     val_every: int = 1  # epochs between validations (the last epoch is always validated)
-    val_top_k: int = 100
+    val_top_k: int = TOP_K
     train_sample: int = 8  # training images (unaugmented) evaluated beside val, to see under- or over-fitting
     bn_images: int = 64  # training images (unaugmented) that recompute BatchNorm statistics before validating
     log_every: int = 10  # iterations between log lines
     checkpoint_every: int = 1000  # iterations between mid-epoch checkpoints (0: at epoch ends only)
+
+    def validation(self, device: str) -> ProposerOptions:
+        """How training measures its network: the val top-k, the model's own settings otherwise, in PyTorch
+        (the weights change between validations; an exported graph would serve one of them)."""
+        return ProposerOptions(top_k=self.val_top_k, device=device, backend="torch")
 
     def __post_init__(self) -> None:
         if self.lr is None and self.optimizer in DEFAULT_LR:

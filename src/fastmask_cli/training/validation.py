@@ -12,6 +12,7 @@ import torch
 from ..coco.evaluate import Evaluation, evaluate
 from ..coco.ground_truth import read_ground_truth
 from ..device import resolve_device
+from ..inference.options import ProposerOptions
 from ..inference.preprocess import pad_batch, prepare
 from ..inference.proposer import Proposer
 from ..io.images import ImageError, read_image
@@ -21,15 +22,14 @@ from .precise_bn import BatchStatistics, recompute_batchnorm, training_batchnorm
 from .settings import TrainSettings
 
 
-def validate(model: FastMask, gt_path: Path, images_dir: Path, top_k: int = 100, device: str = "cpu",
-             limit: int | None = None, backend: str = "torch", batch_statistics: bool = False) -> Evaluation:
-    """Mask and box AR of `model` on the COCO set `gt_path` (images under `images_dir`), through `evaluate`;
-    with `limit`, on its first `limit` images by id only (a fixed sample). PyTorch by default: during
-    training the weights change between validations, and an exported graph would serve one of them.
+def validate(model: FastMask, gt_path: Path, images_dir: Path, options: ProposerOptions, limit: int | None = None,
+             batch_statistics: bool = False) -> Evaluation:
+    """Mask and box AR of `model`'s proposals made with `options` on the COCO set `gt_path` (images under
+    `images_dir`), through `evaluate`; with `limit`, on its first `limit` images by id only (a fixed sample).
     `batch_statistics`: its training BatchNorms normalise each image with its own statistics, as in
     training (to see what the weights can do whatever the running statistics say)."""
     gt = read_ground_truth(gt_path, "validation ground truth")
-    proposer = Proposer(model, device=device, top_k=top_k, backend=backend)
+    proposer = Proposer(model, options)
     results = []
     context = BatchStatistics(model) if batch_statistics else contextlib.nullcontext()
     with context:

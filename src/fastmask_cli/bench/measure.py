@@ -31,9 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..coco.evaluate import evaluate
 from ..errors import FastMaskError, ParameterError
+from ..inference.options import ProposerOptions
 from ..inference.preprocess import pad_batch
 from ..inference.proposer import Proposer, StageTimer
-from .jobs import propose_jobs, worker_threads
+from ..runs.jobs import propose_jobs, worker_threads
 
 STAGES = ("network", "detector", "decode", "paste", "rle", "nms")  # detector: the fused ranker's, else 0
 
@@ -206,8 +207,8 @@ def bench(
     if runs < 1 or warmup < 0:
         raise ParameterError(("runs", "warmup"), "{0} must be at least 1 and {1} at least 0")
     top_ks, backends = top_ks or [proposer.top_k], backends or [proposer.backend]
-    if min(top_ks) < 1:
-        raise ParameterError("top_k", "{} must be at least 1")
+    for top_k in top_ks:  # checked as every proposer's is, before any timing
+        ProposerOptions(top_k=top_k)
     width, height = size
     frames = [cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA) for im in images]
     device = proposer.device

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from fastmask_cli import Proposer
+from fastmask_cli.bench.measure import STAGES, bench
 from fastmask_cli.cli.common import int_list, parse_size
 from fastmask_cli.errors import FastMaskError
-from fastmask_cli.runs.bench import STAGES, bench
 from support import draw_scene, tiny_model
 from support.cli import run
 
@@ -178,10 +178,8 @@ def test_cli_bench_with_ground_truth_measures_each_scale_count(tiny_checkpoint: 
 
 
 def test_bench_times_the_fused_rankers_detector_as_a_stage() -> None:
-    import dataclasses
-
     model = tiny_model()
-    model.config = dataclasses.replace(model.config, fusion=(0.85, -1.6, 0.41, -0.83))
+    model.proposer_options = {"fusion": [0.85, -1.6, 0.41, -0.83]}
     proposer = Proposer(model, device="cpu", top_k=10)
     report = bench(proposer, [draw_scene(96, 128)], [2], size=(128, 96), runs=1, warmup=0, top_ks=[10], backends=["onnx"])
     (row,) = report.rows

@@ -1,0 +1,117 @@
+"""Results as image files, for tools that read masks as pictures rather than COCO JSON.
+
+- `png`: per image, a folder `OUT/IMAGE_PATH/` holding one binary PNG per proposal (`0.png` is the best;
+  0 or 255) and `metadata.csv` (id, score, area, bbox_x0, bbox_y0, bbox_w, bbox_h: pixels, the mask's
+  tight box), the layout of Segment Anything's `scripts/amg.py`.
+- `labels`: per image, one 16-bit PNG `OUT/IMAGE_PATH.png` whose pixel values are proposal ranks (1 is the
+  best, 0 no proposal): an instance label map, as annotation tools import. A pixel belongs to the
+  best-ranked proposal covering it (`propose --one-per-pixel` makes that a proposal's whole mask).
+
+IMAGE_PATH is the image's path under the input folder, its file name whole (as overlays are named), so
+images that differ only by their suffix do not collide. Both stream an image at a time; the folder is
+written beside OUT and takes OUT's place at the end (`folder_writer`), so OUT is never half written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ..errors import FastMaskError
+from .files import room_for, writable_folder
+
+FOLDER_FORMATS = ("png", "labels")
+MARKER = ".fastmask-results"  # in every folder written here: what may be replaced by a later run
+MAX_LABEL = 2**16 - 1  # ranks a 16-bit label map holds
+METADATA = ("id", "score", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h")
+
+
+def check_folder_output(out: Path, fmt: str) -> Path:
+    """Before any work: `out` can become the `fmt` folder. It may not exist yet, or be a folder a run of
+    ours wrote (it holds MARKER; it is replaced whole); anything else is refused, so that no file of the
+    user's is deleted. Its parent is made and must be writable. Raises FastMaskError."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (out / MARKER).is_file()):
+        what = "a file" if not out.is_dir() else "a folder not written by fastmask propose"
+        raise FastMaskError(f"--format {fmt} writes a folder, and {out} is {what}: give a new folder name")
+    writable_folder(out.parent, "the results")
+    return out
+
+
+def masks_of(image: dict[str, Any], results: list[dict[str, Any]]) -> np.ndarray:
+    """(K, H, W) uint8 masks of an image's results, best first."""
+    if not results:
+        return np.zeros((0, image["height"], image["width"]), np.uint8)
+    rles = [{"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"]} for r in results]
+    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
+
+
+def label_map(image: dict[str, Any], results: list[dict[str, Any]]) -> np.ndarray:
+    """(H, W) uint16 ranks: each pixel the rank (from 1) of the best-ranked result covering it, 0 for none.
+    Raises FastMaskError for more than MAX_LABEL results."""
+    if len(results) > MAX_LABEL:
+        raise FastMaskError(f"--format labels holds at most {MAX_LABEL} proposals an image, not {len(results)}: lower --top-k")
+    labels = np.zeros((image["height"], image["width"]), np.uint16)
+    for rank, mask in enumerate(masks_of(image, results), start=1):
+        labels[(mask > 0) & (labels == 0)] = rank
+    return labels
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise FastMaskError(f"cannot encode {path} as PNG")
+    path.write_bytes(encoded.tobytes())
+
+
+def _write_masks(folder: Path, image: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = io.StringIO()
+    table = csv.writer(rows, lineterminator="\n")
+    table.writerow(METADATA)
+    for i, (result, mask) in enumerate(zip(results, masks_of(image, results))):
+        _write_png(folder / f"{i}.png", mask * np.uint8(255))
+        box = [int(v) if float(v).is_integer() else v for v in result["bbox"]]  # tight boxes: whole pixels
+        table.writerow([i, result["score"], int(mask.sum()), *box])
+    (folder / "metadata.csv").write_text(rows.getvalue())
+
+
+@contextmanager
+def folder_writer(out: Path, fmt: str) -> Iterator[Callable[[dict[str, Any], list[dict[str, Any]]], None]]:
+    """Yield add(image, results), image = {id, file_name, width, height}, writing `fmt` files of each image
+    into a folder beside `out`; on success that folder takes `out`'s place (a folder a run of ours wrote
+    before is removed), on failure it is removed. Raises FastMaskError where `out` may not be replaced."""
+    out = check_folder_output(out, fmt)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / MARKER).write_text(f"{fmt}\n")
+
+    def add(image: dict[str, Any], results: list[dict[str, Any]]) -> None:
+        if fmt == "labels":
+            target = tmp / f"{image['file_name']}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_png(target, label_map(image, results))
+        else:
+            _write_masks(tmp / image["file_name"], image, results)
+
+    try:
+        with room_for(out):
+            yield add
+            old = out.with_name(f".{out.name}.old{os.getpid()}")
+            if out.exists():
+                os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
