@@ -22,7 +22,7 @@ def test_readme_first_command_on_the_shipped_photos(tmp_path):
     listing = json.loads((tmp_path / "results.images.json").read_text())
     assert [im["file_name"] for im in listing["images"]] == photos and len(photos) >= 3
     assert len(json.loads(out.read_text())) == 100 * len(photos)
-    assert sorted(p.name for p in vis.iterdir()) == [f"{name}.png" for name in photos]
+    assert sorted(p.name for p in vis.iterdir()) == [".fastmask-output"] + [f"{name}.png" for name in photos]
 
 
 def test_the_ann_example_on_the_drawn_scenes(tmp_path):

@@ -19,7 +19,7 @@ from .coco.evaluate import Evaluation
 from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
 from .inference.detector import detector_path, load_detector
-from .inference.options import DEFAULTS, MASK_THRESHOLDS, MEASURE_TOP_K, RANKERS, ProposerOptions
+from .inference.options import DEFAULTS, MASK_THRESHOLDS, MEASURE_TOP_K, RANKERS, ProposerOptions, carried_options
 from .io.files import atomic_path, writable_folder
 from .modeling.bodies.pretrained import packaged, packaged_weights
 from .modeling.checkpoint import save_checkpoint
@@ -114,7 +114,9 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     given, `thresholds` then unused), for each ranker: `ranker` "windows", "fused" (the COCO detector's
     boxes too, its fusion fitted on `fusion_ann`/`fusion_images`, default the run's training data:
     training/fusion.py) or "auto" (both). The pair with the best mask AR@10 + AR@100 ships (`choose`), the
-    grid recorded in the manifest (chosen on the set it is reported on: slightly optimistic).
+    grid recorded in the manifest (chosen on the set it is reported on: slightly optimistic). The weights
+    ship with that threshold and ranker (`FastMask.proposer_options`, shown as `proposer` in the manifest),
+    and the suppression they carried (DEFAULTS' where none), which the measurement used too.
     on_batchnorm(images used, or None where the training data is not here; the run's meta),
     on_fit(training ground truth) and on_measure(ranker, threshold) report progress. Raises FastMaskError
     for untrained weights or a fused ranker without training data to fit it on, ParameterError for `ann`
@@ -143,7 +145,7 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
         on_batchnorm(used, info.meta)
     meta = {k: v for k, v in info.meta.items() if k != "val"}
     entry = _provenance(model, meta, source, weights_dir, train_command, note)
-    carried = ProposerOptions(**model.proposer_options)  # what the weights ship with now (checked)
+    carried = carried_options(model.proposer_options)  # what the weights ship with now, checked
     fusions = {"windows": ()}
     if ranker == "auto" and ann is None and carried.fusion:  # nothing to measure: shipped as it ranks now
         fusions = {"fused": carried.fusion}
@@ -157,18 +159,22 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
             del fusions["windows"]
     # what the weights ship with: export's choices, the rest as a model without them would run
     chosen_ranker = next(iter(fusions)) if len(fusions) == 1 else "fused"
+    # suppression as the weights carry it (else DEFAULTS): measured with it, and shipped with it
+    suppression = {k: getattr(carried, k) if getattr(carried, k) is not None else getattr(DEFAULTS, k)
+                   for k in ("nms", "nms_iou", "nms_mode")}
     chosen = mask_threshold or carried.mask_threshold or DEFAULTS.mask_threshold
     if ann is not None:
-        chosen_ranker, chosen = _measure(model, name, fusions, grid, ann, images, top_k, device, entry, on_measure)
-    model.proposer_options = ProposerOptions(mask_threshold=chosen, nms=DEFAULTS.nms, nms_iou=DEFAULTS.nms_iou,
-                                             nms_mode=DEFAULTS.nms_mode, ranker=chosen_ranker,
+        chosen_ranker, chosen = _measure(model, name, fusions, grid, ann, images, top_k, device, suppression, entry,
+                                         on_measure)
+    model.proposer_options = ProposerOptions(mask_threshold=chosen, **suppression, ranker=chosen_ranker,
                                              fusion=fusions[chosen_ranker]).stored()
     record = ship_weights(model, meta, name, weights_dir, default=default, entry=entry)
     return Shipped(record, entry.get("metrics", {}))
 
 
 def _measure(model: FastMask, name: str, fusions: dict[str, tuple[float, ...]], grid: list[float], ann: Path, images: Path,
-             top_k: int, device: str, entry: dict[str, Any], on_measure: Callable[[str, float], None] | None) -> tuple[str, float]:
+             top_k: int, device: str, suppression: dict[str, Any], entry: dict[str, Any],
+             on_measure: Callable[[str, float], None] | None) -> tuple[str, float]:
     """AR of every ranker (its fusion) and mask threshold of `grid` on `ann`/`images`: the best pair (`choose`),
     its metrics, the grid and what was measured recorded in the manifest `entry`."""
     measured = []
@@ -176,7 +182,8 @@ def _measure(model: FastMask, name: str, fusions: dict[str, tuple[float, ...]], 
         for threshold in grid:
             if on_measure:
                 on_measure(ranker, threshold)
-            options = ProposerOptions(top_k=top_k, device=device, mask_threshold=threshold, ranker=ranker, fusion=fusion)
+            options = ProposerOptions(top_k=top_k, device=device, mask_threshold=threshold, ranker=ranker, fusion=fusion,
+                                      **suppression)
             measured.append((ranker, threshold, validate(model, ann, images, options)))
     chosen_ranker, chosen, evaluation = choose(measured)
     entry["metrics"] = {t: r.metrics for t, r in evaluation.results.items()}
@@ -188,8 +195,7 @@ def _measure(model: FastMask, name: str, fusions: dict[str, tuple[float, ...]], 
         entry["ranker"]["chosen"] = chosen_ranker
     entry["measured_on"] = {"ann": str(ann), "images": str(images), "count": next(iter(evaluation.results.values())).images,
                             "top_k": top_k, "size": model.config.size, "scales": model.config.scales,
-                            "mask_threshold": chosen, "nms": DEFAULTS.nms, "nms_iou": DEFAULTS.nms_iou,
-                            "nms_mode": DEFAULTS.nms_mode}
+                            "mask_threshold": chosen, **suppression}
     entry.setdefault("commands", {})["eval"] = (f"fastmask eval {ann} results.json --images {images} --weights {name} "
                                                 f"--top-k {top_k}")
     return chosen_ranker, chosen

@@ -83,6 +83,8 @@ def test_cli_bench_writes_json(tiny_checkpoint: Path, image_folder: Path, tmp_pa
         (s, k, m, b) for s in (1, 3) for k in (100, 1000) for m, b in (("one-shot", "onnx"), ("one-shot", "torch"), ("pyramid", "torch"))]
     assert {(r["scales"], r["top_k"]) for r in data["speedup_onnx_vs_torch"]} == {(s, k) for s in (1, 3) for k in (100, 1000)}
     assert len(data["speedup_one_shot_vs_pyramid"]) == 8 and data["settings"]["size"] == "128x96"
+    # what the timed proposals were made with, beside the architecture
+    assert data["settings"]["proposer"]["mask_threshold"] == 0.5 and data["settings"]["proposer"]["ranker"] == "windows"
     assert "faster than the image pyramid" in result.output and "ONNX Runtime runs" in result.output
 
 

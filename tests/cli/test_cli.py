@@ -31,7 +31,7 @@ def test_propose_writes_results_and_a_file_list(image_folder, tiny_checkpoint, t
     assert Counter(r["image_id"] for r in results) == {1: 10, 2: 10, 3: 10, 4: 10}
     loaded = COCO(str(tmp_path / "results.images.json")).loadRes(str(out))
     assert len(loaded.anns) == 40
-    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == [f"img_{i}.png.png" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == [".fastmask-output"] + [f"img_{i}.png.png" for i in range(4)]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["images"] == 4 and summary["proposals"] == 40 and summary["seconds_per_image"] > 0
     assert not (tmp_path / "results.json.partial").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from fastmask_cli.errors import FastMaskError
-from fastmask_cli.io.mask_files import MARKER, folder_writer, label_map
+from fastmask_cli.io.files import OUTPUT_MARKER as MARKER
+from fastmask_cli.io.mask_files import folder_writer, label_map
 from fastmask_cli.io.results_file import iter_results
 from support.cli import run
 
@@ -47,6 +47,7 @@ def test_png_folder_holds_each_mask_and_its_metadata(tmp_path, two_masks):
     assert [int(r["id"]) for r in rows] == [0, 1] and [float(r["score"]) for r in rows] == [0.9, 0.4]
     assert [int(r["area"]) for r in rows] == [int(m.sum()) for m in masks]
     assert [[int(r[k]) for k in ("bbox_x0", "bbox_y0", "bbox_w", "bbox_h")] for r in rows] == [[10, 5, 20, 15], [20, 15, 30, 20]]
+    assert list(rows[0])[:6] == ["id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h"]  # Segment Anything's first columns
     assert (tmp_path / "out" / "b.png" / "metadata.csv").read_text().count("\n") == 1  # no proposal: the header alone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
 
@@ -108,6 +109,12 @@ def test_propose_writes_png_and_labels_that_match_its_coco_masks(tmp_path, tiny_
             assert np.array_equal(labels == rank, mask > 0)  # one mask per pixel: each rank's pixels are its mask
     again = run("propose", image_folder, "-o", tmp_path / "png", "--format", "png", *common)  # replaced by a new run
     assert again.exit_code == 0 and (tmp_path / "png" / MARKER).is_file()
+    # written inside the input folder, the masks are never read back as images by the next run there
+    inside = run("propose", image_folder, "-o", image_folder / "masks", "--format", "png", *common)
+    assert inside.exit_code == 0, inside.output
+    again = run("propose", image_folder, "-o", image_folder / "masks", "--format", "png", *common)
+    listed = json.loads((image_folder / "masks.images.json").read_text())["images"]
+    assert again.exit_code == 0 and len(listed) == len(names) and "masks/ (fastmask's png output: not read)" in again.flat
     refused = run("propose", image_folder, "-o", image_folder.parent, "--format", "png", *common)
     assert refused.exit_code == 1 and "not written by fastmask" in refused.output
     assert "labels" in run("propose", "--help").output

@@ -217,7 +217,7 @@ def bench(
     report = BenchReport(machine={**machine_info(device), "matmul_gflops": round(rate, 1)},
                          settings={"size": f"{width}x{height}", "runs": runs, "warmup": warmup, "top_k": top_ks,
                                    "backends": backends, "precision": proposer.precision, "compiled": proposer.compiled,
-                                   "config": proposer.model.config.to_dict()})
+                                   "config": proposer.model.config.to_dict(), "proposer": proposer.options.stored()})
     report.settings["parameters_m"] = round(sum(p.numel() for p in proposer.model.parameters()) / 1e6, 2)
     configs = [BenchConfig(scales, "one-shot", k, backend) for scales in scale_counts for k in top_ks for backend in backends]
     if pyramid:

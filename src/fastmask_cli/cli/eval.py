@@ -12,13 +12,13 @@ from ..errors import FastMaskError
 from ..io.files import check_outputs, writable_file, write_json_atomic
 from ..io.images import IMAGE_SUFFIXES
 from . import options as opt
-from .common import console, friendly_errors, load_proposer
+from .common import console, flag_of, friendly_errors, load_proposer
 from .evaluation import REPORT, REPORT_IMAGES, check_report, measure, write_report
 from .propose import run_propose
 
 
 @friendly_errors
-@opt.shared(*opt.MODEL, *opt.SPEED_OPTIONS)
+@opt.shared(*opt.MODEL_OPTIONS, *opt.SPEED_OPTIONS)
 def eval_command(
     gt: Path = typer.Argument(..., help="COCO ground truth (instances JSON)."),
     results: Path = typer.Argument(..., help="COCO results file to evaluate (written first when --images is given)."),
@@ -35,7 +35,7 @@ def eval_command(
                                             "the results by fastmask propose."),
     bench: Optional[Path] = typer.Option(None, "--report-bench", rich_help_panel=opt.OUTPUTS, help="JSON of `fastmask bench --ann --json`: its "
                                          "accuracy against speed table and plot go in the report."),
-    **common: Any,  # with --images: the options of opt.MODEL and opt.SPEED_OPTIONS
+    **common: Any,  # with --images: the options of opt.MODEL_OPTIONS and opt.SPEED_OPTIONS
 ) -> None:
     """Class-agnostic average recall (AR@10/100/1000, masks and boxes, small/medium/large) of RESULTS against GT."""
     iou_types = {"both": IOU_TYPES, "segm": ("segm",), "bbox": ("bbox",)}.get(iou_type)
@@ -48,11 +48,17 @@ def eval_command(
     written = {"--json": json_out, "--plot": plot, "RESULTS": results if images is not None else None}
     check_outputs(written, {"GT": gt, "RESULTS": None if images is not None else results, "--images": images,
                             "--report-bench": bench}, IMAGE_SUFFIXES)
-    if images is not None:
-        from ..runs.folder import check_reading
+    from ..runs.folder import check_reading
+    from ..runs.jobs import resolve_jobs
 
-        check_reading(common["batch_size"], common["workers"])  # before the weights load
-        proposer, info = load_proposer(common["weights"], common["init"], opt.proposer_options(common, top_k=top_k))
+    settings = opt.proposer_options(common, top_k=top_k)  # checked, with --images or not: never silently ignored
+    check_reading(common["batch_size"], common["workers"])
+    resolve_jobs(common["jobs"], "cpu")
+    given = [flag_of(k) for k in opt.MODEL_OPTIONS if common[k] is not None]
+    if images is None and given:
+        raise FastMaskError(f"{', '.join(given)} set how proposals are made: they go with --images (propose, then evaluate)")
+    if images is not None:
+        proposer, info = load_proposer(common["weights"], common["init"], settings)
         run_propose(proposer, info, images, results, ann=gt, **{k: common[k] for k in ("batch_size", "workers", "jobs")})
     evaluation = measure(gt, results, iou_types, allow_missing)
     if json_out:

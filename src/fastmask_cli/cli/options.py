@@ -1,7 +1,7 @@
 """The options several commands share, declared once, grouped into the panels of `--help`.
 
 A command takes a few by name as defaults (`device: str = opt.DEVICE`), or whole groups with
-`@shared(*MODEL, *SPEED)`, which adds them to its signature for Typer and hands them to it as keywords.
+`@shared(*MODEL_OPTIONS, *SPEED_OPTIONS)`, which adds them to its signature for Typer and hands them to it as keywords.
 Those that set how proposals are made default to `inference.options.DEFAULTS` or to None (the model's
 own: what export chose), so the `ProposerOptions` a command builds from them (`proposer_options`) has
 the one default and the one range check of each setting.
@@ -64,7 +64,7 @@ TYPES: dict[str, tuple[Any, Any]] = {
     "device": (str, DEVICE), "precision": (str, PRECISION), "backend": (str, BACKEND), "batch_size": (int, BATCH_SIZE),
     "workers": (Optional[int], WORKERS), "jobs": (str, JOBS),
 }
-MODEL = ("weights", "init", "scales", "size", "mask_threshold", "nms", "nms_iou", "nms_mode", "ranker")
+MODEL_OPTIONS = ("weights", "init", "scales", "size", "mask_threshold", "nms", "nms_iou", "nms_mode", "ranker")
 SPEED_OPTIONS = ("device", "precision", "backend", "batch_size", "workers", "jobs")
 
 

@@ -132,14 +132,15 @@ def read_list(source: str) -> list[str]:
 
 
 @friendly_errors
-@opt.shared(*opt.MODEL, *opt.SPEED_OPTIONS)
+@opt.shared(*opt.MODEL_OPTIONS, *opt.SPEED_OPTIONS)
 def propose(
     images: Optional[list[Path]] = typer.Argument(None, help="Image files and folders (folders searched recursively), "
                                                   "any mix: `propose photo.jpg`, `propose shots/`, `propose a.jpg b.png shots/`."),
     list_file: Optional[str] = typer.Option(None, "--list", rich_help_panel=opt.INPUTS, help="A file of image paths, one a "
                                             "line (`-`: standard input), proposed for with the images given."),
-    out: Path = typer.Option(..., "--out", "-o", rich_help_panel=opt.OUTPUTS, help="Results file to write (its folder is "
-                             "made if needed); beside it, OUT_STEM.images.json ties image ids to files."),
+    out: Path = typer.Option(..., "--out", "-o", rich_help_panel=opt.OUTPUTS, help="Results file to write (a folder for "
+                             "--format png or labels; its parent is made if needed); beside it, OUT_STEM.images.json "
+                             "ties image ids to files."),
     ann: Optional[Path] = typer.Option(None, rich_help_panel=opt.INPUTS, help="COCO ground truth whose file_name -> id "
                                        "mapping gives the image ids (and whose width/height decide the frame of EXIF-rotated photos)."),
     top_k: int = opt.TOP_K_PROPOSE,
@@ -166,7 +167,7 @@ def propose(
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", rich_help_panel=opt.INPUTS, help="Skip images with more "
                                    "pixels than this (read from the header, before decoding)."),
     json_out: Optional[Path] = typer.Option(None, "--json", rich_help_panel=opt.OUTPUTS, help="Also write the run summary as JSON here."),
-    **common: Any,  # the options of opt.MODEL and opt.SPEED_OPTIONS
+    **common: Any,  # the options of opt.MODEL_OPTIONS and opt.SPEED_OPTIONS
 ) -> None:
     """Segment proposals for every image in IMAGES (files and folders), written as COCO results (RLE masks, boxes, scores).
 

@@ -34,7 +34,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import FastMaskError
-from ..io.files import atomic_path, room_for, writable_folder
+from ..io.files import atomic_path, mark_output, room_for, writable_folder
 from ..io.images import ImageError, read_image
 from ..io.results_file import images_json_path, iter_results, read_run
 from .gallery import encode_jpeg
@@ -75,6 +75,7 @@ def write_viewer(results: Path, out_dir: Path, images: Path | None = None, *, pa
     entries = _image_entries(entries, results)
     pictures, pictures_note = _pictures_folder(images, run)
     out_dir = writable_folder(Path(out_dir), "the viewer")
+    mark_output(out_dir, "viewer")  # its thumbnails are never read as images by a later run over a folder holding it
     _clear(out_dir)
     _write_text(out_dir / "viewer.css", STYLE)
     _write_text(out_dir / "viewer.js", SCRIPT)

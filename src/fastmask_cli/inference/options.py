@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ParameterError
+from ..errors import FastMaskError, ParameterError
 
 if TYPE_CHECKING:
     from ..modeling.model import FastMask
@@ -41,6 +41,24 @@ def stored_settings(model: "FastMask") -> dict[str, Any]:
     """What `model` carries for `ProposerOptions.resolved`: its config's scales and size, and the settings
     export chose for its weights (`FastMask.proposer_options`)."""
     return {"scales": model.config.scales, "size": model.config.size, **model.proposer_options}
+
+
+def carried_options(stored: Mapping[str, Any]) -> "ProposerOptions":
+    """What a model carries (`stored_settings`, or `FastMask.proposer_options`) as ProposerOptions, checked as a
+    user's would be. Raises FastMaskError, not naming a flag the user did not give, for settings that are
+    unknown or out of range (weights written by another version, or altered)."""
+    unknown = sorted(set(stored) - {f.name for f in fields(ProposerOptions)})
+    detail = f"unknown: {', '.join(unknown)}" if unknown else None
+    try:
+        carried = ProposerOptions(**{k: v for k, v in stored.items() if v is not None and k not in unknown})
+    except ParameterError as exc:
+        detail = exc.named(str)
+    except (TypeError, ValueError):
+        detail = "a value of the wrong type"
+    if detail:
+        raise FastMaskError(f"the weights carry inference settings this version cannot use ({detail}): "
+                            "export them again with this version, or use other weights")
+    return carried
 
 
 def area_limit(value: float, height: int, width: int) -> float:
@@ -129,18 +147,25 @@ class ProposerOptions:
             raise ParameterError("min_area", f"{{}} must be at least 0 (pixels, or below 1 a fraction of the image), not {self.min_area}")
         if self.max_area is not None and not (math.isfinite(self.max_area) and self.max_area > 0):
             raise ParameterError("max_area", f"{{}} must be above 0 (pixels, or below 1 a fraction of the image), not {self.max_area}")
+        if self.max_area is not None and (self.min_area < 1) == (self.max_area < 1) and self.min_area > self.max_area:
+            raise ParameterError(("min_area", "max_area"), f"{{0}} {self.min_area:g} is above {{1}} {self.max_area:g}: "
+                                 "no proposal could pass")
         if self.fusion is not None and len(self.fusion) not in (0, FUSION_WEIGHTS):
             raise ParameterError("fusion", f"{{}} must hold {FUSION_WEIGHTS} weights, not {len(self.fusion)}")
 
     def resolved(self, stored: Mapping[str, Any]) -> "ProposerOptions":
         """Every None field filled: from `stored` (what the model carries: `stored_settings`), else from
-        DEFAULTS. The ranker is "fused" where the model carries a fitted fusion; a fused ranker without
-        one fuses with DEFAULT_FUSION (each score as it is). Raises ParameterError for a stored value out of range."""
-        stored = ProposerOptions(**{k: v for k, v in stored.items() if v is not None})  # checked like a user's
+        DEFAULTS. The ranker: the one given; else "fused" where a fusion is given; else the model's; else
+        "fused" where the model carries a fitted fusion, "windows" otherwise. A fused ranker without a fusion
+        fuses with DEFAULT_FUSION (each score as it is). Raises FastMaskError for stored settings that are
+        unknown or out of range (weights written by another version, or altered)."""
+        carried = carried_options(stored)
         chosen = {f.name: getattr(self, f.name) for f in fields(self)}
+        if chosen["ranker"] is None and chosen["fusion"] is not None:  # a fusion given asks for the fused ranker
+            chosen["ranker"] = "fused" if chosen["fusion"] else "windows"
         for name, value in chosen.items():
             if value is None:
-                chosen[name] = getattr(stored, name)
+                chosen[name] = getattr(carried, name)
         if chosen["ranker"] is None:
             chosen["ranker"] = "fused" if chosen["fusion"] else "windows"
         fitted = chosen["fusion"] or ()

@@ -100,6 +100,25 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+# In every folder that fastmask fills (the png and labels results, overlays, viewers), naming what wrote it:
+# its files are never read as input images (`images.list_images` passes over the folder), and a results
+# folder may be replaced whole by a later run (`mask_files.check_folder_output`).
+OUTPUT_MARKER = ".fastmask-output"
+
+
+def mark_output(folder: Path, what: str) -> None:
+    """Mark `folder` as one fastmask fills with `what` (OUTPUT_MARKER)."""
+    (Path(folder) / OUTPUT_MARKER).write_text(what + "\n")
+
+
+def output_kind(folder: Path) -> str | None:
+    """What fastmask filled `folder` with (`mark_output`), or None for a folder it did not fill."""
+    try:
+        return (Path(folder) / OUTPUT_MARKER).read_text().strip()
+    except OSError:
+        return None
+
+
 def writable_folder(folder: Path, what: str) -> Path:
     """Make `folder` (and its parents) and check that files can be created in it, before any work is
     done; a FastMaskError naming it (`what` says what it is for) otherwise."""

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import FastMaskError
+from .files import output_kind
 from .image_header import read_header
 
 # Taken as images without opening them; any other file is one when OpenCV recognises its content.
@@ -75,6 +76,10 @@ def list_images(folder: Path) -> tuple[list[str], list[str]]:
             dirs.clear()
             continue
         listed.add((stat.st_dev, stat.st_ino))
+        if here != folder and (kind := output_kind(here)) is not None:  # masks, overlays: never images to propose for
+            others.append(f"{rel.as_posix()}/ (fastmask's {kind} output: not read)")
+            dirs.clear()
+            continue
         # sorted: the first of two links to one folder is the one listed
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (not (here / d).is_symlink() or followed(here / d)))
         for name in files:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FastMaskError, ParameterError
-from ..io.files import output_lock, writable_folder
+from ..io.files import mark_output, output_lock, writable_folder
 from ..io.images import MAX_PIXELS, MIN_SIDE
 from ..io.results_file import check_format, images_json_path, images_writer, read_run, results_writer, writable_results
 from .partial import PARTIAL_FORMAT, PartialLog, partial_path
@@ -107,6 +107,7 @@ def propose_folder(
     writable_results(out, fmt)
     if vis_dir is not None:
         writable_folder(Path(vis_dir), "overlays")
+        mark_output(Path(vis_dir), "overlays")  # never read as images by a later run over a folder holding it
     with output_lock(out):
         return _propose(proposer, images_dir, out, plan, weights_id=weights_id, ann=ann, resume=resume, vis_dir=vis_dir,
                         batch_size=batch_size, max_pixels=max_pixels, shard=shard, fmt=fmt, workers=workers,
