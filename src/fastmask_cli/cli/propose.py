@@ -150,9 +150,9 @@ def propose(
                                 "finished one is not redone)."),
     shard: Optional[str] = typer.Option(None, rich_help_panel=opt.LARGE, help="K/N: propose for the K-th of N contiguous "
                                         "slices of the sorted images (job arrays); join the shards with `fastmask merge`."),
-    fmt: str = typer.Option("coco", "--format", rich_help_panel=opt.OUTPUTS, help="coco: one COCO results list; jsonl: one "
-                            "JSON line per image; polygons: coco with masks as polygons; png: OUT/IMAGE_PATH/ of binary "
-                            "PNGs and metadata.csv; labels: one 16-bit rank PNG an image, OUT/IMAGE_PATH.png (implies --one-per-pixel)."),
+    fmt: str = typer.Option("coco", "--format", rich_help_panel=opt.OUTPUTS, help="coco (RLE masks), jsonl (a line an "
+                            "image), polygons, png (a folder of mask PNGs and metadata.csv) or labels (a folder of 16-bit "
+                            "rank maps; implies --one-per-pixel)."),
     min_score: float = typer.Option(0.0, "--min-score", rich_help_panel=opt.FILTERS, help="Drop proposals scored below this."),
     min_area: Optional[str] = typer.Option(None, "--min-area", rich_help_panel=opt.FILTERS, help="Drop masks smaller than "
                                            "this: pixels (500), or a fraction (0.01) or percentage (1%) of the image."),

@@ -302,14 +302,13 @@ def mask_nms(rles: list[dict], boxes: np.ndarray, areas: np.ndarray, threshold: 
     rows, cols = np.nonzero(np.triu(bound > threshold - 1e-5, k=1))
     first = np.searchsorted(rows, np.arange(count + 1))  # suspects of row i: cols[first[i]:first[i + 1]]
     suppressed = np.zeros(count, dtype=bool)
-    keep = []
-    for i in range(count):
+    # only a mask with suspects can suppress: the others are kept or not by the masks before them
+    for i in np.unique(rows).tolist():
         if suppressed[i]:
             continue
-        keep.append(i)
         later = cols[first[i] : first[i + 1]]
         later = later[~suppressed[later]]
         if later.size:
             iou = np.asarray(mask_utils.iou([rles[j] for j in later], [rles[i]], [0])).reshape(-1)
             suppressed[later[iou > threshold]] = True
-    return np.asarray(keep, dtype=np.int64)
+    return np.flatnonzero(~suppressed)
