@@ -87,6 +87,10 @@ def test_a_folder_is_replaced_only_when_a_run_wrote_it_and_only_once_whole(tmp_p
         add({**image, "file_name": "other.jpg"}, results[:1])
     assert not (out / "sub").exists() and (out / "other.jpg" / "0.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine", "out"] and (mine / "notes.txt").exists()
+    with pytest.raises(FastMaskError, match="not a path inside"):  # a doctored image list writes nothing outside
+        with folder_writer(out, "labels") as add:
+            add({**image, "file_name": "../escaped.jpg"}, results)
+    assert not (tmp_path / "escaped.jpg.png").exists() and (out / "other.jpg").is_dir()
 
 
 def test_propose_writes_png_and_labels_that_match_its_coco_masks(tmp_path, tiny_checkpoint, image_folder):

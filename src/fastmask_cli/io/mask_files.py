@@ -101,6 +101,9 @@ def folder_writer(out: Path, fmt: str) -> Iterator[Callable[[dict[str, Any], lis
     mark_output(tmp, fmt)
 
     def add(image: dict[str, Any], results: list[dict[str, Any]]) -> None:
+        name = Path(image["file_name"])
+        if name.is_absolute() or ".." in name.parts:  # from a shard's image list: never written outside the folder
+            raise FastMaskError(f"image file name {image['file_name']!r} is not a path inside the images folder")
         if fmt == "labels":
             target = tmp / f"{image['file_name']}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
