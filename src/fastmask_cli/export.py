@@ -19,7 +19,7 @@ from .coco.evaluate import Evaluation
 from .errors import FastMaskError, ParameterError
 from .inference.backend import write_onnx
 from .inference.detector import detector_path, load_detector
-from .inference.options import DEFAULTS, MASK_THRESHOLDS, MEASURE_TOP_K, RANKERS, ProposerOptions, carried_options
+from .inference.options import MASK_THRESHOLDS, MEASURE_TOP_K, RANKERS, ProposerOptions, carried_options, stored_settings
 from .io.files import atomic_path, writable_folder
 from .modeling.bodies.pretrained import packaged, packaged_weights
 from .modeling.checkpoint import save_checkpoint
@@ -116,7 +116,7 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
     training/fusion.py) or "auto" (both). The pair with the best mask AR@10 + AR@100 ships (`choose`), the
     grid recorded in the manifest (chosen on the set it is reported on: slightly optimistic). The weights
     ship with that threshold and ranker (`FastMask.proposer_options`, shown as `proposer` in the manifest),
-    and the suppression they carried (DEFAULTS' where none), which the measurement used too.
+    and the suppression they carried (`ProposerOptions.resolved`: DEFAULTS' where none), which the measurement used too.
     on_batchnorm(images used, or None where the training data is not here; the run's meta),
     on_fit(training ground truth) and on_measure(ranker, threshold) report progress. Raises FastMaskError
     for untrained weights or a fused ranker without training data to fit it on, ParameterError for `ann`
@@ -159,10 +159,10 @@ def ship_run(source: str, name: str, weights_dir: Path, *, default: bool = False
             del fusions["windows"]
     # what the weights ship with: export's choices, the rest as a model without them would run
     chosen_ranker = next(iter(fusions)) if len(fusions) == 1 else "fused"
-    # suppression as the weights carry it (else DEFAULTS): measured with it, and shipped with it
-    suppression = {k: getattr(carried, k) if getattr(carried, k) is not None else getattr(DEFAULTS, k)
-                   for k in ("nms", "nms_iou", "nms_mode")}
-    chosen = mask_threshold or carried.mask_threshold or DEFAULTS.mask_threshold
+    # threshold and suppression as the weights would propose with them now: suppression is measured and shipped so
+    shipped = ProposerOptions(mask_threshold=mask_threshold).resolved(stored_settings(model))
+    suppression = {k: getattr(shipped, k) for k in ("nms", "nms_iou", "nms_mode")}
+    chosen = shipped.mask_threshold
     if ann is not None:
         chosen_ranker, chosen = _measure(model, name, fusions, grid, ann, images, top_k, device, suppression, entry,
                                          on_measure)

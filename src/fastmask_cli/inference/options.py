@@ -161,10 +161,9 @@ class ProposerOptions:
         unknown or out of range (weights written by another version, or altered)."""
         carried = carried_options(stored)
         chosen = {f.name: getattr(self, f.name) for f in fields(self)}
-        if chosen["ranker"] is None and chosen["fusion"] is not None:  # a fusion given asks for the fused ranker
-            chosen["ranker"] = "fused" if chosen["fusion"] else "windows"
         for name, value in chosen.items():
-            if value is None:
+            # a fusion given decides the ranker (below), whatever ranker the model carries
+            if value is None and not (name == "ranker" and self.fusion is not None):
                 chosen[name] = getattr(carried, name)
         if chosen["ranker"] is None:
             chosen["ranker"] = "fused" if chosen["fusion"] else "windows"
